@@ -1,0 +1,22 @@
+"""rlnotes: the package behind the book *RL for language models, from the policy gradient to DPO*.
+
+One module per idea, in the order of the book:
+
+=============  ==========================================================
+module         chapter
+=============  ==========================================================
+``bandits``    1, 2: softmax bandits with exact gradients and Fisher matrix
+``returns``    1-4: discounted returns and GAE
+``nets``       1-3: categorical policy and value networks
+``rollout``    1-3: vectorised gymnasium rollouts and ``History``
+``pg``         1: the score-function estimator and L^PG
+``trpo``       2: conjugate gradient, Fisher-vector products, line search
+``ppo``        3: the ratio r_t and L^CLIP
+``widgets``    3: the clip-plot widget (PPO paper, Figure 1)
+``lm``         4, 5: a small causal LM, its tokenizer and the toy task
+``rlhf``       4: SFT, Bradley-Terry reward model, KL-regularised PPO
+``dpo``        5: the optimal policy, log Z and the DPO loss
+=============  ==========================================================
+"""
+
+__version__ = "0.1.0"

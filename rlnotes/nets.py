@@ -1,0 +1,50 @@
+"""Small networks for discrete-action control: a categorical policy pi_theta(a|s) and a value V(s)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+
+def mlp(sizes: list[int], activation=nn.Tanh, out_gain: float = 1.0) -> nn.Sequential:
+    """A fully connected network with orthogonal initialisation (as in CleanRL and SB3)."""
+    layers = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, out_gain if last else 2 ** 0.5)
+        nn.init.zeros_(linear.bias)
+        layers += [linear] if last else [linear, activation()]
+    return nn.Sequential(*layers)
+
+
+class CategoricalPolicy(nn.Module):
+    """pi_theta(a|s) = softmax(logits_theta(s))_a; a small output gain starts it near uniform."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int = 64):
+        super().__init__()
+        self.logits_net = mlp([obs_dim, hidden, hidden, n_actions], out_gain=0.01)
+
+    def forward(self, obs: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.logits_net(obs))
+
+    def logp(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi_theta(a_t|s_t) for each (observation, action) pair."""
+        return self(obs).log_prob(actions)
+
+
+class ValueNet(nn.Module):
+    """The state-value baseline V_phi(s), fitted by regression on returns."""
+
+    def __init__(self, obs_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = mlp([obs_dim, hidden, hidden, 1], out_gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+def mean_kl(old: Categorical, new: Categorical) -> torch.Tensor:
+    """E_s[ KL[pi_old(.|s) || pi_new(.|s)] ], exact over the actions, averaged over states."""
+    return torch.distributions.kl_divergence(old, new).mean()

@@ -1,0 +1,58 @@
+"""Returns and advantages on rollouts of shape [T, N] (time steps, parallel environments).
+
+``dones[t, i] = 1`` means the episode of environment ``i`` ended at step ``t``: nothing after
+step ``t`` is carried back across it. A time limit (truncation) is handled by the rollout,
+which folds gamma * V(final observation) into the last reward, as gymnasium recommends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .utils import check_in_range, check_same_shape
+
+
+def _check(rewards, dones, gamma, values=None, last_value=None):
+    check_in_range("gamma", gamma, 0.0, 1.0)
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [T, N], got shape {tuple(rewards.shape)}")
+    check_same_shape(rewards=rewards, dones=dones)
+    if values is not None:
+        check_same_shape(rewards=rewards, values=values)
+    if last_value is not None and tuple(last_value.shape) != (rewards.shape[1],):
+        raise ValueError(f"last_value must be [N] = [{rewards.shape[1]}], got shape {tuple(last_value.shape)}")
+
+
+def discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float,
+                       last_value: torch.Tensor | None = None) -> torch.Tensor:
+    """Reward-to-go G_t = r_t + gamma (1 - d_t) G_{t+1}, with G_T = ``last_value`` (default 0)."""
+    _check(rewards, dones, gamma, last_value=last_value)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0]) if last_value is None else last_value.to(rewards)
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * (1.0 - dones[t].to(rewards)) * running
+        returns[t] = running
+    return returns
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
+
+    delta_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t),
+    A_t = delta_t + gamma lam (1 - d_t) A_{t+1}.
+    Returns (advantages, returns) with returns = advantages + values, the value targets.
+    lam = 1 gives the discounted return minus V; lam = 0 gives the one-step TD error.
+    """
+    _check(rewards, dones, gamma, values=values, last_value=last_value)
+    check_in_range("lam", lam, 0.0, 1.0)
+    advantages = torch.zeros_like(rewards)
+    next_value = last_value.to(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        notdone = 1.0 - dones[t].to(rewards)
+        delta = rewards[t] + gamma * notdone * next_value - values[t]
+        running = delta + gamma * lam * notdone * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages, advantages + values

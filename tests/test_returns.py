@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from rlnotes.returns import discounted_returns, gae
+
+
+def test_discounted_returns_by_hand():
+    r = torch.tensor([[1.0], [2.0], [3.0]])
+    d = torch.zeros(3, 1)
+    g = discounted_returns(r, d, 0.5)
+    assert g.squeeze().tolist() == pytest.approx([1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3])
+
+
+def test_discounted_returns_stop_at_done_and_bootstrap_last_value():
+    r = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    g = discounted_returns(r, d, 0.9, last_value=torch.tensor([10.0, 10.0]))
+    assert g[:, 0].tolist() == pytest.approx([1.0, 1 + 9.0])
+    assert g[:, 1].tolist() == pytest.approx([1 + 0.9 * 10.0, 10.0])
+
+
+def test_gae_lambda_one_is_return_minus_value():
+    torch.manual_seed(0)
+    r, v = torch.randn(6, 3), torch.randn(6, 3)
+    d = (torch.rand(6, 3) < 0.3).float()
+    last = torch.randn(3)
+    adv, ret = gae(r, v, d, last, 0.95, 1.0)
+    torch.testing.assert_close(adv, discounted_returns(r, d, 0.95, last) - v)
+    torch.testing.assert_close(ret, adv + v)
+
+
+def test_gae_lambda_zero_is_td_error():
+    torch.manual_seed(1)
+    r, v = torch.randn(5, 2), torch.randn(5, 2)
+    d = torch.zeros(5, 2)
+    d[2, 1] = 1.0
+    last = torch.randn(2)
+    adv, _ = gae(r, v, d, last, 0.9, 0.0)
+    next_v = torch.cat([v[1:], last[None]])
+    torch.testing.assert_close(adv, r + 0.9 * (1 - d) * next_v - v)
+
+
+def test_nothing_crosses_an_episode_end():
+    r = torch.tensor([[0.0], [0.0], [100.0]])
+    d = torch.tensor([[0.0], [1.0], [0.0]])
+    adv, _ = gae(r, torch.zeros(3, 1), d, torch.zeros(1), 0.99, 0.95)
+    assert adv[0].item() == 0.0 and adv[1].item() == 0.0 and adv[2].item() == 100.0
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan")])
+def test_bad_gamma(gamma):
+    with pytest.raises(ValueError, match="gamma"):
+        discounted_returns(torch.zeros(2, 1), torch.zeros(2, 1), gamma)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="shapes must match"):
+        gae(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3, 2), torch.zeros(2), 0.9, 0.9)
+    with pytest.raises(ValueError, match="last_value"):
+        gae(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3), 0.9, 0.9)
+    with pytest.raises(ValueError, match=r"\[T, N\]"):
+        discounted_returns(torch.zeros(3), torch.zeros(3), 0.9)
