@@ -139,15 +139,23 @@ class Runner:
 
     @torch.no_grad()
     def rollout(self, policy, value_fn, num_steps: int) -> Rollout:
+        """Step ``num_steps`` times with actions a_t ~ ``policy(obs)`` (a distribution) and values ``value_fn(obs)``.
+
+        A policy with an ``act(obs) -> (actions, log-probs, values)`` method is called once per step instead.
+        """
         T, N = num_steps, self.envs.num_envs
         obs = torch.zeros(T, N, self.obs_dim)
         actions = torch.zeros(T, N, dtype=torch.long)
         logp, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
         for t in range(T):
             obs[t] = self.obs
-            dist = policy(self.obs)
-            a = dist.sample()
-            actions[t], logp[t], values[t] = a, dist.log_prob(a), value_fn(self.obs)
+            if hasattr(policy, "act"):  # one call for a_t, log pi(a_t|s_t) and V(s_t) (rlnotes.ppo.ActorCritic)
+                a, logp[t], values[t] = policy.act(self.obs)
+            else:
+                dist = policy(self.obs)
+                a = dist.sample()
+                logp[t], values[t] = dist.log_prob(a), value_fn(self.obs)
+            actions[t] = a
             next_obs, r, term, trunc, info = self.envs.step(a.numpy())
             self.steps += N
             r = torch.as_tensor(r, dtype=torch.float32)
