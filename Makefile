@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Optional: a PyTorch wheel index for a GPU build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu126
 TORCH_INDEX ?=
+# MathJax, require.js and the widget manager, served from the book itself (book/_ext/reader_fixes.py)
+JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book test unit nbval bench clean
+.PHONY: setup book book-stored test unit nbval browser chromium bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,21 +17,46 @@ $(STAMP): requirements.txt pyproject.toml
 	$(if $(TORCH_INDEX),$(BIN)/python -m pip install -q torch==2.13.0 --index-url $(TORCH_INDEX),)
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	if command -v npm >/dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/js $(JS_PACKAGES); \
+	else echo "npm not found: the book will load MathJax and the widget manager from CDNs"; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# The book, every notebook executed (cached in _build/.jupyter_cache); no network needed.
 book: setup
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "Open _build/html/index.html in a browser."
 
-test: unit nbval
+# The same book from the notebooks' stored outputs (which nbval checks against a fresh run).
+book-stored: setup
+	mkdir -p _build
+	sed -e 's/execute_notebooks: cache/execute_notebooks: "off"/' -e 's|: book/_ext|: $(CURDIR)/book/_ext|' \
+	  _config.yml > _build/_config_stored.yml
+	$(BIN)/jupyter-book build . --config _build/_config_stored.yml --warningiserror --keep-going
+
+test: unit nbval browser
 
 unit: setup
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --ignore=tests/test_browser.py
 
 nbval: setup
 	$(BIN)/python -m pytest $(NBVAL) book -q
+
+# Chromium from the system's packages, where we may install it (as root with apt, as in CI);
+# elsewhere the browser test skips and says why.
+chromium:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "could not install chromium: the browser test will be skipped"; fi
+
+browser: book-stored chromium
+	$(BIN)/python -m pytest tests/test_browser.py -v -rs
+
+bench: setup
+	$(BIN)/python -m pip install -q -r bench/requirements.txt
+	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf _build

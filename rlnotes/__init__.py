@@ -21,6 +21,20 @@ module         chapter
 
 __version__ = "0.1.0"
 
+
+def check_version(built_with: str) -> None:
+    """Warn when the imported rlnotes is not the version a page was built with.
+
+    Each chapter's first cell calls this, so a notebook opened against an older or newer
+    package says so at once, instead of failing later on a function that moved.
+    """
+    if built_with != __version__:
+        import warnings
+
+        warnings.warn(f"this page was built with rlnotes {built_with}, but rlnotes {__version__} is "
+                      f"imported: install the matching version (pip install rlnotes=={built_with}, "
+                      "or the repository at tag v" + built_with + ")", stacklevel=2)
+
 import os as _os
 
 import torch as _torch

@@ -36,3 +36,14 @@ def test_checks():
         utils.check_same_shape(a=torch.zeros(2), b=torch.zeros(3))
     with pytest.raises(ValueError, match="x must be finite"):
         utils.check_finite("x", torch.tensor([1.0, float("nan")]))
+
+
+def test_check_version_warns_on_mismatch():
+    import warnings
+
+    import rlnotes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rlnotes.check_version(rlnotes.__version__)  # silent when they match
+    with pytest.warns(UserWarning, match="built with rlnotes 0.0.1"):
+        rlnotes.check_version("0.0.1")

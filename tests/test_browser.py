@@ -1,0 +1,127 @@
+"""The reader's view: the built book opened in a real, headless Chromium.
+
+`make test` builds the book into ``_build/html`` (from the notebooks' stored outputs, which nbval
+has just checked against a fresh execution) before this runs. The test serves that folder on
+127.0.0.1 and checks every page in ``_toc.yml``: it loads without console errors or failed
+requests, its equations are typeset by MathJax, its images load, its internal links resolve,
+and each chapter has a Colab button pointing at its own notebook. It skips, saying why, when
+the built book, Playwright or Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
+REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def toc_pages() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+
+
+PAGES = toc_pages()
+NOTEBOOKS = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]
+
+
+def find_chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        pytest.skip("no built book in _build/html: run `make test` (or `make book`) first")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("no Chromium on this machine: `apt-get install chromium` (make test does it where it can)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url):
+    """Open ``url``; return the page and the console errors and failed requests it produced."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = []
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url}"))
+    page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"))
+    # Nothing outside the book may be needed to read it: block and report any other host.
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1)"),
+               lambda route: (problems.append(f"external request: {route.request.url}"), route.abort()))
+    page.goto(url, wait_until="load")
+    return page, problems
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders(server, browser, name):
+    page, problems = open_page(browser, urljoin(server, f"{name}.html"))
+    try:
+        source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
+        if "$" in source:
+            page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
+            assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
+        page.wait_for_load_state("networkidle")
+        broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        assert not broken, f"images that did not load: {broken}"
+        if name in NOTEBOOKS:
+            assert page.locator("img").count() > 0, "a chapter without a figure"
+            colab = page.locator("a[href*='colab.research.google.com']")
+            assert colab.count() >= 1, "no Colab launch button"
+            want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{name}.ipynb"
+            assert want in colab.first.get_attribute("href")
+        assert not problems, "\n".join(problems)
+        if name in ("book/intro", "book/01_policy_gradient"):
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / f"{Path(name).name}.png"))
+    finally:
+        page.close()
+
+
+def test_internal_links_resolve():
+    if not (HTML / "index.html").exists():
+        pytest.skip("no built book in _build/html")
+    bad = []
+    for name in PAGES:
+        html_file = HTML / f"{name}.html"
+        for href in re.findall(r'href="([^"]+)"', html_file.read_text()):
+            url = urlparse(href)
+            if url.scheme or href.startswith(("mailto:", "javascript:")) or href.startswith("#") and not url.fragment:
+                continue
+            target = (html_file.parent / url.path).resolve() if url.path else html_file
+            if not target.exists():
+                bad.append(f"{name}: {href}")
+            elif url.fragment and target.suffix == ".html" and f'id="{url.fragment}"' not in target.read_text():
+                bad.append(f"{name}: {href} (no such anchor)")
+    assert not bad, "broken links:\n" + "\n".join(bad)
