@@ -33,6 +33,10 @@ class CategoricalPolicy(nn.Module):
         """log pi_theta(a_t|s_t) for each (observation, action) pair."""
         return self(obs).log_prob(actions)
 
+    def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
+        """log pi_theta(.|s) for every action, [batch, n_actions]: a log-softmax, finite at extreme logits."""
+        return torch.log_softmax(self.logits_net(obs), dim=-1)
+
 
 class ValueNet(nn.Module):
     """The state-value baseline V_phi(s), fitted by regression on returns."""

@@ -39,6 +39,15 @@ def fit_value(value_fn: ValueNet, optimizer: torch.optim.Optimizer, obs: torch.T
     return loss.item()
 
 
+def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool = True):
+    """A rollout made ready for a policy update: GAE advantages and value targets
+    (``rlnotes.returns.gae``), the time and environment axes merged, and the advantages
+    normalised per batch if asked. Returns (obs, actions, advantages, returns)."""
+    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
+    obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
+    return obs, actions, normalize(adv) if normalize_advantages else adv, ret
+
+
 def check_train_args(total_steps, num_envs, num_steps, gamma, lam):
     """Shared checks of the trainers' common arguments (chapters 1-3)."""
     check_positive_int("total_steps", total_steps)
@@ -69,10 +78,7 @@ def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float
     while runner.steps < total_steps:
         with Timer() as timer:
             batch = runner.rollout(policy, value_fn, num_steps)
-            adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
-            obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
-            if normalize_advantages:
-                adv = normalize(adv)
+            obs, actions, adv, ret = advantage_batch(batch, gamma, lam, normalize_advantages)
             dist = policy(obs)
             loss = pg_loss(dist.log_prob(actions), adv)
             pi_opt.zero_grad()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlnotes import pg
-from rlnotes.bandits import SoftmaxBandit, softmax
+from rlnotes.bandits import SoftmaxBandit
 
 
 def test_pg_loss_gradient_equals_score_function_estimate():

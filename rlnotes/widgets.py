@@ -1,0 +1,138 @@
+"""Chapter 3: the clip plot, Figure 1 of the PPO paper, as a static figure and as a widget.
+
+For one timestep, L^CLIP(r) = min(r A, clip(r, 1 - eps, 1 + eps) A) (eq. 7) as a function of
+the ratio r. For A > 0 it is flat (zero gradient) for r > 1 + eps; for A < 0 it is flat for
+r < 1 - eps; elsewhere it equals the unclipped r A, whose slope is A.
+
+``clip_plot_figure`` draws one panel (a pure function of eps and A), ``paper_figure`` draws the
+paper's two panels, and ``clip_plot`` wraps the first in an ipywidgets control with sliders.
+"""
+
+from __future__ import annotations
+
+import io
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from IPython.display import Image, display
+from matplotlib.figure import Figure
+
+from .ppo import clipped_surrogate
+from .utils import check_in_range, check_positive
+
+R_MAX = 2.0  # the plots show r in [0, R_MAX]
+
+
+def flat_region(eps: float, advantage: float, r_max: float = R_MAX) -> tuple[float, float] | None:
+    """The interval of r in [0, r_max] where L^CLIP is flat (d L^CLIP / d r = 0), or None.
+
+    A > 0: (1 + eps, r_max); A < 0: (0, 1 - eps), empty if eps >= 1; A = 0: all of [0, r_max].
+    """
+    eps = check_positive("eps", eps)
+    if advantage > 0:
+        return (1.0 + eps, r_max) if 1.0 + eps < r_max else None
+    if advantage < 0:
+        return (0.0, 1.0 - eps) if eps < 1.0 else None
+    return (0.0, r_max)
+
+
+# Labels of the plotted artists (legend entries; the tests find the artists by them).
+CLIP, UNCLIPPED, RATIO_ONE, FLAT = "$L^{CLIP}$", "$rA$ (unclipped)", "$r = 1$", "flat: gradient 0"
+
+
+def clip_plot_figure(eps: float, advantage: float, ax=None, r_max: float = R_MAX):
+    """Draw L^CLIP(r) = min(r A, clip(r, 1 - eps, 1 + eps) A) (eq. 7) for one sample on ``ax``.
+
+    A new figure is made if ``ax`` is None. Drawn: L^CLIP (label ``CLIP``), the unclipped line
+    r A (dashed, ``UNCLIPPED``), the red dot at r = 1 where both equal A (``RATIO_ONE``), the
+    shaded region where the gradient is zero (``FLAT``), dotted lines at 1 -+ eps, and the sign of
+    the gradient on the sloped part. Returns ``ax``.
+    """
+    eps = check_positive("eps", eps)
+    advantage = check_in_range("advantage", advantage, -1e6, 1e6)
+    r_max = check_positive("r_max", r_max)
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(4.5, 3.5))
+    r = np.union1d(np.linspace(0.0, r_max, 401), [1.0 - eps, 1.0 + eps])  # exact corners
+    r = r[(r >= 0) & (r <= r_max)]
+    l_clip = clipped_surrogate(torch.as_tensor(r), torch.full((len(r),), advantage, dtype=torch.float64), eps).numpy()
+    ax.plot(r, r * advantage, "--", color="0.55", lw=1.2, label=UNCLIPPED)
+    ax.plot(r, l_clip, color="C0", lw=2.2, label=CLIP)
+    flat = flat_region(eps, advantage, r_max)
+    if flat is not None:
+        ax.axvspan(*flat, color="C1", alpha=0.15, label=FLAT)
+        level = (1.0 + eps) * advantage if advantage > 0 else (1.0 - eps) * advantage  # 0 when A = 0
+        ax.text(0.5 * (flat[0] + flat[1]), level, "gradient 0", ha="center", va="bottom" if advantage >= 0 else "top",
+                color="C1", fontsize=9)
+    for edge in (1.0 - eps, 1.0 + eps):
+        if 0 <= edge <= r_max:
+            ax.axvline(edge, color="0.7", lw=0.8, ls=":")
+    if advantage != 0:
+        lo, hi = (0.0, min(1.0 + eps, r_max)) if advantage > 0 else (max(1.0 - eps, 0.0), r_max)
+        x = lo + 0.3 * (hi - lo) if advantage > 0 else lo + 0.45 * (hi - lo)
+        ax.text(x, advantage * x, f"  gradient {'+' if advantage > 0 else '-'}", ha="left",
+                va="top" if advantage > 0 else "bottom", color="C0", fontsize=9)
+    ax.plot([1.0], [advantage], "o", color="red", ms=7, zorder=5, label=RATIO_ONE)
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xlim(0.0, r_max)
+    ax.set_xlabel("probability ratio $r$")
+    ax.set_ylabel("$L^{CLIP}$ for one sample")
+    sign = ">" if advantage > 0 else "<" if advantage < 0 else "="
+    ax.set_title(f"$A {sign} 0$  ($A$ = {advantage:g}, $\\epsilon$ = {eps:g})")
+    ax.legend(loc="upper left" if advantage >= 0 else "upper right", fontsize=8)
+    return ax
+
+
+def paper_figure(eps: float = 0.2):
+    """Figure 1 of the PPO paper: L^CLIP against r for A = +1 (left) and A = -1 (right). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    clip_plot_figure(eps, 1.0, ax=axes[0])
+    clip_plot_figure(eps, -1.0, ax=axes[1])
+    fig.tight_layout()
+    return fig
+
+
+def clip_plot(eps: float = 0.2, advantage: float = 1.0):
+    """An ipywidgets control: sliders for eps and A (both signs) above a live plot of L^CLIP(r).
+
+    Returns a ``ClipPlot`` (an ``ipywidgets.VBox``): display it in Jupyter or on Colab (where the
+    custom widget manager must be enabled, as the book's set-up cell does).
+    """
+    return ClipPlot(eps, advantage)
+
+
+class ClipPlot(widgets.VBox):
+    """Sliders ``eps_slider`` and ``advantage_slider`` above an ``Output`` showing ``figure``.
+
+    ``redraw`` is the sliders' callback: it replots ``ax`` with their current values.
+    """
+
+    def __init__(self, eps: float = 0.2, advantage: float = 1.0):
+        check_in_range("eps", eps, 0.01, 0.9)
+        check_in_range("advantage", advantage, -2.0, 2.0)
+        self.eps_slider = widgets.FloatSlider(value=eps, min=0.01, max=0.9, step=0.01, description="eps",
+                                              continuous_update=False)
+        self.advantage_slider = widgets.FloatSlider(value=advantage, min=-2.0, max=2.0, step=0.1,
+                                                    description="A", continuous_update=False)
+        self.output = widgets.Output()
+        self.figure = Figure(figsize=(5.5, 3.8))  # not managed by pyplot: shown only through the Output
+        self.ax = self.figure.add_subplot()
+        super().__init__([widgets.HBox([self.eps_slider, self.advantage_slider]), self.output])
+        self.eps_slider.observe(self.redraw, names="value")
+        self.advantage_slider.observe(self.redraw, names="value")
+        self.redraw()
+
+    def redraw(self, change=None):
+        """Replot L^CLIP with the sliders' current eps and A."""
+        self.ax.clear()
+        clip_plot_figure(self.eps_slider.value, self.advantage_slider.value, ax=self.ax)
+        self.figure.tight_layout()
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png", dpi=100)  # a PNG works without any matplotlib backend set-up
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(Image(data=png.getvalue()))

@@ -1,0 +1,150 @@
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlnotes import lm
+
+
+@pytest.fixture(scope="module")
+def task():
+    return lm.SentimentTask()
+
+
+@pytest.fixture(scope="module")
+def tok(task):
+    return lm.build_tokenizer(task)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return lm.tiny_gpt2(tok, seed=0).eval()
+
+
+def test_true_reward_closed_forms(task):
+    assert task.true_reward("x", "it was great .") == 1.0
+    assert task.true_reward("x", "it was great and bad .") == 0.0
+    assert task.true_reward("x", "great , wonderful and lovely .") == 2.0  # capped at 2
+    assert task.true_reward("x", "awful , dull and poor .") == -2.0  # capped at -2
+    assert task.true_reward("x", "great great great great .") == 1.0 - 3.0  # three repeats
+    assert task.true_reward("x", "it was quiet .") == 0.0
+    assert task.true_reward("x", "it was great") == 1.0 - 1.0  # unfinished: no full stop at the end
+    assert task.true_reward("x", "") == -1.0
+    assert torch.equal(task.true_rewards(["a", "b"], ["good .", "bad ."]), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="same length"):
+        task.true_rewards(["a"], ["good .", "bad ."])
+
+
+def test_prompts_and_corpus(task):
+    train, test = task.prompt_pool("train"), task.prompt_pool("test")
+    assert not set(train) & set(test) and len(train) + len(test) == 60
+    assert task.prompts(5, seed=3) == task.prompts(5, seed=3)
+    assert set(task.prompts(50, seed=1, split="test")) <= set(test)
+    with pytest.raises(ValueError, match="split"):
+        task.prompts(3, seed=0, split="dev")
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        task.prompts(0, seed=0)
+    xs, ys = task.sft_corpus(2000, seed=0)
+    words = [y.split() for y in ys]
+    assert all(len(w) == len(set(w)) for w in words)  # the corpus never repeats a token
+    assert max(len(w) for w in words) < task.max_response_tokens  # room for EOS
+    assert abs(task.true_rewards(xs, ys).mean().item()) < 0.15  # mixed sentiment, near neutral
+
+
+def test_tokenizer_round_trip(task, tok):
+    assert tok.pad_token == "<pad>" and tok.eos_token == "<eos>" and len(tok) == len(task.words) + 3
+    xs, ys = task.sft_corpus(20, seed=0)
+    ids, mask = lm.encode_responses(tok, ys)
+    assert lm.decode_responses(tok, ids, mask) == ys
+    assert tok.unk_token_id not in ids.tolist()
+
+
+def test_tiny_gpt2(tok, model):
+    assert model.config.vocab_size == len(tok) and model.config.n_layer == 2
+    assert 50_000 < sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_encode_padding(tok):
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    assert pm.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert p[1, :2].tolist() == [tok.pad_token_id] * 2
+    r, rm = lm.encode_responses(tok, ["it was good .", "good ."])
+    assert rm.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert r[0, 4].item() == tok.eos_token_id and r[1, 2].item() == tok.eos_token_id
+    r, rm = lm.encode_responses(tok, ["it was good ."], max_len=3)
+    assert r.shape == (1, 3) and tok.eos_token_id not in r.tolist()[0]
+    with pytest.raises(ValueError, match="prompts"):
+        lm.encode_prompts(tok, [])
+    with pytest.raises(ValueError, match="responses"):
+        lm.encode_responses(tok, [])
+
+
+def test_logprobs_mask_against_hand_computation(tok, model):
+    prompts, responses = ["review of the movie :", "phone review :"], ["it was good .", "good ."]
+    p, pm = lm.encode_prompts(tok, prompts)
+    r, rm = lm.encode_responses(tok, responses)
+    logp = lm.token_logprobs(model, p, pm, r, rm)
+    assert logp.shape == r.shape
+    assert torch.all(logp[rm == 0] == 0)
+    for b in range(2):  # by hand: one unpadded sequence, log-softmax of the logits before each token
+        x = tok(prompts[b], add_special_tokens=False)["input_ids"]
+        y = tok(" " + responses[b], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([x + y])).logits[0]
+        hand = [F.log_softmax(logits[len(x) - 1 + t], -1)[y[t]].item() for t in range(len(y))]
+        assert logp[b, :len(y)].tolist() == pytest.approx(hand, abs=1e-5)
+    seq = lm.sequence_logprob(model, p, pm, r, rm)
+    assert torch.allclose(seq, logp.sum(1))
+    logits, hidden = lm.response_logits(model, p, pm, r, rm, output_hidden_states=True)
+    assert logits.shape == (2, 5, len(tok)) and hidden.shape == (2, 5, 64)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.token_logprobs(model, p, pm, r, rm, temperature=0)
+
+
+def test_sample_is_seeded_masked_and_matches_greedy(tok, model):
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"] * 4)
+    a = lm.sample(model, tok, p, pm, 8, generator=torch.Generator().manual_seed(0))
+    b = lm.sample(model, tok, p, pm, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    ids, mask = a
+    for row, m in zip(ids.tolist(), mask.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n)  # ones, then zeros
+        assert tok.eos_token_id not in row[:n - 1]  # EOS only as the last masked token
+    # a tiny temperature is greedy decoding: compare with argmax over full (uncached) forwards
+    ids, mask = lm.sample(model, tok, p[:2], pm[:2], 4, temperature=1e-4, generator=torch.Generator().manual_seed(1))
+    seq, seq_mask = p[:2], pm[:2]
+    for t in range(ids.shape[1]):
+        pos = (seq_mask.cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad():
+            nxt = model(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, -1].argmax(-1)
+        alive = mask[:, t].bool()
+        assert torch.equal(ids[alive, t], nxt[alive])
+        seq = torch.cat([seq, ids[:, t:t + 1]], 1)
+        seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], 1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        lm.sample(model, tok, p, pm, 0)
+
+
+def test_distinct_n():
+    assert lm.distinct_n(["a b a b"], 1) == 0.5
+    assert lm.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert lm.distinct_n(["a b", "a b"], 2) == 0.5
+    assert lm.distinct_n(["a"], 2) == 0.0
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        lm.distinct_n(["a"], 0)
+
+
+def test_save_load_round_trip(tmp_path, tok, model):
+    lm.save_pretrained(model, tok, tmp_path)
+    model2, tok2 = lm.load_causal_lm(tmp_path, device="cpu")
+    p, pm = lm.encode_prompts(tok2, ["review of the movie :"])
+    r, rm = lm.encode_responses(tok2, ["it was good ."])
+    assert torch.equal(p, lm.encode_prompts(tok, ["review of the movie :"])[0])
+    assert torch.allclose(lm.token_logprobs(model2.eval(), p, pm, r, rm), lm.token_logprobs(model, p, pm, r, rm))
+    assert tok2.pad_token_id == tok.pad_token_id and tok2.eos_token_id == tok.eos_token_id
+
+
+def test_get_device():
+    assert lm.get_device("cpu") == torch.device("cpu")
+    assert isinstance(lm.get_device(), torch.device)

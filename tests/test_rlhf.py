@@ -1,0 +1,221 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlnotes import lm, rlhf
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    """A miniature run of phases 1 and 2 (seconds, not the chapter's settings)."""
+    return rlhf.prepare(0, n_sft=128, sft_steps=20, n_pairs=32, n_test_pairs=16, rm_steps=5, n_eval_prompts=8)
+
+
+@pytest.fixture(scope="module")
+def batch(prepared):
+    tok = prepared.tokenizer
+    p = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    r = lm.encode_responses(tok, ["it was good .", "good ."])
+    return p + r
+
+
+def test_sft_loss_is_mean_nll_of_response_tokens(prepared, batch):
+    logp = lm.token_logprobs(prepared.sft, *batch)
+    n_tokens = 5 + 3  # response tokens, EOS included
+    assert rlhf.sft_loss(prepared.sft, *batch).item() == pytest.approx(-logp.sum().item() / n_tokens, rel=1e-5)
+
+
+def test_train_sft_lowers_heldout_loss(prepared):
+    h = prepared.sft_heldout
+    assert h["sft"] < h["untrained"] - 1.0
+    assert len(prepared.sft_history.update_array("loss")) == 20
+    task, tok = prepared.task, prepared.tokenizer
+    xs, ys = task.sft_corpus(16, seed=5)
+    model = lm.tiny_gpt2(tok, seed=1)
+    before = rlhf.heldout_loss(model, tok, xs, ys)
+    rlhf.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
+    assert rlhf.heldout_loss(model, tok, xs, ys) < before
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        rlhf.train_sft(model, tok, xs, ys, steps=0)
+    with pytest.raises(ValueError, match="equal length"):
+        rlhf.train_sft(model, tok, xs, ys[:-1], steps=1)
+
+
+def test_bt_probability_closed_form():
+    assert rlhf.bt_probability(torch.tensor(1.0), torch.tensor(0.0)).item() == pytest.approx(math.e / (math.e + 1))
+    assert rlhf.bt_probability(torch.tensor(3.0), torch.tensor(3.0)).item() == 0.5
+    r1, r2 = torch.randn(10), torch.randn(10)
+    assert torch.allclose(rlhf.bt_probability(r1, r2) + rlhf.bt_probability(r2, r1), torch.ones(10))
+    assert torch.allclose(rlhf.bt_probability(r1, r2), r1.exp() / (r1.exp() + r2.exp()))
+
+
+def test_reward_loss_at_extreme_margins():
+    assert rlhf.reward_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    big = torch.tensor([1e4]), torch.tensor([-1e4])
+    assert rlhf.reward_loss(*big).item() == 0.0
+    assert rlhf.reward_loss(big[1], big[0]).item() == pytest.approx(2e4)  # finite, = -margin
+    rc = torch.tensor([-1e4, 1e4], requires_grad=True)
+    rlhf.reward_loss(rc, torch.tensor([1e4, -1e4])).backward()
+    assert torch.isfinite(rc.grad).all() and rc.grad.tolist() == pytest.approx([-0.5, 0.0])
+    with pytest.raises(ValueError, match="shapes must match"):
+        rlhf.reward_loss(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="at least one pair"):
+        rlhf.reward_loss(torch.zeros(0), torch.zeros(0))
+
+
+def test_preference_accuracy():
+    assert rlhf.preference_accuracy(torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])) == 0.625
+
+
+def test_preferences_validation():
+    good = dict(prompts=["x"], chosen=["a ."], rejected=["b ."], r_chosen=[1.0], r_rejected=[0.0])
+    assert len(rlhf.Preferences(**good)) == 1
+    with pytest.raises(ValueError, match="empty preference data"):
+        rlhf.Preferences([], [], [], [], [])
+    with pytest.raises(ValueError, match="chosen must have one entry per prompt"):
+        rlhf.Preferences(**{**good, "chosen": ["a .", "c ."]})
+    with pytest.raises(ValueError, match="rejected must be a list of strings"):
+        rlhf.Preferences(**{**good, "rejected": [3]})
+    with pytest.raises(TypeError, match="prefs must be a Preferences"):
+        rlhf.train_reward_model(None, None, [("x", "a", "b")], steps=1)
+
+
+def test_label_preferences_follow_bradley_terry(prepared):
+    task = prepared.task
+    n = 4000
+    prefs = rlhf.label_preferences(task, ["x"] * n, ["it was great ."] * n, ["it was quiet ."] * n, seed=0)
+    frac = sum(c == "it was great ." for c in prefs.chosen) / n  # r* = 1 vs 0: p = sigma(1)
+    assert frac == pytest.approx(1 / (1 + math.exp(-1)), abs=0.025)
+    assert torch.all(prefs.r_chosen == torch.tensor([task.true_reward("x", c) for c in prefs.chosen]))
+    with pytest.raises(ValueError, match="equal length"):
+        rlhf.label_preferences(task, ["x"], [], [], seed=0)
+
+
+def test_sample_pairs_and_prepared_data(prepared):
+    y1, y2 = rlhf.sample_pairs(prepared.sft, prepared.tokenizer, ["phone review :"] * 5, seed=0)
+    assert len(y1) == len(y2) == 5
+    assert (y1, y2) == rlhf.sample_pairs(prepared.sft, prepared.tokenizer, ["phone review :"] * 5, seed=0)
+    assert len(prepared.train_prefs) == 32 and len(prepared.test_prefs) == 16
+    assert set(prepared.test_prefs.prompts) <= set(prepared.task.prompt_pool("test"))
+    sub = prepared.train_prefs.subset([3, 1])
+    assert sub.prompts == [prepared.train_prefs.prompts[3], prepared.train_prefs.prompts[1]]
+    assert sub.r_chosen.tolist() == prepared.train_prefs.r_chosen[[3, 1]].tolist()
+    assert prepared.device == torch.device("cpu")
+    enc = prepared.train_prefs.encode(prepared.tokenizer)
+    assert enc["chosen_ids"].shape == enc["chosen_mask"].shape and enc["prompt_ids"].shape[0] == 32
+
+
+def test_reward_model_shape_and_normalisation(prepared, batch):
+    rm = prepared.reward_model
+    assert rm(*batch).shape == (2,)
+    assert not any(p.requires_grad for p in rm.parameters())
+    prefs = prepared.train_prefs
+    scores = rm.score(prepared.tokenizer, prefs.prompts * 2, prefs.chosen + prefs.rejected)
+    assert abs(scores.mean().item()) < 1e-4  # E[r_phi] = 0 on pi^SFT's samples
+    fresh = rlhf.RewardModel(prepared.sft)
+    assert all(p.requires_grad for p in fresh.parameters())
+    fresh.normalize_(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."])
+    assert abs(fresh.score(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."]).mean().item()) < 1e-5
+    assert len(prepared.rm_history.update_array("loss")) == 5
+
+
+def test_kl_estimators_bias_and_sign():
+    torch.manual_seed(0)
+    p_logits, q_logits = torch.randn(6), torch.randn(6)
+    exact = rlhf.exact_token_kl(p_logits, q_logits).item()
+    ref = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=p_logits),
+                                            torch.distributions.Categorical(logits=q_logits)).item()
+    assert exact == pytest.approx(ref, rel=1e-5)
+    y = torch.distributions.Categorical(logits=p_logits).sample((200_000,))
+    k = rlhf.kl_estimators(F.log_softmax(p_logits, -1)[y], F.log_softmax(q_logits, -1)[y])
+    assert k["k1"].mean().item() == pytest.approx(exact, abs=0.02)  # unbiased
+    assert k["k3"].mean().item() == pytest.approx(exact, abs=0.02)  # unbiased
+    assert (k["k1"] < 0).any() and (k["k2"] >= 0).all() and (k["k3"] >= 0).all()
+    one = rlhf.kl_estimators(torch.tensor([-1.0]), torch.tensor([-2.0]))  # log rho = -1
+    assert one["k1"].item() == 1.0 and one["k2"].item() == 0.5
+    assert one["k3"].item() == pytest.approx(math.exp(-1) - 1 + 1)
+
+
+def test_kl_penalty_per_token_shape():
+    logp, logp_ref = torch.randn(3, 5), torch.randn(3, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    pen = rlhf.kl_penalty(logp, logp_ref, mask, beta=0.5)
+    assert pen.shape == (3, 5)
+    assert torch.all(pen[mask == 0] == 0)
+    assert torch.allclose(pen[mask == 1], (-0.5 * (logp - logp_ref))[mask == 1])
+    with pytest.raises(ValueError, match="beta must be in"):
+        rlhf.kl_penalty(logp, logp_ref, mask, beta=-1.0)
+    with pytest.raises(ValueError, match="shapes must match"):
+        rlhf.kl_penalty(logp, logp_ref[:, :4], mask, beta=0.1)
+    r_phi = torch.tensor([1.0, 2.0, 3.0])
+    rew = rlhf.token_rewards(r_phi, logp, logp_ref, mask, beta=0.5)
+    assert rew.shape == (3, 5)
+    assert torch.allclose(rew.sum(1), r_phi + pen.sum(1))  # sum_t r_t = r_phi - beta * sum k1
+    assert rew[0, 2] == pen[0, 2] + 1.0 and rew[2, 0] == pen[2, 0] + 3.0  # r_phi on the last token
+    with pytest.raises(ValueError, match="r_phi must be"):
+        rlhf.token_rewards(r_phi[:2], logp, logp_ref, mask, beta=0.5)
+
+
+def test_kl_controllers():
+    assert rlhf.FixedKLController(0.1).update(100.0, 64) == 0.1
+    ctl = rlhf.AdaptiveKLController(0.1, target=2.0, horizon=100)
+    assert ctl.update(4.0, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped at 0.2
+    assert ctl.update(1.9, 10) == pytest.approx(0.1 * 1.02 * (1 - 0.05 * 10 / 100))
+    with pytest.raises(ValueError, match="kl_target must be > 0"):
+        rlhf.AdaptiveKLController(0.1, target=0.0)
+    with pytest.raises(ValueError, match="beta must be in"):
+        rlhf.FixedKLController(-0.1)
+
+
+def test_policy_with_value_and_ppo_token_loss(prepared, batch):
+    policy = rlhf.PolicyWithValue(prepared.sft)
+    logits, logp, values = policy(*batch)
+    assert torch.allclose(logp, lm.token_logprobs(prepared.sft, *batch))
+    assert values.shape == logp.shape and torch.all(values == 0)
+    adv, mask = torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[1, 1, 0]])
+    old = torch.zeros(1, 3)
+    assert rlhf.ppo_token_loss(old, old, adv, mask, 0.2).item() == pytest.approx(0.5)  # -mean(A) on mask
+    new = torch.log(torch.tensor([[2.0, 2.0, 2.0]]))  # rho = 2: clipped to 1.2 for A > 0, kept for A < 0
+    assert rlhf.ppo_token_loss(new, old, adv, mask, 0.2).item() == pytest.approx(-(1.2 * 1 - 2 * 2) / 2)
+
+
+def test_train_ppo_evaluate_and_kl_to_ref(prepared):
+    policy, hist = rlhf.train_ppo(prepared, beta=0.1, updates=2, batch_size=8, epochs=1, seed=0)
+    for key in ("r_phi", "r_star", "kl", "kl_k1", "entropy", "distinct_1", "distinct_2", "beta"):
+        assert len(hist.update_array(key)) == 2 and math.isfinite(hist.update_array(key)[-1])
+    assert hist.update_array("kl")[0] == pytest.approx(0.0, abs=1e-6)  # the first batch comes from pi_ref
+    ev = rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
+    assert ev["kl"] > 0 and len(ev["samples"]) == 8
+    assert ev == rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
+    assert rlhf.evaluate(prepared.sft, prepared, n_repeats=1)["kl"] == pytest.approx(0.0, abs=1e-6)
+    p = lm.encode_prompts(prepared.tokenizer, ["phone review :"])
+    r = lm.encode_responses(prepared.tokenizer, ["good ."])
+    assert rlhf.kl_to_ref(prepared.sft, prepared.sft, *p, *r).item() == pytest.approx(0.0, abs=1e-6)
+    _, adaptive = rlhf.train_ppo(prepared, beta=0.1, updates=2, batch_size=8, epochs=1, kl_target=1.0)
+    assert adaptive.update_array("beta")[1] != 0.1
+    with pytest.raises(ValueError, match="eps must be in"):
+        rlhf.train_ppo(prepared, eps=1.5)
+    with pytest.raises(ValueError, match="minibatches must be <="):
+        rlhf.train_ppo(prepared, batch_size=2, minibatches=4)
+
+
+def test_scale_up_path_from_a_saved_folder(tmp_path, prepared):
+    lm.save_pretrained(lm.tiny_gpt2(prepared.tokenizer, seed=3), prepared.tokenizer, tmp_path / "lm")
+    model, tok = lm.load_causal_lm(tmp_path / "lm", device="cpu")
+    small = rlhf.prepare(1, n_sft=32, sft_steps=3, n_pairs=8, n_test_pairs=4, rm_steps=2, n_eval_prompts=4,
+                         model=model, tokenizer=tok)
+    assert small.sft is model and len(small.test_prefs) == 4
+    with pytest.raises(ValueError, match="both model and tokenizer"):
+        rlhf.prepare(0, model=model)
+
+
+def test_compare_kl_estimators(prepared):
+    same = rlhf.compare_kl_estimators(prepared.sft, prepared, n_prompts=4, n_draws=8)
+    assert same["exact"] == pytest.approx(0.0, abs=1e-6) and same["k1"]["std"] == pytest.approx(0.0, abs=1e-6)
+    other = rlhf.PolicyWithValue(lm.tiny_gpt2(prepared.tokenizer, seed=5))
+    res = rlhf.compare_kl_estimators(other, prepared, n_prompts=8, n_draws=2000)
+    assert res["exact"] > 0.1
+    assert abs(res["k1"]["bias"]) < 0.1 * res["exact"] and abs(res["k3"]["bias"]) < 0.1 * res["exact"]
+    assert res["k2"]["negative"] == 0 and res["k3"]["negative"] == 0 and res["k1"]["negative"] > 0
