@@ -1,0 +1,330 @@
+"""Chapter 5: Direct Preference Optimization (Rafailov et al., 2023).
+
+The KL-regularised RLHF objective max_pi E[r(x, y)] - beta KL[pi(.|x) || pi_ref(.|x)] has the
+closed-form optimum (DPO paper, Eq. 4)
+
+    pi_r(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x),   Z(x) = sum_y pi_ref(y|x) exp(r(x, y) / beta),
+
+(``optimal_policy``, ``log_optimal_policy`` and ``log_partition``). Solving it for the reward (Eq. 5),
+r(x, y) = beta log(pi_r(y|x) / pi_ref(y|x)) + beta log Z(x), and substituting into Bradley-Terry
+makes Z(x) cancel, which leaves a maximum-likelihood loss on the policy itself (Eq. 7):
+
+    L_DPO = -E[ log sigma( beta log(pi(y_w|x) / pi_ref(y_w|x)) - beta log(pi(y_l|x) / pi_ref(y_l|x)) ) ]
+
+(``dpo_loss``). ``implicit_reward`` is r_hat = beta log(pi / pi_ref), ``dpo_gradient`` the
+paper's expression for the gradient of L_DPO (Section 4), and ``train`` a DPO trainer for a
+causal LM against a frozen reference model, logging the metrics TRL users know
+(``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
+``logps/chosen``, ``logps/rejected``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .lm import sequence_logprob
+from .rollout import History, Timer
+from .utils import check_finite, check_positive, check_positive_int, check_same_shape, seed_everything
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimal policy and its partition function (DPO paper, Eq. 4 and Appendix A.1)
+# ---------------------------------------------------------------------------------------------
+
+def _logsumexp(z, axis=-1):
+    if torch.is_tensor(z):
+        return torch.logsumexp(z, dim=axis)
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(z - m), axis=axis))
+
+
+def _log(p):
+    if torch.is_tensor(p):
+        return torch.log(p)
+    with np.errstate(divide="ignore"):
+        return np.log(p)
+
+
+def _check_problem(ref_probs, rewards, beta):
+    beta = check_positive("beta", beta)
+    if not torch.is_tensor(ref_probs):
+        ref_probs = np.asarray(ref_probs, dtype=float)
+    if not torch.is_tensor(rewards):
+        rewards = np.asarray(rewards, dtype=float)
+    check_same_shape(ref_probs=ref_probs, rewards=rewards)
+    if ref_probs.ndim < 1 or ref_probs.shape[-1] < 1:
+        raise ValueError(f"ref_probs must have a non-empty last axis (the responses), got shape {tuple(ref_probs.shape)}")
+    check_finite("ref_probs", ref_probs)
+    check_finite("rewards", rewards)
+    if bool((ref_probs < 0).any()):
+        raise ValueError("ref_probs must be >= 0 (a distribution over the last axis)")
+    total = ref_probs.sum(-1)
+    if bool((abs(total - 1) > 1e-5).any()):
+        raise ValueError("ref_probs must sum to 1 over the last axis (a distribution over responses)")
+    return ref_probs, rewards, beta
+
+
+def log_partition(ref_probs, rewards, beta: float):
+    """log Z(x) = log sum_y pi_ref(y|x) exp(r(x, y) / beta), over the last axis (DPO paper, Eq. 4).
+
+    Computed as logsumexp(log pi_ref + r / beta), so it stays finite for large r / beta.
+    NumPy arrays in, NumPy out; torch tensors in, torch out (differentiable).
+    """
+    ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
+    return _logsumexp(_log(ref_probs) + rewards / beta)
+
+
+def log_optimal_policy(ref_probs, rewards, beta: float):
+    """log pi_r(y|x) = log pi_ref(y|x) + r(x, y) / beta - log Z(x) over the last axis (Eq. 4, in logs)."""
+    ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
+    z = _log(ref_probs) + rewards / beta
+    log_z = _logsumexp(z)
+    return z - (log_z[..., None] if log_z.ndim else log_z)
+
+
+def optimal_policy(ref_probs, rewards, beta: float):
+    """pi_r(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x) over the last axis (DPO paper, Eq. 4).
+
+    The maximiser of E_{y~pi}[r(x, y)] - beta KL[pi(.|x) || pi_ref(.|x)] for every prompt x
+    (one row per prompt). Computed in log space, so it is exact for large r / beta.
+    """
+    logp = log_optimal_policy(ref_probs, rewards, beta)
+    return torch.exp(logp) if torch.is_tensor(logp) else np.exp(logp)
+
+
+# ---------------------------------------------------------------------------------------------
+# The DPO loss, the implicit reward and the gradient (DPO paper, Eq. 5, Eq. 7 and Section 4)
+# ---------------------------------------------------------------------------------------------
+
+def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """r_hat(x, y) = beta log(pi(y|x) / pi_ref(y|x)): Eq. 5 without the beta log Z(x) term (not detached)."""
+    beta = check_positive("beta", beta)
+    check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps)
+    return beta * (policy_logps - ref_logps)
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float):
+    """Per-example DPO losses and implicit rewards (DPO paper, Eq. 7).
+
+    loss_i = -log sigma( beta * ((log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))) ),
+    computed with ``logsigmoid`` so it is finite for any finite log-probabilities. Returns
+    ``(losses, chosen_rewards, rejected_rewards)``, the rewards being the implicit rewards
+    beta log(pi / pi_ref) of the chosen (y_w) and rejected (y_l) responses, detached.
+    """
+    beta = check_positive("beta", beta)
+    check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                     ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    for name, t in (("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps),
+                    ("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
+        check_finite(name, t.detach())
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def dpo_gradient(params, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                 ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float) -> list:
+    """The paper's gradient of L_DPO (Section 4, "What does the DPO update do?"), term by term:
+
+        grad L_DPO = -beta E[ sigma(r_hat(x, y_l) - r_hat(x, y_w)) (grad log pi(y_w|x) - grad log pi(y_l|x)) ],
+
+    with r_hat = beta log(pi / pi_ref). Each grad log pi(y|x) is taken separately by autograd
+    (one backward pass per response), then weighted and averaged as written, so the result can
+    be compared with autograd of ``dpo_loss(...).mean()``. Returns one tensor per parameter.
+    """
+    beta = check_positive("beta", beta)
+    params = list(params)
+    chosen_rewards = implicit_reward(policy_chosen_logps, ref_chosen_logps, beta).detach()
+    rejected_rewards = implicit_reward(policy_rejected_logps, ref_rejected_logps, beta).detach()
+    weights = torch.sigmoid(rejected_rewards - chosen_rewards)   # large when the pair is ranked wrongly
+    total = [torch.zeros_like(p) for p in params]
+    n = policy_chosen_logps.numel()
+    for i in range(n):
+        grad_w = torch.autograd.grad(policy_chosen_logps.reshape(-1)[i], params, retain_graph=True,
+                                     allow_unused=True)
+        grad_l = torch.autograd.grad(policy_rejected_logps.reshape(-1)[i], params, retain_graph=True,
+                                     allow_unused=True)
+        for t, gw, gl in zip(total, grad_w, grad_l):
+            gw = torch.zeros_like(t) if gw is None else gw
+            gl = torch.zeros_like(t) if gl is None else gl
+            t.add_(-beta / n * weights.reshape(-1)[i] * (gw - gl))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# A DPO trainer for causal LMs (the loss of Eq. 7 over (prompt, chosen, rejected) token batches)
+# ---------------------------------------------------------------------------------------------
+
+PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+
+
+def _check_pairs(data: dict) -> int:
+    if not isinstance(data, dict) or any(k not in data for k in PAIR_KEYS):
+        raise ValueError(f"data must be a dict with the tensors {PAIR_KEYS} "
+                         "(e.g. rlnotes.rlhf.Preferences.encode(tokenizer))")
+    n = len(data["prompt_ids"])
+    if n == 0 or any(len(data[k]) != n for k in PAIR_KEYS):
+        raise ValueError(f"data must hold the same number (>= 1) of prompts, chosen and rejected responses, "
+                         f"got {[len(data[k]) for k in PAIR_KEYS]}")
+    return n
+
+
+def _pad_to(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int):
+    extra = width - ids.shape[1]
+    if extra == 0:
+        return ids, mask
+    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+
+
+def _trim(data: dict, idx) -> dict:
+    """The pairs at ``idx``, with all-padding columns removed (prompts are left-padded, responses right-padded)."""
+    b = {k: data[k][idx] for k in PAIR_KEYS}
+    start = b["prompt_ids"].shape[1] - max(int(b["prompt_mask"].sum(0).ne(0).sum()), 1)
+    b["prompt_ids"], b["prompt_mask"] = b["prompt_ids"][:, start:], b["prompt_mask"][:, start:]
+    for side in ("chosen", "rejected"):
+        width = max(int(b[f"{side}_mask"].sum(1).max()), 1)
+        b[f"{side}_ids"], b[f"{side}_mask"] = b[f"{side}_ids"][:, :width], b[f"{side}_mask"][:, :width]
+    return b
+
+
+def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y_w|x), log pi(y_l|x)), each [B], in ONE forward pass over the 2B sequences [x; y_w] and [x; y_l].
+
+    Each is the sum of the response tokens' log-probabilities (``rlnotes.lm.sequence_logprob``:
+    prompt and padding masked), the four numbers per pair that Eq. 7 needs (with the reference's).
+    """
+    width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
+    c_ids, c_mask = _pad_to(batch["chosen_ids"], batch["chosen_mask"], width, pad_id)
+    r_ids, r_mask = _pad_to(batch["rejected_ids"], batch["rejected_mask"], width, pad_id)
+    logps = sequence_logprob(model, torch.cat([batch["prompt_ids"]] * 2), torch.cat([batch["prompt_mask"]] * 2),
+                             torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]))
+    return logps.chunk(2)
+
+
+@torch.no_grad()
+def reference_logps(ref, data: dict, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi_ref(y_w|x), log pi_ref(y_l|x)) for every pair of ``data``: computed once, the reference is frozen."""
+    n = _check_pairs(data)
+    was_training = ref.training
+    ref.eval()
+    chosen, rejected = [], []
+    for start in range(0, n, batch_size):
+        c, r = pair_logps(ref, _trim(data, slice(start, start + batch_size)))
+        chosen.append(c)
+        rejected.append(r)
+    ref.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+@torch.no_grad()
+def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int = 512,
+                       ref_logps: tuple | None = None) -> dict:
+    """Mean DPO loss and the implicit reward's statistics on a set of pairs (e.g. held-out ones).
+
+    ``accuracy`` is the fraction of pairs whose implicit reward beta log(pi / pi_ref) ranks y_w
+    above y_l (ties count one half), the number to set beside a reward model's accuracy.
+    """
+    n = _check_pairs(data)
+    ref_c, ref_r = reference_logps(ref, data, batch_size) if ref_logps is None else ref_logps
+    was_training = policy.training
+    policy.eval()
+    pol = [pair_logps(policy, _trim(data, slice(s, s + batch_size))) for s in range(0, n, batch_size)]
+    policy.train(was_training)
+    pol_c, pol_r = torch.cat([p[0] for p in pol]), torch.cat([p[1] for p in pol])
+    losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
+    accuracy = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()
+    return {"loss": losses.mean().item(), "accuracy": accuracy.item(),
+            "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+            "rewards/margins": (chosen - rejected).mean().item(),
+            "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item()}
+
+
+def train(policy, ref, data: dict, *, beta: float = 0.1, epochs: int = 1, batch_size: int = 64,
+          lr: float = 1e-3, max_grad_norm: float | None = 1.0, seed: int = 0, shuffle: bool = True,
+          eval_data: dict | None = None, eval_every: int | None = None, callback=None, pad_id: int = 0):
+    """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay).
+
+    ``policy`` is trained in place (``None``: start from a trainable copy of ``ref``, as the paper
+    does); ``ref`` stays frozen, and its log-probabilities are computed once before training.
+    ``data`` (and ``eval_data``) hold the token tensors ``prompt_ids/prompt_mask`` (left-padded),
+    ``chosen_ids/chosen_mask`` and ``rejected_ids/rejected_mask`` (right-padded), as returned by
+    ``rlnotes.rlhf.Preferences.encode``.
+
+    Logs per optimiser step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``
+    (mean implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (fraction with chosen >
+    rejected), ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (mean log pi(y|x)) and
+    ``seconds``; every ``eval_every`` steps (and at the end) ``eval/loss`` and ``eval/accuracy``
+    on ``eval_data``, with ``eval/step``. ``callback(policy)``, if given, is called at the same
+    points (before training too when ``eval_every`` is set) and the numbers in the dict it returns are
+    logged as ``eval/<name>`` (e.g. the true reward and KL of samples). Returns ``(policy, history)``.
+    """
+    n = _check_pairs(data)
+    beta = check_positive("beta", beta)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive("lr", lr)
+    if max_grad_norm is not None:
+        check_positive("max_grad_norm", max_grad_norm)
+    if eval_every is not None:
+        check_positive_int("eval_every", eval_every)
+    seed_everything(seed)
+    if policy is None:
+        policy = copy.deepcopy(ref)
+    policy.requires_grad_(True)
+    ref.requires_grad_(False)
+    ref_c, ref_r = reference_logps(ref, data)
+    eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    order_gen = torch.Generator().manual_seed(seed)
+    history = History()
+    step = 0
+
+    evaluating = eval_data is not None or callback is not None
+
+    def evaluate():
+        logged = {"eval/step": step}
+        if eval_data is not None:
+            m = preference_metrics(policy, ref, eval_data, beta, ref_logps=eval_ref)
+            logged.update({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"]})
+        if callback is not None:
+            logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
+        history.log(**logged)
+        policy.train()
+
+    if evaluating and eval_every is not None:
+        evaluate()
+    policy.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=order_gen) if shuffle else torch.arange(n)
+        for idx in order.split(batch_size):
+            with Timer() as timer:
+                idx = idx.to(data["prompt_ids"].device)
+                pol_c, pol_r = pair_logps(policy, _trim(data, idx), pad_id)
+                losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c[idx], ref_r[idx], beta)
+                loss = losses.mean()
+                opt.zero_grad()
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                opt.step()
+            step += 1
+            history.log(**{"loss": loss.item(), "rewards/chosen": chosen.mean().item(),
+                           "rewards/rejected": rejected.mean().item(),
+                           "rewards/accuracies": (chosen > rejected).float().mean().item(),
+                           "rewards/margins": (chosen - rejected).mean().item(),
+                           "logps/chosen": pol_c.detach().mean().item(),
+                           "logps/rejected": pol_r.detach().mean().item(), "seconds": timer.seconds})
+            if evaluating and eval_every is not None and step % eval_every == 0:
+                evaluate()
+    if evaluating and (eval_every is None or step % eval_every != 0):
+        evaluate()
+    policy.eval()
+    return policy, history
