@@ -42,7 +42,7 @@ def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, re
 
     Conjugate gradient (Hestenes & Stiefel 1952; TRPO paper, Appendix C), started at x = 0: at
     most ``iters`` matrix-vector products, stopping early once the squared residual
-    r^T r = |b - A x|^2 is at most ``tol``. Works on a NumPy array or a torch vector ``b``. If
+    ``r^T r = ||b - A x||^2`` is at most ``tol``. Works on a NumPy array or a torch vector ``b``. If
     ``residuals`` is a list, r^T r is appended before the first iteration and after each one.
     """
     iters = check_positive_int("iters", iters)

@@ -9,6 +9,12 @@ the files into ``_build/html/_static/offline/`` (after the build, so that Jupyte
 inject every script into every page) and points Sphinx and MyST-NB at the copies; both settings
 take paths relative to ``_static``.
 
+3. Make the widget manager work beside MathJax 3: html-manager 1.x typesets widget labels with
+MathJax 2's ``MathJax.Hub.Queue``, which MathJax 3 does not have ("Cannot read properties of
+undefined (reading 'Queue')"); a small inline script gives MathJax 3 a ``Hub.Queue`` that calls
+``typesetPromise``. It also loads its fonts relative to require.js's base URL, the page's own
+folder, so the fonts are copied beside each page that shows a widget.
+
 2. Drop repeated inline scripts: with Jupyter Book 1.0 the sphinx-thebe configuration script
 (``const THEBE_JS_URL = ...``) is added twice to every page, and the browser reports
 "Identifier 'THEBE_JS_URL' has already been declared".
@@ -43,6 +49,13 @@ def _copy(out):
     shutil.copy2(FILES["require"], out / "require.js")
     dist = VENDOR / "@jupyter-widgets" / "html-manager" / "dist"
     shutil.copytree(dist, out, dirs_exist_ok=True)
+    fonts = [f for f in dist.iterdir() if f.suffix in {".woff", ".woff2", ".ttf", ".eot", ".svg"}]
+    pages = {p.parent for p in out.parents[1].rglob("*.html") if "embed-amd.js" in p.read_text()}
+    for folder in pages:
+        target = folder / "@jupyter-widgets" / "html-manager" / "dist"
+        target.mkdir(parents=True, exist_ok=True)
+        for font in fonts:
+            shutil.copy2(font, target / font.name)
 
 
 def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
@@ -56,7 +69,23 @@ def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
     context["script_files"][:] = unique  # in place: later handlers (MathJax) append to this list
 
 
+WIDGET_SHIM = """
+(function () {
+  document.addEventListener("DOMContentLoaded", function () {
+    var mj = window.MathJax;
+    if (mj && mj.typesetPromise && !mj.Hub) {
+      mj.Hub = {Queue: function (job) {
+        return mj.startup.promise.then(function () { return mj.typesetPromise([job[2]]); });
+      }};
+    }
+  });
+})();
+"""
+
+
 def setup(app):
+    # after every other script of the page (require.js and the widget manager included)
+    app.add_js_file(None, body=WIDGET_SHIM, priority=999)
     app.connect("html-page-context", _drop_repeated_scripts, priority=100)
     # before MyST-NB reads its configuration at the same event (default priority 500)
     app.connect("builder-inited", _use_local_copies, priority=100)
