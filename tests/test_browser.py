@@ -125,3 +125,18 @@ def test_internal_links_resolve():
             elif url.fragment and target.suffix == ".html" and f'id="{url.fragment}"' not in target.read_text():
                 bad.append(f"{name}: {href} (no such anchor)")
     assert not bad, "broken links:\n" + "\n".join(bad)
+
+
+def test_ppo_page_shows_the_widget_and_the_static_clip_figure(server, browser):
+    page, problems = open_page(browser, urljoin(server, "book/03_ppo.html"))
+    try:
+        page.wait_for_load_state("networkidle")
+        # the widget, rendered from the state saved in the page (no kernel): sliders for eps and A
+        assert page.locator(".widget-slider").count() == 2
+        # the static two-panel figure (the PPO paper's Figure 1) under it, for readers without a kernel
+        cell = page.locator("div.cell", has_text="widgets.paper_figure(")
+        assert cell.count() == 1
+        assert cell.locator("img").evaluate_all("imgs => imgs.filter(i => i.naturalWidth > 0).length") >= 1
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()
