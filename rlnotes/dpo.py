@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lm import sequence_logprob
+from .lm import sequence_logprob, stack_pairs
 from .rollout import History, Timer
 from .utils import check_finite, check_positive, check_positive_int, check_same_shape, seed_everything
 
@@ -176,13 +176,6 @@ def _check_pairs(data: dict) -> int:
     return n
 
 
-def _pad_to(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int):
-    extra = width - ids.shape[1]
-    if extra == 0:
-        return ids, mask
-    return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
-
-
 def _trim(data: dict, idx) -> dict:
     """The pairs at ``idx``, with all-padding columns removed (prompts are left-padded, responses right-padded)."""
     b = {k: data[k][idx] for k in PAIR_KEYS}
@@ -200,12 +193,7 @@ def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch
     Each is the sum of the response tokens' log-probabilities (``rlnotes.lm.sequence_logprob``:
     prompt and padding masked), the four numbers per pair that Eq. 7 needs (with the reference's).
     """
-    width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
-    c_ids, c_mask = _pad_to(batch["chosen_ids"], batch["chosen_mask"], width, pad_id)
-    r_ids, r_mask = _pad_to(batch["rejected_ids"], batch["rejected_mask"], width, pad_id)
-    logps = sequence_logprob(model, torch.cat([batch["prompt_ids"]] * 2), torch.cat([batch["prompt_mask"]] * 2),
-                             torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]))
-    return logps.chunk(2)
+    return sequence_logprob(model, *stack_pairs(batch, pad_id)).chunk(2)
 
 
 @torch.no_grad()

@@ -265,6 +265,24 @@ def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
     return logp * response_mask.to(logp.dtype)
 
 
+def stack_pairs(batch: dict, pad_id: int):
+    """A batch of B preference pairs as ONE batch of 2B sequences, [x; y_w] then [x; y_l].
+
+    ``batch`` holds ``prompt_ids/prompt_mask`` and ``chosen_ids/chosen_mask``,
+    ``rejected_ids/rejected_mask``; the two response sides are right-padded to a common width.
+    Returns (prompt_ids, prompt_mask, response_ids, response_mask), so that one forward pass
+    scores both responses of every pair (the reward model of chapter 4, DPO in chapter 5).
+    """
+    width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
+
+    def pad(x, value):
+        return F.pad(x, (0, width - x.shape[1]), value=value)
+
+    return (batch["prompt_ids"].repeat(2, 1), batch["prompt_mask"].repeat(2, 1),
+            torch.cat([pad(batch["chosen_ids"], pad_id), pad(batch["rejected_ids"], pad_id)]),
+            torch.cat([pad(batch["chosen_mask"], 0), pad(batch["rejected_mask"], 0)]))
+
+
 def sequence_logprob(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """log pi(y | x) = sum_t log pi(y_t | x, y_<t) over the response tokens (prompt, padding masked), [B]."""
     return token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask).sum(dim=1)

@@ -249,13 +249,8 @@ def train_reward_model(sft, tokenizer, prefs: Preferences, *, steps: int = 300, 
     rm.train()
     for _ in range(steps):
         idx = torch.randint(len(prefs), (batch_size,), generator=gen).to(device)
-        width = max(t["chosen_ids"].shape[1], t["rejected_ids"].shape[1])
-        pad = lambda x, v: F.pad(x[idx], (0, width - x.shape[1]), value=v)  # noqa: E731
-        both = rm(t["prompt_ids"][idx].repeat(2, 1), t["prompt_mask"][idx].repeat(2, 1),
-                  torch.cat([pad(t["chosen_ids"], tokenizer.pad_token_id),
-                             pad(t["rejected_ids"], tokenizer.pad_token_id)]),
-                  torch.cat([pad(t["chosen_mask"], 0), pad(t["rejected_mask"], 0)]))
-        rc, rr = both.chunk(2)  # one forward pass for the chosen and the rejected responses
+        pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, tokenizer.pad_token_id)
+        rc, rr = rm(*pairs).chunk(2)  # one forward pass for the chosen and the rejected responses
         loss = reward_loss(rc, rr)
         opt.zero_grad()
         loss.backward()

@@ -148,3 +148,16 @@ def test_save_load_round_trip(tmp_path, tok, model):
 def test_get_device():
     assert lm.get_device("cpu") == torch.device("cpu")
     assert isinstance(lm.get_device(), torch.device)
+
+
+def test_stack_pairs_pads_both_sides_to_one_width():
+    import torch
+
+    from rlnotes.lm import stack_pairs
+    batch = dict(prompt_ids=torch.tensor([[7, 8]]), prompt_mask=torch.tensor([[1, 1]]),
+                 chosen_ids=torch.tensor([[1, 2, 3]]), chosen_mask=torch.tensor([[1, 1, 1]]),
+                 rejected_ids=torch.tensor([[4]]), rejected_mask=torch.tensor([[1]]))
+    p, pm, r, rm = stack_pairs(batch, pad_id=0)
+    assert p.tolist() == [[7, 8], [7, 8]] and pm.tolist() == [[1, 1], [1, 1]]
+    assert r.tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert rm.tolist() == [[1, 1, 1], [1, 0, 0]]
