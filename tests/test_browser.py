@@ -140,3 +140,39 @@ def test_ppo_page_shows_the_widget_and_the_static_clip_figure(server, browser):
         assert not problems, "\n".join(problems)
     finally:
         page.close()
+
+
+def test_equations_link_to_code_and_back():
+    """Every labelled equation of a chapter has a link to the API entry of the code that computes it
+    (in the same markdown cell), every reference to the package resolves, and each API entry that a
+    chapter refers to links back to that chapter's section."""
+    if not (HTML / "index.html").exists():
+        pytest.skip("no built book in _build/html")
+    import json
+
+    unlinked = []
+    for name in NOTEBOOKS:
+        for cell in json.loads((ROOT / f"{name}.ipynb").read_text())["cells"]:
+            text = "".join(cell["source"])
+            labels = re.findall(r"^\$\$ \(([\w-]+)\)", text, re.M)
+            if cell["cell_type"] == "markdown" and labels and "{py:" not in text:
+                unlinked.append(f"{name}: {labels}")
+    assert not unlinked, "equations without a link to the function that computes them:\n" + "\n".join(unlinked)
+
+    unresolved = []
+    for name in NOTEBOOKS:
+        page = (HTML / f"{name}.html").read_text()
+        # a resolved reference is <a ... href="...api.html#rlnotes..."><code class="xref py ...">
+        for match in re.finditer(r'(.{0,300})<code class="xref py[^"]*"><span class="pre">([^<]*)', page):
+            if not re.search(r'<a class="reference internal" href="api\.html#(module-)?rlnotes[^"]*"[^>]*>$', match.group(1)):
+                unresolved.append(f"{name}: {match.group(2)}")
+    assert not unresolved, "references to the package that do not resolve:\n" + "\n".join(unresolved)
+
+    api = (HTML / "book" / "api.html").read_text()
+    for name in NOTEBOOKS:
+        chapter = Path(name).name
+        for target in set(re.findall(r'href="api\.html#(rlnotes[\w.]+)"', (HTML / f"{name}.html").read_text())):
+            if target.count(".") < 2:  # a module, not a function
+                continue
+            entry = api.split(f'id="{target}"', 1)[1].split('<dt class="sig', 1)[0]
+            assert f'href="{chapter}.html#' in entry, f"the API entry of {target} does not link back to {chapter}"

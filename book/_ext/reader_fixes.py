@@ -18,8 +18,15 @@ folder, so the fonts are copied beside each page that shows a widget.
 2. Drop repeated inline scripts: with Jupyter Book 1.0 the sphinx-thebe configuration script
 (``const THEBE_JS_URL = ...``) is added twice to every page, and the browser reports
 "Identifier 'THEBE_JS_URL' has already been declared".
+
+4. Link every API entry back to the book: each entry of the API page that a chapter refers to
+(``{py:func}`rlnotes.ppo.clipped_surrogate``` and friends) ends with "In the book:" and links to
+the labelled sections that refer to it, found by reading the chapters' markdown. The links stay
+in step with the chapters because they are derived from them.
 """
 
+import json
+import re
 from pathlib import Path
 
 VENDOR = Path(__file__).resolve().parents[2] / ".venv" / "js" / "node_modules"
@@ -83,10 +90,50 @@ WIDGET_SHIM = """
 """
 
 
+LABEL = re.compile(r"^\(([\w-]+)\)=\s*$")
+PY_ROLE = re.compile(r"\{py:(?:func|meth|class|mod|attr)\}`([^`]+)`")
+
+
+def book_references(book: Path) -> dict[str, list[str]]:
+    """{python name: [section labels of the chapters whose text refers to it, in book order]}."""
+    refs: dict[str, list[str]] = {}
+    for notebook in sorted(book.glob("*.ipynb")):
+        label = None
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            for line in "".join(cell["source"]).splitlines():
+                if match := LABEL.match(line):
+                    label = match.group(1)
+                for target in PY_ROLE.findall(line):
+                    name = target.split("<")[-1].rstrip(">").strip().lstrip("~")
+                    if label and label not in refs.setdefault(name, []):
+                        refs[name].append(label)
+    return refs
+
+
+def _link_back(app, what, name, obj, options, lines):
+    labels = app.env.rlnotes_book_references.get(name)
+    if labels:
+        lines += ["", "In the book: " + ", ".join(f":ref:`{label}`" for label in labels) + "."]
+
+
+def _read_references(app):
+    app.env.rlnotes_book_references = book_references(Path(__file__).resolve().parents[1])
+
+
+def _reread_api(app, env, added, changed, removed):
+    """The API page's back-links come from the chapters: rebuild it with them (incremental builds)."""
+    return [doc for doc in env.found_docs if doc.endswith("api")] if changed or added else []
+
+
 def setup(app):
     # after every other script of the page (require.js and the widget manager included)
     app.add_js_file(None, body=WIDGET_SHIM, priority=999)
     app.connect("html-page-context", _drop_repeated_scripts, priority=100)
     # before MyST-NB reads its configuration at the same event (default priority 500)
     app.connect("builder-inited", _use_local_copies, priority=100)
+    app.connect("builder-inited", _read_references)
+    app.connect("autodoc-process-docstring", _link_back)
+    app.connect("env-get-outdated", _reread_api)
     return {"parallel_read_safe": True}
