@@ -3,11 +3,13 @@
 Usage: ``python bench/ppo_cartpole.py [--seeds 0 1 2 3 4] [--total-steps 100000]``
 (needs ``pip install -r bench/requirements.txt``; SB3 is never needed by the book or the tests).
 
-What is the same on both sides
-- Hyperparameters: RL Baselines3 Zoo's tuned PPO for CartPole-v1 (8 envs, n_steps 32, batch
-  256, gae_lambda 0.8, gamma 0.98, 20 epochs, ent_coef 0, learning rate 1e-3 and clip range 0.2
-  both decayed linearly to 0 over 1e5 steps, vf_coef 0.5, max_grad_norm 0.5, Adam eps 1e-5).
-  These are also ``rlnotes.ppo.train``'s defaults.
+What is the same on both sides (and the three hyperparameters that are not)
+- SB3 runs RL Baselines3 Zoo's tuned PPO for CartPole-v1 (8 envs, n_steps 32, batch 256,
+  gae_lambda 0.8, gamma 0.98, 20 epochs, ent_coef 0, learning rate 1e-3 and clip range 0.2 both
+  decayed linearly to 0 over 1e5 steps, vf_coef 0.5, max_grad_norm 0.5, Adam eps 1e-5).
+  rlnotes runs ``rlnotes.ppo.train`` at its defaults, which are the same values except three:
+  8 x 64 = 512 steps per batch, 2 minibatches of 256 for 15 epochs, learning rate 2e-3 (30 Adam
+  steps per 512 env steps instead of Zoo's 40). ``--zoo`` runs rlnotes with Zoo's values too.
 - Networks: separate 64-64 tanh MLPs for policy and value, orthogonal initialisation (gain
   sqrt(2), 0.01 for the policy head, 1 for the value head), one Adam over both.
 - Truncation at 500 steps bootstraps with gamma * V(final observation) on both sides.
@@ -32,13 +34,14 @@ What differs
 - SB3 steps ``DummyVecEnv`` (next-step autoreset) with ``Monitor``; rlnotes steps gymnasium's
   ``SyncVectorEnv`` with same-step autoreset. Both see the same CartPole-v1 dynamics.
 - Learning-rate / clip schedules: SB3 evaluates them after each rollout (progress remaining =
-  1 - steps so far / total, counting that rollout); rlnotes before it. This is 256 steps apart.
-- SB3 normalises advantages per minibatch (here the whole batch of 256, as rlnotes does).
+  1 - steps so far / total, counting that rollout); rlnotes before it (one batch apart).
+- Both normalise advantages per minibatch of 256 (SB3's whole batch; half of rlnotes' batch).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -53,14 +56,15 @@ ZOO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_e
            learning_rate=1e-3, clip_range=0.2)
 
 
-def run_rlnotes(seed: int, total_steps: int) -> tuple[float, float, float]:
+def run_rlnotes(seed: int, total_steps: int, zoo: bool = False) -> tuple[float, float, float]:
     """(steps to reach TARGET, env steps per wall-clock second, per CPU second) of rlnotes.ppo.train."""
+    kwargs = {}
+    if zoo:
+        kwargs = dict(num_envs=ZOO["n_envs"], num_steps=ZOO["n_steps"], minibatch_size=ZOO["batch_size"],
+                      lam=ZOO["gae_lambda"], gamma=ZOO["gamma"], epochs=ZOO["n_epochs"], ent_coef=ZOO["ent_coef"],
+                      lr=ZOO["learning_rate"], eps=ZOO["clip_range"])
     start, cpu = time.perf_counter(), time.process_time()
-    history = ppo.train("CartPole-v1", total_steps=total_steps, seed=seed, num_envs=ZOO["n_envs"],
-                        num_steps=ZOO["n_steps"], minibatch_size=ZOO["batch_size"], lam=ZOO["gae_lambda"],
-                        gamma=ZOO["gamma"], epochs=ZOO["n_epochs"], ent_coef=ZOO["ent_coef"],
-                        lr=ZOO["learning_rate"], eps=ZOO["clip_range"], anneal_lr=True, anneal_eps=True,
-                        stop_return=TARGET)
+    history = ppo.train("CartPole-v1", total_steps=total_steps, seed=seed, stop_return=TARGET, **kwargs)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = history.update_array("env_steps")[-1]
     return history.steps_to_reach(TARGET), steps / seconds, steps / cpu
@@ -93,10 +97,11 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--total-steps", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--zoo", action="store_true", help="run rlnotes with Zoo's hyperparameters too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"rlnotes": [], "sb3": []}
-    runners = {"rlnotes": run_rlnotes, "sb3": run_sb3}
+    runners = {"rlnotes": functools.partial(run_rlnotes, zoo=args.zoo), "sb3": run_sb3}
     for run in runners.values():  # warm-up: one-time imports and initialisation are not timed
         run(0, 1024)
     for k, seed in enumerate(args.seeds):

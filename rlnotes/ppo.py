@@ -78,7 +78,7 @@ class PPOLoss(NamedTuple):
 
 def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
              returns: torch.Tensor, entropy: torch.Tensor | None = None, eps: float = 0.2, vf_coef: float = 0.5,
-             ent_coef: float = 0.0, diagnostics: bool = True) -> PPOLoss:
+             ent_coef: float = 0.0, diagnostics: bool = True, check: bool = True) -> PPOLoss:
     """-L^{CLIP+VF+S} of eq. 9: -L^CLIP + c_1 E_t[(V(s_t) - V^targ_t)^2] - c_2 E_t[S[pi](s_t)].
 
     ``logp`` (log pi_theta(a_t|s_t), with gradient), ``logp_old``, ``advantages``, ``values``
@@ -86,18 +86,20 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
     1-D tensors of one length; ``entropy`` may be None when ``ent_coef`` is 0 (then reported as
     nan). Also returned, for logging: the approximate KL E_t[(r - 1) - log r] and the fraction of
     samples whose ratio lies outside [1 - eps, 1 + eps] (None with ``diagnostics=False``).
+    ``check=False`` skips the argument checks (``update`` checks once, not on every minibatch).
     """
-    eps = check_positive("eps", eps)
-    check_in_range("vf_coef", vf_coef, 0.0, math.inf)
-    check_in_range("ent_coef", ent_coef, 0.0, math.inf)
-    if entropy is None and ent_coef > 0:
-        raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
-    check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
-                     **({} if entropy is None else {"entropy": entropy}))
+    if check:
+        eps = check_positive("eps", eps)
+        check_in_range("vf_coef", vf_coef, 0.0, math.inf)
+        check_in_range("ent_coef", ent_coef, 0.0, math.inf)
+        if entropy is None and ent_coef > 0:
+            raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
+        check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
+                         **({} if entropy is None else {"entropy": entropy}))
     log_ratio = logp - logp_old
     r = torch.exp(log_ratio)
     policy_loss = -clipped_surrogate(r, advantages, eps).mean()
-    value_loss = (values - returns).pow(2).mean()
+    value_loss = (values - returns).square().mean()
     loss = policy_loss + vf_coef * value_loss
     entropy = torch.tensor(math.nan) if entropy is None else entropy.mean()
     if ent_coef > 0:
@@ -205,6 +207,10 @@ def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor
     all), the advantages are normalised per minibatch, and the gradient norm of all parameters is
     clipped to ``max_grad_norm`` (None: no clipping). Returns the last minibatch's loss terms.
     """
+    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm)
+    check_in_range("vf_coef", vf_coef, 0.0, math.inf)
+    check_in_range("ent_coef", ent_coef, 0.0, math.inf)
+    check_same_shape(actions=actions, logp_old=logp_old, advantages=advantages, returns=returns)
     n = len(obs)
     params = list(net.parameters())
     actions = actions.unsqueeze(-1)
@@ -226,7 +232,7 @@ def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor
                 with torch.set_grad_enabled(ent_coef > 0 and torch.is_grad_enabled()):
                     entropy = -(log_probs.exp() * log_probs).sum(-1)
             out = ppo_loss(logp, logp_old[idx], adv, values, returns[idx], entropy, eps, vf_coef, ent_coef,
-                           diagnostics=last)
+                           diagnostics=last, check=False)
             for p in params:  # optimizer.zero_grad(set_to_none=True), without its profiling hooks
                 p.grad = None
             out.loss.backward()
@@ -245,18 +251,19 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm
 
 
-def check_ppo_args(epochs, minibatch_size, eps, lr, max_grad_norm):
+def check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr=None):
     check_positive_int("epochs", epochs)
     check_positive_int("minibatch_size", minibatch_size)
     check_positive("eps", eps)
-    check_positive("lr", lr)
+    if lr is not None:
+        check_positive("lr", lr)
     if max_grad_norm is not None:
         check_positive("max_grad_norm", max_grad_norm)
 
 
-def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float = 1e-3,
-          num_envs: int = 8, num_steps: int = 32, gamma: float = 0.98, lam: float = 0.8,
-          epochs: int = 20, minibatch_size: int = 256, eps: float = 0.2, vf_coef: float = 0.5,
+def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float = 2e-3,
+          num_envs: int = 8, num_steps: int = 64, gamma: float = 0.98, lam: float = 0.8,
+          epochs: int = 15, minibatch_size: int = 256, eps: float = 0.2, vf_coef: float = 0.5,
           ent_coef: float = 0.0, max_grad_norm: float | None = 0.5, anneal_lr: bool = True,
           anneal_eps: bool = True, hidden: int = 64, normalize_advantages: bool = True,
           stop_return: float | None = None) -> History:
@@ -266,9 +273,16 @@ def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float
     lam) advantages (truncated episodes bootstrap from V, as in ``rlnotes.rollout``), then runs
     ``update``: ``epochs`` passes of minibatch Adam steps on eq. 9. With ``anneal_lr`` /
     ``anneal_eps`` the learning rate and eps fall linearly to 0 over ``total_steps`` (the factor
-    is 1 - steps done before the iteration / total_steps). The defaults are RL Baselines3 Zoo's
-    tuned values for CartPole-v1. ``stop_return``: stop after the iteration in which the mean of
-    the last 20 episode returns first reaches it (the schedules still use ``total_steps``).
+    is 1 - steps done before the iteration / total_steps). ``stop_return``: stop after the
+    iteration in which the mean of the last 20 episode returns first reaches it (the schedules
+    still use ``total_steps``).
+
+    The defaults are RL Baselines3 Zoo's tuned values for CartPole-v1 (gamma 0.98, lam 0.8,
+    eps 0.2, c_1 0.5, c_2 0, 8 environments) except three: 512 steps per batch (as in chapters 1
+    and 2), split into 2 minibatches of 256 for 15 epochs, and a learning rate of 2e-3. That is
+    30 Adam steps per 512 environment steps where Zoo takes 40 (20 epochs of one minibatch per
+    256 steps), at twice its learning rate; over seeds 0-29 the median number of steps to a
+    20-episode mean return of 475 was 22 360 (``bench/ppo_cartpole.py`` compares with SB3).
 
     The history logs per update ``env_steps``, ``kl`` (exact mean KL[pi_old || pi_new] over the
     batch's states), ``approx_kl``, ``clip_fraction``, ``policy_loss``, ``value_loss``,
@@ -276,7 +290,7 @@ def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float
     after the update) and ``seconds``. A continuous action space raises ``ValueError``.
     """
     check_train_args(total_steps, num_envs, num_steps, gamma, lam)
-    check_ppo_args(epochs, minibatch_size, eps, lr, max_grad_norm)
+    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr)
     seed_everything(seed)
     history = History()
     runner = Runner(env_id, num_envs, seed, gamma, history)
@@ -338,7 +352,7 @@ def epochs_on_one_batch(env_id: str = "CartPole-v1", *, seed: int, epochs: int, 
     ``ratio_max`` (the largest r_t).
     """
     check_train_args(num_envs * num_steps, num_envs, num_steps, gamma, lam)
-    check_ppo_args(epochs, minibatch_size, eps, lr, max_grad_norm)
+    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr)
     seed_everything(seed)
     runner = Runner(env_id, num_envs, seed, gamma, History())
     net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, hidden), ValueNet(runner.obs_dim, hidden))

@@ -144,9 +144,10 @@ class Runner:
         A policy with an ``act(obs) -> (actions, log-probs, values)`` method is called once per step instead.
         """
         T, N = num_steps, self.envs.num_envs
-        obs = torch.zeros(T, N, self.obs_dim)
-        actions = torch.zeros(T, N, dtype=torch.long)
-        logp, rewards, dones, values = (torch.zeros(T, N) for _ in range(4))
+        # NumPy buffers: writing one row per step costs far less than torch's indexing does
+        obs = np.zeros((T, N, self.obs_dim), dtype=np.float32)
+        actions = np.zeros((T, N), dtype=np.int64)
+        logp, rewards, dones, values = (np.zeros((T, N), dtype=np.float32) for _ in range(4))
         for t in range(T):
             obs[t] = self.obs
             if hasattr(policy, "act"):  # one call for a_t, log pi(a_t|s_t) and V(s_t) (rlnotes.ppo.ActorCritic)
@@ -158,17 +159,17 @@ class Runner:
             actions[t] = a
             next_obs, r, term, trunc, info = self.envs.step(a.numpy())
             self.steps += N
-            r = torch.as_tensor(r, dtype=torch.float32)
+            r = r.astype(np.float32)
             cut = trunc & ~term
             if cut.any():
                 final = torch.as_tensor(np.stack(info["final_obs"][cut]), dtype=torch.float32)
-                r[torch.from_numpy(cut)] += self.gamma * value_fn(final)
-            rewards[t], dones[t] = r, torch.as_tensor(term | trunc, dtype=torch.float32)
+                r[cut] += self.gamma * value_fn(final).numpy()
+            rewards[t], dones[t] = r, term | trunc
             if "_episode" in info:
                 for i in np.nonzero(info["_episode"])[0]:
                     self.history.add_episode(self.steps, info["episode"]["r"][i])
             self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
-        return Rollout(obs, actions, logp, rewards, dones, values, value_fn(self.obs))
+        return Rollout(*map(torch.from_numpy, (obs, actions, logp, rewards, dones, values)), value_fn(self.obs))
 
     def close(self):
         self.envs.close()

@@ -166,7 +166,7 @@ def test_update_many_epochs_moves_policy_and_clipping_limits_ratio_growth():
 
 
 def test_train_runs_logs_and_is_deterministic():
-    kw = dict(total_steps=512, seed=1, num_envs=2, num_steps=32, epochs=2, minibatch_size=32)
+    kw = dict(total_steps=512, seed=1, num_envs=2, num_steps=32, epochs=2, minibatch_size=32, lr=1e-3)
     h1, h2 = ppo.train("CartPole-v1", **kw), ppo.train("CartPole-v1", **kw)
     assert len(h1.update_array("kl")) == 8
     for name in ["env_steps", "kl", "approx_kl", "clip_fraction", "policy_loss", "value_loss", "entropy", "lr",
@@ -234,3 +234,22 @@ def test_train_stop_return_stops_once_the_moving_mean_reaches_it():
                   stop_return=15.0)
     reached = h.steps_to_reach(15.0)
     assert reached < 4096 and h.update_array("env_steps")[-1] - reached < 64  # stopped in that iteration
+
+
+def test_ppo_loss_unchecked_path_matches_the_checked_one():
+    """``update`` calls ``ppo_loss(check=False)`` per minibatch: same numbers, and bad arguments are
+    still caught once, by ``update`` itself."""
+    torch.manual_seed(0)
+    logp = torch.randn(32, requires_grad=True)
+    args = (logp, torch.randn(32), torch.randn(32), torch.randn(32, requires_grad=True), torch.randn(32))
+    a, b = ppo.ppo_loss(*args, eps=0.1), ppo.ppo_loss(*args, eps=0.1, check=False)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, equal_nan=True)
+    expected = -ppo.clipped_surrogate(torch.exp(args[0] - args[1]), args[2], 0.1).mean()
+    torch.testing.assert_close(a.policy_loss, expected.detach())
+    net = ppo.ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
+    obs, act = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    with pytest.raises(ValueError, match="eps"):
+        ppo.update(net, ppo.make_optimizer(net, 1e-3), obs, act, args[1], args[2], args[4], eps=0.0)
+    with pytest.raises(ValueError, match="shapes must match"):
+        ppo.update(net, ppo.make_optimizer(net, 1e-3), obs, act, args[1][:16], args[2], args[4])
