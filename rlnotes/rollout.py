@@ -79,6 +79,11 @@ class History:
         return np.where(idx >= 0, m[np.clip(idx, 0, None)] if len(m) else np.nan, np.nan)
 
 
+# gymnasium 1.1 to 1.3 drop the first step of every episode after an autoreset from the
+# returns that the vector RecordEpisodeStatistics wrapper reports in same-step mode.
+GYMNASIUM_MIN = (1, 4)
+
+
 def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector.VectorEnv:
     """Synchronous vector environments with same-step autoreset and episode statistics.
 
@@ -86,6 +91,10 @@ def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector
     ``ValueError`` if the action space is not ``Discrete`` (the policies here are categorical).
     """
     num_envs = check_positive_int("num_envs", num_envs)
+    if tuple(int(part) for part in gym.__version__.split(".")[:2]) < GYMNASIUM_MIN:
+        raise ImportError(f"rlnotes needs gymnasium >= {'.'.join(map(str, GYMNASIUM_MIN))}, found {gym.__version__}: "
+                          "before 1.4, RecordEpisodeStatistics miscounts episodes under same-step autoreset "
+                          "(pip install -U gymnasium)")
     envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **env_kwargs)
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):

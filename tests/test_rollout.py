@@ -85,3 +85,10 @@ def test_networks_shapes_and_kl():
     assert mean_kl(dist, dist).item() == pytest.approx(0.0, abs=1e-7)
     # the small output gain starts the policy close to uniform
     assert (dist.probs - 1 / 3).abs().max() < 0.05
+
+
+def test_an_old_gymnasium_is_refused_with_a_clear_message(monkeypatch):
+    import gymnasium
+    monkeypatch.setattr(gymnasium, "__version__", "1.3.0")
+    with pytest.raises(ImportError, match="gymnasium >= 1.4"):
+        make_envs("CartPole-v1", 1, 0)
