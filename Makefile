@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored test unit nbval browser chromium bench clean
+.PHONY: setup book book-stored test unit nbval browser chromium bench oldest clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,16 @@ browser: book-stored chromium
 bench: setup
 	$(BIN)/python -m pip install -q -r bench/requirements.txt
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+
+# The unit tests against the lowest versions pyproject.toml allows (what an older Colab image may
+# have), in a venv of their own; run by hand when a lower bound in pyproject.toml changes.
+OLDEST := "numpy==1.26.*" "matplotlib==3.8.*" "gymnasium==1.4.*" "transformers==4.46.*" "tokenizers==0.20.*" \
+          "ipywidgets==8.1.*" "tqdm==4.60.*" pytest pyyaml
+oldest:
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install -q torch==2.13.0 $(OLDEST)
+	.venv-oldest/bin/python -m pip install -q --no-deps -e .
+	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py
 
 clean:
 	rm -rf _build
