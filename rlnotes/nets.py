@@ -49,6 +49,25 @@ class ValueNet(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-def mean_kl(old: Categorical, new: Categorical) -> torch.Tensor:
-    """E_s[ KL[pi_old(.|s) || pi_new(.|s)] ], exact over the actions, averaged over states."""
-    return torch.distributions.kl_divergence(old, new).mean()
+def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L^VF = 1/2 E_t[(V(s_t) - V^targ_t)^2], the one value loss of the book (over ``mask`` if given).
+
+    The half makes its gradient V - V^targ. PPO's c_1 multiplies this; SB3 and RL Zoo use the
+    unhalved squared error, so their c_1 = 0.5 is c_1 = 1 here.
+    """
+    sq = (values - returns).square()
+    if mask is None:
+        return 0.5 * sq.mean()
+    m = mask.to(sq.dtype)
+    return 0.5 * (sq * m).sum() / m.sum()
+
+
+def fit_value(value_fn: ValueNet, optimizer: torch.optim.Optimizer, obs: torch.Tensor,
+              returns: torch.Tensor, iters: int) -> float:
+    """Regress V(s) on the returns for ``iters`` full-batch steps of ``value_loss``; returns the last loss."""
+    for _ in range(iters):
+        loss = value_loss(value_fn(obs), returns)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()

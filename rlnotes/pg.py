@@ -9,12 +9,16 @@ on L^PG per batch, advantages from GAE with a value function fitted by regressio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .nets import CategoricalPolicy, ValueNet, mean_kl
-from .returns import gae
-from .rollout import History, Runner, Timer
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape, seed_everything
+from .kl import mean_kl
+from .nets import CategoricalPolicy, ValueNet, fit_value
+from .returns import advantage_batch
+from .rollout import ControlConfig, Runner
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
+from .utils import check_positive, check_positive_int, check_same_shape
 
 
 def pg_loss(logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -23,72 +27,52 @@ def pg_loss(logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     return -(logp * advantages).mean()
 
 
-def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale the advantages to mean 0 and standard deviation 1 (a per-batch baseline)."""
-    return (advantages - advantages.mean()) / (advantages.std() + eps)
+@dataclass(frozen=True, kw_only=True)
+class PGConfig(ControlConfig):
+    """Vanilla policy gradient: ``lr`` for the policy's Adam; the value function is fitted with
+    ``vf_iters`` full-batch Adam steps at ``vf_lr`` per update."""
+
+    lr: float = 3e-3
+    vf_lr: float = 3e-3
+    vf_iters: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check("lr", check_positive)
+        self.check("vf_lr", check_positive)
+        self.check("vf_iters", check_positive_int)
 
 
-def fit_value(value_fn: ValueNet, optimizer: torch.optim.Optimizer, obs: torch.Tensor,
-              returns: torch.Tensor, iters: int) -> float:
-    """Regress V(s) on the returns for ``iters`` full-batch steps; returns the last squared error."""
-    for _ in range(iters):
-        loss = 0.5 * (value_fn(obs) - returns).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return loss.item()
-
-
-def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool = True):
-    """A rollout made ready for a policy update: GAE advantages and value targets
-    (``rlnotes.returns.gae``), the time and environment axes merged, and the advantages
-    normalised per batch if asked. Returns (obs, actions, advantages, returns)."""
-    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
-    obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
-    return obs, actions, normalize(adv) if normalize_advantages else adv, ret
-
-
-def check_train_args(total_steps, num_envs, num_steps, gamma, lam):
-    """Shared checks of the trainers' common arguments (chapters 1-3)."""
-    check_positive_int("total_steps", total_steps)
-    check_positive_int("num_envs", num_envs)
-    check_positive_int("num_steps", num_steps)
-    check_in_range("gamma", gamma, 0.0, 1.0)
-    check_in_range("lam", lam, 0.0, 1.0)
-
-
-def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float = 3e-3,
-          num_envs: int = 8, num_steps: int = 64, gamma: float = 0.99, lam: float = 1.0,
-          vf_lr: float = 3e-3, vf_iters: int = 10, hidden: int = 64,
-          normalize_advantages: bool = True) -> History:
+def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs) -> TrainResult:
     """Vanilla policy gradient: each batch of ``num_envs * num_steps`` steps gives one Adam step on -L^PG.
 
-    The history logs per update: ``env_steps``, ``kl`` (mean KL[pi_old || pi_new] on the batch's
-    states, exact over actions), ``entropy``, ``value_loss`` and ``seconds``.
+    Arguments: those of ``PGConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
+    Returns a ``TrainResult`` (``model`` the policy, ``value_fn``). Logs per update:
+    ``env_steps``, ``kl/exact_per_state`` (mean KL[pi_old || pi_new] over the batch's states,
+    exact over the actions), ``entropy``, ``loss/value`` and ``seconds``.
     """
-    check_train_args(total_steps, num_envs, num_steps, gamma, lam)
-    check_positive("lr", lr)
-    seed_everything(seed)
+    cfg = make_config(PGConfig, config, **kwargs)
     history = History()
-    runner = Runner(env_id, num_envs, seed, gamma, history)
-    policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, hidden)
-    value_fn = ValueNet(runner.obs_dim, hidden)
-    pi_opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    vf_opt = torch.optim.Adam(value_fn.parameters(), lr=vf_lr)
-    while runner.steps < total_steps:
-        with Timer() as timer:
-            batch = runner.rollout(policy, value_fn, num_steps)
-            obs, actions, adv, ret = advantage_batch(batch, gamma, lam, normalize_advantages)
-            dist = policy(obs)
-            loss = pg_loss(dist.log_prob(actions), adv)
-            pi_opt.zero_grad()
-            loss.backward()
-            pi_opt.step()
-            v_loss = fit_value(value_fn, vf_opt, obs, ret, vf_iters)
-            with torch.no_grad():
-                kl = mean_kl(dist, policy(obs))
-        history.log(env_steps=runner.steps, kl=kl, entropy=dist.entropy().mean(),
-                    value_loss=v_loss, seconds=timer.seconds)
-    runner.close()
-    history.policy = policy
-    return history
+    with rng_scope(cfg.seed):
+        runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
+        policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden)
+        value_fn = ValueNet(runner.obs_dim, cfg.hidden)
+        pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+        vf_opt = torch.optim.Adam(value_fn.parameters(), lr=cfg.vf_lr)
+        result = TrainResult(policy, history, cfg, value_fn)
+        with run_guard(lambda: result, runner.close):
+            for _ in progress(range(cfg.updates), cfg.progress, desc="pg"):
+                with Timer() as timer, atomic(policy, value_fn, pi_opt, vf_opt):
+                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                    dist = policy(obs)
+                    loss = pg_loss(dist.log_prob(actions), adv)
+                    pi_opt.zero_grad()
+                    loss.backward()
+                    pi_opt.step()
+                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                    with torch.no_grad():
+                        kl = mean_kl(dist.logits, policy(obs).logits)
+                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
+                             "loss/value": v_loss, "seconds": timer.seconds})
+    return result

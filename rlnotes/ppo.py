@@ -21,18 +21,19 @@ optional annealing of the learning rate and of eps), in the spirit of CleanRL's 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .nets import CategoricalPolicy, ValueNet
-from .pg import check_train_args, normalize
-from .returns import gae
-from .rollout import History, Runner, Timer
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape, seed_everything
+from .actor_critic import ActorCritic, clip_grad_norm, make_optimizer
+from .kl import k3, mean_kl
+from .nets import CategoricalPolicy, ValueNet, value_loss
+from .returns import gae, normalize
+from .rollout import ControlConfig, Runner
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
+                      run_guard)
+from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
 
 
 def ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
@@ -55,14 +56,9 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps: float)
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
-    """The estimator E_t[(r_t - 1) - log r_t] of KL[pi_old || pi_theta] (>= 0 sample by sample, unbiased)."""
-    return (torch.expm1(log_ratio) - log_ratio).mean()
-
-
-def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
-    """E_s[ KL[pi_old(.|s) || pi_new(.|s)] ] = mean_s sum_a pi_old(a|s) (log pi_old(a|s) - log pi_new(a|s)), exact."""
-    check_same_shape(old_log_probs=old_log_probs, new_log_probs=new_log_probs)
-    return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(-1).mean()
+    """E_t[(r_t - 1) - log r_t], the k3 estimator of KL[pi_old || pi_theta] (``rlnotes.kl.k3``) averaged
+    over the samples: >= 0 sample by sample and unbiased. ``log_ratio`` is log r_t = log pi_theta - log pi_old."""
+    return k3(torch.zeros_like(log_ratio), log_ratio).mean()
 
 
 class PPOLoss(NamedTuple):
@@ -77,30 +73,34 @@ class PPOLoss(NamedTuple):
 
 
 def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
-             returns: torch.Tensor, entropy: torch.Tensor | None = None, eps: float = 0.2, vf_coef: float = 0.5,
-             ent_coef: float = 0.0, diagnostics: bool = True, check: bool = True) -> PPOLoss:
-    """-L^{CLIP+VF+S} of eq. 9: -L^CLIP + c_1 E_t[(V(s_t) - V^targ_t)^2] - c_2 E_t[S[pi](s_t)].
+             returns: torch.Tensor, entropy: torch.Tensor | None = None, eps: float = 0.2, vf_coef: float = 1.0,
+             ent_coef: float = 0.0) -> PPOLoss:
+    """-L^{CLIP+VF+S} of eq. 9: -L^CLIP + c_1 L^VF - c_2 E_t[S[pi](s_t)], with L^VF = 1/2 E_t[(V(s_t) - V^targ_t)^2].
 
     ``logp`` (log pi_theta(a_t|s_t), with gradient), ``logp_old``, ``advantages``, ``values``
     (V(s_t), with gradient), ``returns`` (the targets V^targ_t) and ``entropy`` (S per state) are
     1-D tensors of one length; ``entropy`` may be None when ``ent_coef`` is 0 (then reported as
-    nan). Also returned, for logging: the approximate KL E_t[(r - 1) - log r] and the fraction of
-    samples whose ratio lies outside [1 - eps, 1 + eps] (None with ``diagnostics=False``).
-    ``check=False`` skips the argument checks (``update`` checks once, not on every minibatch).
+    nan). The value loss is ``rlnotes.nets.value_loss``, the half squared error, so c_1 = 1 here
+    is SB3's and RL Zoo's c_1 = 0.5 on the plain squared error. Also returned, for logging: the
+    approximate KL E_t[(r - 1) - log r] (k3) and the fraction of samples whose ratio lies outside
+    [1 - eps, 1 + eps].
     """
-    if check:
-        eps = check_positive("eps", eps)
-        check_in_range("vf_coef", vf_coef, 0.0, math.inf)
-        check_in_range("ent_coef", ent_coef, 0.0, math.inf)
-        if entropy is None and ent_coef > 0:
-            raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
-        check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
-                         **({} if entropy is None else {"entropy": entropy}))
+    eps = check_positive("eps", eps)
+    vf_coef = check_in_range("vf_coef", vf_coef, 0.0, math.inf)
+    ent_coef = check_in_range("ent_coef", ent_coef, 0.0, math.inf)
+    if entropy is None and ent_coef > 0:
+        raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
+    check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
+                     **({} if entropy is None else {"entropy": entropy}))
+    return _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, True)
+
+
+def _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, diagnostics):
     log_ratio = logp - logp_old
     r = torch.exp(log_ratio)
     policy_loss = -clipped_surrogate(r, advantages, eps).mean()
-    value_loss = (values - returns).square().mean()
-    loss = policy_loss + vf_coef * value_loss
+    v_loss = value_loss(values, returns)
+    loss = policy_loss + vf_coef * v_loss
     entropy = torch.tensor(math.nan) if entropy is None else entropy.mean()
     if ent_coef > 0:
         loss = loss - ent_coef * entropy
@@ -109,221 +109,173 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
         with torch.no_grad():
             kl = approx_kl(log_ratio)
             clip_fraction = ((r - 1.0).abs() > eps).float().mean()
-    return PPOLoss(loss, policy_loss.detach(), value_loss.detach(), entropy.detach(), kl, clip_fraction)
+    return PPOLoss(loss, policy_loss.detach(), v_loss.detach(), entropy.detach(), kl, clip_fraction)
 
 
-class ActorCritic(nn.Module):
-    """pi_theta(a|s) and V(s) evaluated together: a ``CategoricalPolicy`` and a ``ValueNet`` packed.
+@dataclass(frozen=True, kw_only=True)
+class UpdateConfig(Config):
+    """One PPO update: ``epochs`` passes over the batch in minibatches of ``minibatch_size``, clip
+    range ``eps``, coefficients ``vf_coef`` (c_1) and ``ent_coef`` (c_2), gradient-norm clipping to
+    ``max_grad_norm`` (None: none), advantages normalised per minibatch if ``normalize_advantages``."""
 
-    The two networks stay separate functions (no shared weights); packing them lets one matrix
-    product per layer serve both (the first layers side by side, the second ones as a batched
-    matmul), which roughly halves the number of tensor operations per step. ``act`` samples in
-    NumPy on views of the parameters, for the rollout's small batches. ``unpack`` writes the
-    weights back into the two modules.
-    """
+    epochs: int = 15
+    minibatch_size: int = 256
+    eps: float = 0.2
+    vf_coef: float = 1.0
+    ent_coef: float = 0.0
+    max_grad_norm: float | None = 0.5
+    normalize_advantages: bool = True
 
-    def __init__(self, policy: CategoricalPolicy, value_fn: ValueNet):
-        super().__init__()
-        p = [m for m in policy.logits_net if isinstance(m, nn.Linear)]
-        v = [m for m in value_fn.net if isinstance(m, nn.Linear)]
-        if len(p) != 3 or len(v) != 3 or p[1].weight.shape != v[1].weight.shape:
-            raise ValueError("ActorCritic packs two-hidden-layer networks of one width")
-        self._pair = (policy, value_fn)  # a tuple: not registered as submodules
-        self.hidden = p[1].weight.shape[0]
-        data = lambda t: t.detach().clone()  # noqa: E731
-        self.w1 = nn.Parameter(data(torch.cat([p[0].weight, v[0].weight])))       # [2H, obs_dim]
-        self.b1 = nn.Parameter(data(torch.cat([p[0].bias, v[0].bias])))           # [2H]
-        self.w2 = nn.Parameter(data(torch.stack([p[1].weight.T, v[1].weight.T])))  # [2, H, H], x @ w2
-        self.b2 = nn.Parameter(data(torch.stack([p[1].bias, v[1].bias]).unsqueeze(1)))  # [2, 1, H]
-        self.w_pi, self.b_pi = nn.Parameter(data(p[2].weight)), nn.Parameter(data(p[2].bias))
-        self.w_v, self.b_v = nn.Parameter(data(v[2].weight)), nn.Parameter(data(v[2].bias))
-        self._views = None
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log pi_theta(.|s) [B, n_actions], V(s) [B]) for a batch of observations."""
-        h = torch.tanh(F.linear(obs, self.w1, self.b1))
-        h = h.view(len(obs), 2, self.hidden).transpose(0, 1)
-        h = torch.tanh(torch.baddbmm(self.b2, h, self.w2))
-        logits = F.linear(h[0], self.w_pi, self.b_pi)
-        return torch.log_softmax(logits, dim=-1), F.linear(h[1], self.w_v, self.b_v).squeeze(-1)
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self(obs)[1]
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor):
-        """(a ~ pi_theta(.|s), log pi_theta(a|s), V(s)) for a small batch, in NumPy (float32).
-
-        Sampling inverts the CDF of pi(.|s) at u ~ U(0, 1) drawn from torch's global generator.
-        """
-        if self._views is None:  # the optimiser updates parameters in place, so views stay current
-            self._views = [t.detach().numpy() for t in (self.w1, self.b1, self.w2, self.b2, self.w_pi,
-                                                        self.b_pi, self.w_v, self.b_v)]
-        w1, b1, w2, b2, w_pi, b_pi, w_v, b_v = self._views
-        x = obs.numpy()
-        h = np.tanh(x @ w1.T + b1).reshape(len(x), 2, self.hidden).transpose(1, 0, 2)
-        h = np.tanh(h @ w2 + b2)
-        logits = h[0] @ w_pi.T + b_pi
-        logits = logits - logits.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        cdf = np.cumsum(np.exp(log_probs), -1)
-        u = torch.rand(len(x)).numpy()[:, None]
-        a = np.minimum((u * cdf[:, -1:] > cdf[:, :-1]).sum(-1), log_probs.shape[1] - 1)
-        value = (h[1] @ w_v.T + b_v)[:, 0]
-        return (torch.from_numpy(a), torch.from_numpy(np.take_along_axis(log_probs, a[:, None], -1)[:, 0]),
-                torch.from_numpy(value))
-
-    @torch.no_grad()
-    def unpack(self) -> tuple[CategoricalPolicy, ValueNet]:
-        """Copy the packed weights back into the ``CategoricalPolicy`` and ``ValueNet`` and return them."""
-        policy, value_fn = self._pair
-        p = [m for m in policy.logits_net if isinstance(m, nn.Linear)]
-        v = [m for m in value_fn.net if isinstance(m, nn.Linear)]
-        H = self.hidden
-        p[0].weight.copy_(self.w1[:H]); v[0].weight.copy_(self.w1[H:])  # noqa: E702
-        p[0].bias.copy_(self.b1[:H]); v[0].bias.copy_(self.b1[H:])  # noqa: E702
-        p[1].weight.copy_(self.w2[0].T); v[1].weight.copy_(self.w2[1].T)  # noqa: E702
-        p[1].bias.copy_(self.b2[0, 0]); v[1].bias.copy_(self.b2[1, 0])  # noqa: E702
-        p[2].weight.copy_(self.w_pi); p[2].bias.copy_(self.b_pi)  # noqa: E702
-        v[2].weight.copy_(self.w_v); v[2].bias.copy_(self.b_v)  # noqa: E702
-        return policy, value_fn
-
-
-def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam with eps = 1e-5 (as in the PPO implementations of OpenAI Baselines, CleanRL and SB3)."""
-    try:
-        return torch.optim.Adam(net.parameters(), lr=lr, eps=1e-5, fused=True)
-    except (RuntimeError, TypeError):  # a device or torch version without the fused kernel
-        return torch.optim.Adam(net.parameters(), lr=lr, eps=1e-5)
+    def __post_init__(self):
+        self.check("epochs", check_positive_int)
+        self.check("minibatch_size", check_positive_int)
+        self.check("eps", check_positive)
+        self.check("vf_coef", check_in_range, 0.0, math.inf)
+        self.check("ent_coef", check_in_range, 0.0, math.inf)
+        self.check("max_grad_norm", check_positive)
+        self.check("normalize_advantages", check_bool)
 
 
 def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
-           logp_old: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, *, epochs: int = 10,
-           minibatch_size: int = 64, eps: float = 0.2, vf_coef: float = 0.5, ent_coef: float = 0.0,
-           max_grad_norm: float | None = 0.5, normalize_advantages: bool = True) -> dict:
+           logp_old: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, **kwargs) -> dict:
     """``epochs`` passes of minibatch gradient steps on ``ppo_loss`` over one batch of experience.
 
-    The batch is reshuffled each epoch (``torch.randperm``; no shuffle when one minibatch holds it
-    all), the advantages are normalised per minibatch, and the gradient norm of all parameters is
-    clipped to ``max_grad_norm`` (None: no clipping). Returns the last minibatch's loss terms.
+    Keyword arguments: those of ``UpdateConfig``. The batch is reshuffled each epoch
+    (``torch.randperm``; no shuffle when one minibatch holds it all), the advantages are
+    normalised per minibatch, and the gradient norm of all parameters is clipped to
+    ``max_grad_norm``. Returns the last minibatch's loss terms.
     """
-    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm)
-    check_in_range("vf_coef", vf_coef, 0.0, math.inf)
-    check_in_range("ent_coef", ent_coef, 0.0, math.inf)
+    cfg = UpdateConfig(**kwargs)
     check_same_shape(actions=actions, logp_old=logp_old, advantages=advantages, returns=returns)
+    if len(obs) != len(actions) or len(actions) == 0:
+        raise ValueError(f"obs and actions must hold the same number (>= 1) of samples, "
+                         f"got {len(obs)} and {len(actions)}")
+    return _update(net, optimizer, obs, actions, logp_old, advantages, returns, cfg)
+
+
+def _update(net, optimizer, obs, actions, logp_old, advantages, returns, cfg, generator=None) -> dict:
     n = len(obs)
     params = list(net.parameters())
     actions = actions.unsqueeze(-1)
-    single = minibatch_size >= n  # one minibatch per epoch: no shuffling, normalise once
-    if single and normalize_advantages and n > 1:
+    single = cfg.minibatch_size >= n  # one minibatch per epoch: no shuffling, normalise once
+    if single and cfg.normalize_advantages and n > 1:
         advantages = normalize(advantages)
-    for epoch in range(epochs):
-        order = None if single else torch.randperm(n)
-        for start in range(0, n, minibatch_size):
-            idx = slice(None) if single else order[start:start + minibatch_size]
+    for epoch in range(cfg.epochs):
+        order = None if single else torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.minibatch_size):
+            idx = slice(None) if single else order[start:start + cfg.minibatch_size]
             adv = advantages[idx]
-            if normalize_advantages and not single and adv.numel() > 1:
+            if cfg.normalize_advantages and not single and adv.numel() > 1:
                 adv = normalize(adv)
-            last = epoch == epochs - 1 and start + minibatch_size >= n
+            last = epoch == cfg.epochs - 1 and start + cfg.minibatch_size >= n
             log_probs, values = net(obs[idx])
             logp = log_probs.gather(-1, actions[idx]).squeeze(-1)
             entropy = None
-            if ent_coef > 0 or last:
-                with torch.set_grad_enabled(ent_coef > 0 and torch.is_grad_enabled()):
+            if cfg.ent_coef > 0 or last:
+                with torch.set_grad_enabled(cfg.ent_coef > 0 and torch.is_grad_enabled()):
                     entropy = -(log_probs.exp() * log_probs).sum(-1)
-            out = ppo_loss(logp, logp_old[idx], adv, values, returns[idx], entropy, eps, vf_coef, ent_coef,
-                           diagnostics=last, check=False)
+            out = _ppo_loss(logp, logp_old[idx], adv, values, returns[idx], entropy, cfg.eps, cfg.vf_coef,
+                            cfg.ent_coef, last)
             for p in params:  # optimizer.zero_grad(set_to_none=True), without its profiling hooks
                 p.grad = None
             out.loss.backward()
-            if max_grad_norm is not None:
-                clip_grad_norm(params, max_grad_norm)
+            if cfg.max_grad_norm is not None:
+                clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
     return {name: float(value.detach()) for name, value in out._asdict().items()}
 
 
-@torch.no_grad()
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale all gradients by min(1, max_norm / ||g||), with ||g|| the norm of them all; returns ||g||."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
+@dataclass(frozen=True, kw_only=True)
+class PPOConfig(ControlConfig, UpdateConfig):
+    """PPO-Clip: the control arguments (``ControlConfig``), one update's (``UpdateConfig``), the
+    learning rate ``lr``, linear annealing of the learning rate and of eps to 0 over
+    ``total_steps`` (``anneal_lr``, ``anneal_eps``), and ``stop_return``: stop after the update in
+    which the mean of the last 20 episode returns first reaches it (the schedules still use
+    ``total_steps``)."""
+
+    gamma: float = 0.98
+    lam: float = 0.8
+    lr: float = 2e-3
+    anneal_lr: bool = True
+    anneal_eps: bool = True
+    stop_return: float | None = None
+
+    def __post_init__(self):
+        ControlConfig.__post_init__(self)
+        UpdateConfig.__post_init__(self)
+        self.check("lr", check_positive)
+        self.check("anneal_lr", check_bool)
+        self.check("anneal_eps", check_bool)
+        self.check("stop_return", check_in_range, -math.inf, math.inf)
+
+    def update_config(self, frac: float) -> UpdateConfig:
+        """This update's ``UpdateConfig``: eps annealed by ``frac`` (the share of the budget left) if asked."""
+        fields = {name: getattr(self, name) for name in UpdateConfig.__dataclass_fields__}
+        return UpdateConfig(**{**fields, "eps": self.eps * frac if self.anneal_eps else self.eps})
 
 
-def check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr=None):
-    check_positive_int("epochs", epochs)
-    check_positive_int("minibatch_size", minibatch_size)
-    check_positive("eps", eps)
-    if lr is not None:
-        check_positive("lr", lr)
-    if max_grad_norm is not None:
-        check_positive("max_grad_norm", max_grad_norm)
-
-
-def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, lr: float = 2e-3,
-          num_envs: int = 8, num_steps: int = 64, gamma: float = 0.98, lam: float = 0.8,
-          epochs: int = 15, minibatch_size: int = 256, eps: float = 0.2, vf_coef: float = 0.5,
-          ent_coef: float = 0.0, max_grad_norm: float | None = 0.5, anneal_lr: bool = True,
-          anneal_eps: bool = True, hidden: int = 64, normalize_advantages: bool = True,
-          stop_return: float | None = None) -> History:
+def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs) -> TrainResult:
     """PPO-Clip (Algorithm 1 of the paper) on any gymnasium environment with a Discrete action space.
 
+    Arguments: those of ``PPOConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
     Each iteration collects ``num_envs * num_steps`` steps with pi_theta_old, computes GAE(gamma,
     lam) advantages (truncated episodes bootstrap from V, as in ``rlnotes.rollout``), then runs
     ``update``: ``epochs`` passes of minibatch Adam steps on eq. 9. With ``anneal_lr`` /
     ``anneal_eps`` the learning rate and eps fall linearly to 0 over ``total_steps`` (the factor
-    is 1 - steps done before the iteration / total_steps). ``stop_return``: stop after the
-    iteration in which the mean of the last 20 episode returns first reaches it (the schedules
-    still use ``total_steps``).
+    is 1 - steps done before the iteration / total_steps).
 
     The defaults are RL Baselines3 Zoo's tuned values for CartPole-v1 (gamma 0.98, lam 0.8,
-    eps 0.2, c_1 0.5, c_2 0, 8 environments) except three: 512 steps per batch (as in chapters 1
-    and 2), split into 2 minibatches of 256 for 15 epochs, and a learning rate of 2e-3. That is
-    30 Adam steps per 512 environment steps where Zoo takes 40 (20 epochs of one minibatch per
-    256 steps), at twice its learning rate; over seeds 0-29 the median number of steps to a
-    20-episode mean return of 475 was 22 360 (``bench/ppo_cartpole.py`` compares with SB3).
+    eps 0.2, c_1 0.5 on the plain squared error = 1 here, c_2 0, 8 environments) except three:
+    512 steps per batch (as in chapters 1 and 2), split into 2 minibatches of 256 for 15 epochs,
+    and a learning rate of 2e-3. That is 30 Adam steps per 512 environment steps where Zoo takes
+    40 (20 epochs of one minibatch per 256 steps), at twice its learning rate; over seeds 0-29
+    the median number of steps to a 20-episode mean return of 475 was 22 360
+    (``bench/ppo_cartpole.py`` compares with SB3).
 
-    The history logs per update ``env_steps``, ``kl`` (exact mean KL[pi_old || pi_new] over the
-    batch's states), ``approx_kl``, ``clip_fraction``, ``policy_loss``, ``value_loss``,
-    ``entropy``, ``lr``, ``eps``, ``ratio_min`` / ``ratio_max`` (the extreme r_t over the batch
-    after the update) and ``seconds``. A continuous action space raises ``ValueError``.
+    Returns a ``TrainResult`` (``model`` the policy, ``value_fn``). Logs per update
+    ``env_steps``, ``kl/exact_per_state`` (exact mean KL[pi_old || pi_new] over the batch's
+    states), ``kl/k3_per_sample`` (the k3 estimate on the last minibatch: SB3's ``approx_kl``),
+    ``clip_ratio/region_mean`` (the fraction of the last minibatch's ratios outside the clip
+    range), ``loss/policy``, ``loss/value``, ``entropy``, ``learning_rate``, ``eps``, ``ratio_min``
+    / ``ratio_max`` (the extreme r_t over the batch after the update) and ``seconds``.
     """
-    check_train_args(total_steps, num_envs, num_steps, gamma, lam)
-    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr)
-    seed_everything(seed)
+    cfg = make_config(PPOConfig, config, **kwargs)
     history = History()
-    runner = Runner(env_id, num_envs, seed, gamma, history)
-    net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, hidden), ValueNet(runner.obs_dim, hidden))
-    optimizer = make_optimizer(net, lr)
-    while runner.steps < total_steps:
-        frac = 1.0 - runner.steps / total_steps
-        lr_now = lr * frac if anneal_lr else lr
-        eps_now = eps * frac if anneal_eps else eps
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        with Timer() as timer:
-            batch = runner.rollout(net, net.value, num_steps)
-            adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
-            obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
-            with torch.no_grad():
-                old_log_probs = net(obs)[0]
-            stats = update(net, optimizer, obs, actions, logp_old, adv, ret, epochs=epochs,
-                           minibatch_size=minibatch_size, eps=eps_now, vf_coef=vf_coef, ent_coef=ent_coef,
-                           max_grad_norm=max_grad_norm, normalize_advantages=normalize_advantages)
-            with torch.no_grad():
-                new_log_probs = net(obs)[0]
-                kl = categorical_kl(old_log_probs, new_log_probs)
-                r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
-        history.log(env_steps=runner.steps, kl=kl, approx_kl=stats["approx_kl"],
-                    clip_fraction=stats["clip_fraction"], policy_loss=stats["policy_loss"],
-                    value_loss=stats["value_loss"], entropy=stats["entropy"], lr=lr_now, eps=eps_now,
-                    ratio_min=r.min(), ratio_max=r.max(), seconds=timer.seconds)
-        if stop_return is not None and history.steps_to_reach(stop_return) < math.inf:
-            break
-    runner.close()
-    history.policy, history.value_fn = net.unpack()
-    return history
+    with rng_scope(cfg.seed):
+        runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
+        net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden),
+                          ValueNet(runner.obs_dim, cfg.hidden))
+        optimizer = make_optimizer(net, cfg.lr)
+
+        def result():  # the packed weights copied back into the policy and the value network
+            policy, value_fn = net.unpack()
+            return TrainResult(policy, history, cfg, value_fn)
+
+        with run_guard(result, runner.close):
+            for _ in progress(range(cfg.updates), cfg.progress, desc="ppo"):
+                frac = 1.0 - runner.steps / cfg.total_steps
+                lr_now = cfg.lr * frac if cfg.anneal_lr else cfg.lr
+                step_cfg = cfg.update_config(frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_now
+                with Timer() as timer, atomic(net, optimizer):
+                    batch = runner.rollout(net, net.value, cfg.num_steps)
+                    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
+                    obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
+                    with torch.no_grad():
+                        old_log_probs = net(obs)[0]
+                    stats = _update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
+                    with torch.no_grad():
+                        new_log_probs = net(obs)[0]
+                        kl = mean_kl(old_log_probs, new_log_probs)
+                        r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
+                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "kl/k3_per_sample": stats["approx_kl"],
+                             "clip_ratio/region_mean": stats["clip_fraction"], "loss/policy": stats["policy_loss"],
+                             "loss/value": stats["value_loss"], "entropy": stats["entropy"], "learning_rate": lr_now,
+                             "eps": step_cfg.eps, "ratio_min": r.min(), "ratio_max": r.max(), "seconds": timer.seconds})
+                if cfg.stop_return is not None and history.steps_to_reach(cfg.stop_return) < math.inf:
+                    break
+    return result()
 
 
 def kl_bound_inside_clip(eps: float) -> float:
@@ -340,38 +292,62 @@ def kl_bound_inside_clip(eps: float) -> float:
     return eps ** 2 / (2.0 * (1.0 - eps) ** 2)
 
 
-def epochs_on_one_batch(env_id: str = "CartPole-v1", *, seed: int, epochs: int, eps: float = 0.2,
-                        lr: float = 1e-3, num_envs: int = 8, num_steps: int = 32, gamma: float = 0.98,
-                        lam: float = 0.8, minibatch_size: int = 256, max_grad_norm: float | None = 0.5,
-                        hidden: int = 64) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class OneBatchConfig(UpdateConfig):
+    """``epochs_on_one_batch``: one batch of ``num_envs * num_steps`` steps, optimised for ``epochs``
+    epochs at learning rate ``lr`` (no annealing)."""
+
+    seed: int
+    epochs: int
+    lr: float = 1e-3
+    num_envs: int = 8
+    num_steps: int = 32
+    gamma: float = 0.98
+    lam: float = 0.8
+    hidden: int = 64
+
+    def __post_init__(self):
+        UpdateConfig.__post_init__(self)
+        self.check("seed", check_positive_int, 0)
+        for name in ("num_envs", "num_steps", "hidden"):
+            self.check(name, check_positive_int)
+        self.check("lr", check_positive)
+        self.check("gamma", check_in_range, 0.0, 1.0)
+        self.check("lam", check_in_range, 0.0, 1.0)
+
+
+def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | None = None, **kwargs) -> TrainResult:
     """Optimise L^{CLIP+VF+S} for ``epochs`` epochs on a single batch, as PPO would with a huge ``epochs``.
 
-    A fresh policy collects one batch of ``num_envs * num_steps`` steps; after each epoch the
-    returned arrays hold ``kl`` (exact mean KL[pi_old || pi] over the batch's states) and
-    ``outside`` (the fraction of samples whose ratio r_t lies outside [1 - eps, 1 + eps]) and
-    ``ratio_max`` (the largest r_t).
+    Arguments: those of ``OneBatchConfig`` (``seed`` and ``epochs`` are required). A fresh policy
+    collects one batch of ``num_envs * num_steps`` steps; the history logs after each epoch
+    ``kl/exact_per_state`` (exact mean KL[pi_old || pi] over the batch's states), ``outside`` (the
+    fraction of samples whose ratio r_t lies outside [1 - eps, 1 + eps]) and ``ratio_max`` (the
+    largest r_t). Returns a ``TrainResult``.
     """
-    check_train_args(num_envs * num_steps, num_envs, num_steps, gamma, lam)
-    check_ppo_args(epochs, minibatch_size, eps, max_grad_norm, lr)
-    seed_everything(seed)
-    runner = Runner(env_id, num_envs, seed, gamma, History())
-    net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, hidden), ValueNet(runner.obs_dim, hidden))
-    optimizer = make_optimizer(net, lr)
-    batch = runner.rollout(net, net.value, num_steps)
-    runner.close()
-    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
-    obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
-    with torch.no_grad():
-        old = net(obs)[0]
-        logp_old = old.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # the same forward as below
-    kl, outside, ratio_max = [], [], []
-    for _ in range(epochs):
-        update(net, optimizer, obs, actions, logp_old, adv, ret, epochs=1, minibatch_size=minibatch_size,
-               eps=eps, max_grad_norm=max_grad_norm)
+    cfg = make_config(OneBatchConfig, config, **kwargs)
+    history = History()
+    with rng_scope(cfg.seed):
+        runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, History())
+        net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden),
+                          ValueNet(runner.obs_dim, cfg.hidden))
+        optimizer = make_optimizer(net, cfg.lr)
+        try:
+            batch = runner.rollout(net, net.value, cfg.num_steps)
+        finally:
+            runner.close()
+        adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
+        obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
         with torch.no_grad():
-            new = net(obs)[0]
-            r = torch.exp(new.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
-            kl.append(categorical_kl(old, new).item())
-            outside.append(((r - 1).abs() > eps).float().mean().item())
-            ratio_max.append(r.max().item())
-    return {"kl": np.array(kl), "outside": np.array(outside), "ratio_max": np.array(ratio_max)}
+            old = net(obs)[0]
+            logp_old = old.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # the same forward as below
+        one_epoch = UpdateConfig(**{**{k: getattr(cfg, k) for k in UpdateConfig.__dataclass_fields__}, "epochs": 1})
+        for _ in range(cfg.epochs):
+            _update(net, optimizer, obs, actions, logp_old, adv, ret, one_epoch)
+            with torch.no_grad():
+                new = net(obs)[0]
+                r = torch.exp(new.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
+                history.log({"kl/exact_per_state": mean_kl(old, new), "outside": ((r - 1).abs() > cfg.eps).float().mean(),
+                             "ratio_max": r.max()})
+    policy, value_fn = net.unpack()
+    return TrainResult(policy, history, cfg, value_fn)

@@ -56,3 +56,22 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
         advantages[t] = running
         next_value = values[t]
     return advantages, advantages + values
+
+
+def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Shift and scale the advantages to mean 0 and standard deviation 1 (a per-batch baseline).
+
+    A single advantage has no spread: it becomes 0 (the batch mean is its own baseline).
+    """
+    if advantages.numel() < 2:
+        return advantages - advantages.mean()
+    return (advantages - advantages.mean()) / (advantages.std() + eps)
+
+
+def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool = True):
+    """A rollout made ready for a policy update: GAE advantages and value targets (``gae``),
+    the time and environment axes merged, and the advantages normalised per batch if asked.
+    Returns (obs, actions, advantages, returns)."""
+    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
+    obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
+    return obs, actions, normalize(adv) if normalize_advantages else adv, ret

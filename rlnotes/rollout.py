@@ -1,4 +1,4 @@
-"""Rollouts over gymnasium vector environments, and the ``History`` every trainer returns.
+"""Rollouts over gymnasium vector environments, and the configuration shared by the control trainers.
 
 Gymnasium 1.x resets a finished sub-environment on the *next* step by default, which hands
 the learner a dummy transition. ``Runner`` asks for ``AutoresetMode.SAME_STEP`` instead: the
@@ -9,74 +9,14 @@ Episode returns come from gymnasium's own ``RecordEpisodeStatistics`` wrapper.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from .trainer import Config, History, check_bool
 from .utils import check_in_range, check_positive_int
-
-
-@dataclass
-class History:
-    """What a training run produced.
-
-    ``env_steps`` and ``episode_returns`` have one entry per finished episode: the total number
-    of environment steps when it finished, and its undiscounted return. ``updates`` maps a
-    metric name (``"kl"``, ``"entropy"``, ``"seconds"``, ...) to one value per update.
-    """
-
-    _steps: list = field(default_factory=list)
-    _returns: list = field(default_factory=list)
-    updates: dict = field(default_factory=dict)
-
-    @property
-    def env_steps(self) -> np.ndarray:
-        return np.asarray(self._steps, dtype=np.int64)
-
-    @property
-    def episode_returns(self) -> np.ndarray:
-        return np.asarray(self._returns, dtype=float)
-
-    def add_episode(self, env_step: int, episode_return: float) -> None:
-        self._steps.append(int(env_step))
-        self._returns.append(float(episode_return))
-
-    def log(self, **metrics) -> None:
-        """Append one value per metric for the current update."""
-        for name, value in metrics.items():
-            self.updates.setdefault(name, []).append(value.item() if torch.is_tensor(value) else float(value))
-
-    def update_array(self, name: str) -> np.ndarray:
-        return np.asarray(self.updates.get(name, []), dtype=float)
-
-    def moving_mean(self, window: int = 20) -> np.ndarray:
-        """Mean return of the last ``window`` finished episodes, after each episode."""
-        r = self.episode_returns
-        c = np.concatenate([[0.0], np.cumsum(r)])
-        idx = np.arange(1, len(r) + 1)
-        lo = np.maximum(idx - window, 0)
-        return (c[idx] - c[lo]) / (idx - lo)
-
-    def final_mean_return(self, window: int = 20) -> float:
-        """Mean return of the last ``window`` finished episodes (nan if none finished)."""
-        r = self.episode_returns[-window:]
-        return float(r.mean()) if len(r) else float("nan")
-
-    def steps_to_reach(self, threshold: float, window: int = 20) -> float:
-        """First env step at which the mean of the last ``window`` returns is >= threshold (inf if never)."""
-        m = self.moving_mean(window)
-        full = np.arange(len(m)) >= window - 1
-        hit = np.nonzero((m >= threshold) & full)[0]
-        return float(self.env_steps[hit[0]]) if len(hit) else float("inf")
-
-    def curve(self, grid: np.ndarray, window: int = 20) -> np.ndarray:
-        """The moving mean return as a function of env steps, sampled on ``grid`` (nan before any episode)."""
-        m = self.moving_mean(window)
-        idx = np.searchsorted(self.env_steps, grid, side="right") - 1
-        return np.where(idx >= 0, m[np.clip(idx, 0, None)] if len(m) else np.nan, np.nan)
 
 
 # gymnasium 1.1 to 1.3 drop the first step of every episode after an autoreset from the
@@ -88,7 +28,9 @@ def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector
     """Synchronous vector environments with same-step autoreset and episode statistics.
 
     ``env_kwargs`` go to ``gymnasium.make_vec`` (for example ``max_episode_steps``). Raises
-    ``ValueError`` if the action space is not ``Discrete`` (the policies here are categorical).
+    ``ValueError`` if the action space is not ``Discrete`` (the policies here are categorical);
+    a ``Discrete(n, start=s)`` space is fine: ``Runner`` sends the environment ``s + a`` for the
+    policy's action index ``a``.
     """
     num_envs = check_positive_int("num_envs", num_envs)
     if tuple(int(part) for part in gym.__version__.split(".")[:2]) < GYMNASIUM_MIN:
@@ -123,7 +65,8 @@ class Rollout:
     values: torch.Tensor
     last_value: torch.Tensor
 
-    def flat(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    @staticmethod
+    def flat(*tensors: torch.Tensor) -> list[torch.Tensor]:
         """Merge the time and environment axes: [T, N, ...] -> [T * N, ...]."""
         return [t.reshape(-1, *t.shape[2:]) for t in tensors]
 
@@ -141,7 +84,10 @@ class Runner:
         self.envs = make_envs(env_id, num_envs, seed, **env_kwargs)
         self.obs_dim = self.envs.single_observation_space.shape[0]
         self.n_actions = int(self.envs.single_action_space.n)
+        self.env_id = env_id
+        self.action_start = int(self.envs.single_action_space.start)  # Discrete(n, start=s): actions s..s+n-1
         obs, _ = self.envs.reset(seed=seed)
+        self._check_finite("observation", obs)
         self.obs = torch.as_tensor(obs, dtype=torch.float32)
         self.history = history
         self.steps = 0
@@ -166,8 +112,10 @@ class Runner:
                 a = dist.sample()
                 logp[t], values[t] = dist.log_prob(a), value_fn(self.obs)
             actions[t] = a
-            next_obs, r, term, trunc, info = self.envs.step(a.numpy())
+            next_obs, r, term, trunc, info = self.envs.step(a.numpy() + self.action_start)
             self.steps += N
+            self._check_finite("reward", r)
+            self._check_finite("observation", next_obs)
             r = r.astype(np.float32)
             cut = trunc & ~term
             if cut.any():
@@ -180,16 +128,53 @@ class Runner:
             self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
         return Rollout(*map(torch.from_numpy, (obs, actions, logp, rewards, dones, values)), value_fn(self.obs))
 
+    def _check_finite(self, what: str, values) -> None:
+        values = np.asarray(values, dtype=float)
+        if not np.isfinite(values).all():
+            raise ValueError(f"environment {self.env_id!r} returned a non-finite {what} ({values.ravel()[:8]}) "
+                             f"at environment step {self.steps}: rlnotes' trainers need finite rewards and observations")
+
     def close(self):
         self.envs.close()
 
 
-class Timer:
-    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.seconds``."""
+@dataclass(frozen=True, kw_only=True)
+class ControlConfig(Config):
+    """The arguments every control trainer (chapters 1-3) shares, checked once.
 
-    def __enter__(self):
-        self._start = time.perf_counter()
-        return self
+    ``total_steps`` environment steps in all, collected in batches of ``num_envs * num_steps``;
+    GAE(``gamma``, ``lam``) advantages, normalised per batch if ``normalize_advantages``;
+    networks of two hidden layers of width ``hidden``; ``progress`` shows a progress bar.
+    """
 
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self._start
+    total_steps: int
+    seed: int
+    num_envs: int = 8
+    num_steps: int = 64
+    gamma: float = 0.99
+    lam: float = 1.0
+    hidden: int = 64
+    normalize_advantages: bool = True
+    progress: bool = False
+
+    def __post_init__(self):
+        for name in ("total_steps", "num_envs", "num_steps", "hidden"):
+            self.check(name, check_positive_int)
+        self.check("seed", check_positive_int, 0)
+        self.check("gamma", check_in_range, 0.0, 1.0)
+        self.check("lam", check_in_range, 0.0, 1.0)
+        self.check("normalize_advantages", check_bool)
+        self.check("progress", check_bool)
+        if self.normalize_advantages and self.num_envs * self.num_steps < 2:
+            raise ValueError("num_envs * num_steps must be >= 2 to normalise advantages per batch "
+                             f"(got {self.num_envs} * {self.num_steps}); or pass normalize_advantages=False")
+
+    @property
+    def batch_steps(self) -> int:
+        """Environment steps per update, num_envs * num_steps."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def updates(self) -> int:
+        """The number of updates: ceil(total_steps / batch_steps)."""
+        return -(-self.total_steps // self.batch_steps)

@@ -30,11 +30,12 @@ import torch
 from torch.distributions import Categorical
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .nets import CategoricalPolicy, ValueNet, mean_kl
-from .pg import advantage_batch, check_train_args, fit_value
-from .rollout import History, Runner, Timer
-from .utils import (check_finite, check_in_range, check_positive, check_positive_int, check_same_shape,
-                    seed_everything)
+from .kl import mean_kl
+from .nets import CategoricalPolicy, ValueNet, fit_value
+from .returns import advantage_batch
+from .rollout import ControlConfig, Runner
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
+from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_same_shape
 
 
 def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, residuals: list | None = None):
@@ -48,6 +49,10 @@ def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, re
     iters = check_positive_int("iters", iters)
     tol = check_in_range("tol", tol, 0.0, math.inf)
     check_finite("b", b)
+    return _conjugate_gradient(Avp, b, iters, tol, residuals)
+
+
+def _conjugate_gradient(Avp, b, iters, tol, residuals):
     b = b.detach().clone() if torch.is_tensor(b) else np.array(b, dtype=float)
     x, r, p = b * 0, b, b
     rr = float(r @ r)
@@ -96,10 +101,14 @@ def fisher_vector_product(policy: CategoricalPolicy, obs: torch.Tensor, damping:
     """
     damping = check_in_range("damping", damping, 0.0, math.inf)
     check_finite("obs", obs)
+    return _fisher_vector_product(policy, obs, damping)
+
+
+def _fisher_vector_product(policy, obs, damping):
     params = [p for p in policy.parameters() if p.requires_grad]
     dist = policy(obs)
-    old = Categorical(logits=dist.logits.detach())
-    grad_kl = _flat(torch.autograd.grad(mean_kl(old, dist), params, create_graph=True))
+    old = Categorical(logits=dist.logits.detach())  # pi_old: the policy now, frozen
+    grad_kl = _flat(torch.autograd.grad(mean_kl(old.logits, dist.logits), params, create_graph=True))
 
     def Fvp(v: torch.Tensor) -> torch.Tensor:
         hv = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
@@ -142,6 +151,10 @@ def line_search(evaluate: Callable, full_step, delta: float, max_backtracks: int
     max_backtracks = check_positive_int("max_backtracks", max_backtracks)
     shrink = _check_shrink(shrink)
     check_finite("full_step", full_step)
+    return _line_search(evaluate, full_step, delta, max_backtracks, shrink)
+
+
+def _line_search(evaluate, full_step, delta, max_backtracks, shrink):
     trials = []
     for i in range(max_backtracks):
         step = full_step * shrink ** i
@@ -157,9 +170,10 @@ def trpo_step(policy: CategoricalPolicy, obs: torch.Tensor, actions: torch.Tenso
               shrink: float = 0.8) -> dict:
     """One TRPO update of ``policy`` in place, on a batch of (state, action, advantage).
 
-    pi_old is the policy as it is when called. Returns floats for ``History.log``: ``kl`` (measured
-    mean KL of the step taken, 0 if rejected), ``improvement`` (surrogate gain), ``backtracks``,
-    ``accepted`` (1.0 or 0.0), ``full_step_kl`` (the KL measured at the full step, which the
+    pi_old is the policy as it is when called. Returns floats under their log keys:
+    ``kl/exact_per_state`` (measured mean KL of the step taken, 0 if rejected), ``improvement``
+    (surrogate gain), ``backtracks``, ``accepted`` (1.0 or 0.0), ``kl/exact_per_state_full_step``
+    (the KL measured at the full step, which the
     quadratic model puts at delta or a little below, as damping shortens the step), ``cg_iters``
     (products used by CG), ``cg_residual`` (its final r^T r) and ``step_size``
     (beta = sqrt(2 delta / s^T (F + damping I) s)).
@@ -170,17 +184,25 @@ def trpo_step(policy: CategoricalPolicy, obs: torch.Tensor, actions: torch.Tenso
     """
     delta = check_positive("delta", delta)
     cg_iters = check_positive_int("cg_iters", cg_iters)
+    damping = check_in_range("damping", damping, 0.0, math.inf)
+    max_backtracks = check_positive_int("max_backtracks", max_backtracks)
+    shrink = _check_shrink(shrink)
     check_finite("obs", obs)
     check_finite("advantages", advantages)
+    check_same_shape(actions=actions, advantages=advantages)
+    return _trpo_step(policy, obs, actions, advantages, delta, cg_iters, damping, max_backtracks, shrink)
+
+
+def _trpo_step(policy, obs, actions, advantages, delta, cg_iters, damping, max_backtracks, shrink) -> dict:
     params = [p for p in policy.parameters() if p.requires_grad]
     dist = policy(obs)
     logp_old = dist.log_prob(actions).detach()
     old = Categorical(logits=dist.logits.detach())
     surr_old = surrogate(dist.log_prob(actions), logp_old, advantages)
     g = _flat(torch.autograd.grad(surr_old, params))
-    Fvp = fisher_vector_product(policy, obs, damping)
+    Fvp = _fisher_vector_product(policy, obs, damping)
     residuals: list[float] = []
-    s = conjugate_gradient(Fvp, g, cg_iters, residuals=residuals)
+    s = _conjugate_gradient(Fvp, g, cg_iters, 1e-10, residuals)
     sFs = float(s @ Fvp(s))
     beta = math.sqrt(2 * delta / sFs) if sFs > 0 else 0.0
     theta_old = parameters_to_vector(params).detach()
@@ -189,14 +211,19 @@ def trpo_step(policy: CategoricalPolicy, obs: torch.Tensor, actions: torch.Tenso
     def evaluate(step):
         vector_to_parameters(theta_old + step, params)
         new = policy(obs)
-        return (surrogate(new.log_prob(actions), logp_old, advantages) - surr_old).item(), mean_kl(old, new).item()
+        return ((surrogate(new.log_prob(actions), logp_old, advantages) - surr_old).item(),
+                mean_kl(old.logits, new.logits).item())
 
-    result = line_search(evaluate, beta * s, delta, max_backtracks, shrink)
-    with torch.no_grad():
-        vector_to_parameters(theta_old + result.step, params)
-    return dict(kl=result.kl, improvement=result.improvement, backtracks=result.backtracks,
-                accepted=float(result.accepted), full_step_kl=result.trials[0][1], cg_iters=len(residuals) - 1,
-                cg_residual=residuals[-1], step_size=beta)
+    step = 0 * theta_old
+    try:
+        result = _line_search(evaluate, beta * s, delta, max_backtracks, shrink)
+        step = result.step
+    finally:  # the accepted step, or theta_old when rejected or interrupted mid-search
+        with torch.no_grad():
+            vector_to_parameters(theta_old + step, params)
+    return {"kl/exact_per_state": result.kl, "kl/exact_per_state_full_step": result.trials[0][1],
+            "improvement": result.improvement, "backtracks": result.backtracks, "accepted": float(result.accepted),
+            "cg_iters": len(residuals) - 1, "cg_residual": residuals[-1], "step_size": beta}
 
 
 @contextmanager
@@ -223,15 +250,37 @@ def count_passes(module: torch.nn.Module):
             handle.remove()
 
 
-def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, delta: float = 0.01,
-          num_envs: int = 8, num_steps: int = 64, gamma: float = 0.99, lam: float = 0.98,
-          cg_iters: int = 10, damping: float = 0.1, max_backtracks: int = 10, shrink: float = 0.8,
-          vf_lr: float = 3e-3, vf_iters: int = 20, hidden: int = 64,
-          normalize_advantages: bool = True) -> History:
+@dataclass(frozen=True, kw_only=True)
+class TRPOConfig(ControlConfig):
+    """TRPO: KL bound ``delta``; ``cg_iters`` conjugate-gradient products with ``damping``; a line
+    search of at most ``max_backtracks`` trials shrinking by ``shrink``; the value function fitted
+    with ``vf_iters`` full-batch Adam steps at ``vf_lr``."""
+
+    lam: float = 0.98
+    delta: float = 0.01
+    cg_iters: int = 10
+    damping: float = 0.1
+    max_backtracks: int = 10
+    shrink: float = 0.8
+    vf_lr: float = 3e-3
+    vf_iters: int = 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check("delta", check_positive)
+        self.check("cg_iters", check_positive_int)
+        self.check("damping", check_in_range, 0.0, math.inf)
+        self.check("max_backtracks", check_positive_int)
+        object.__setattr__(self, "shrink", _check_shrink(self.shrink))
+        self.check("vf_lr", check_positive)
+        self.check("vf_iters", check_positive_int)
+
+
+def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwargs) -> TrainResult:
     """TRPO: each batch of ``num_envs * num_steps`` steps gives one ``trpo_step`` with KL bound ``delta``.
 
-    Advantages come from GAE (``lam``) with a value function fitted by regression (``vf_iters``
-    full-batch Adam steps at ``vf_lr``), as in chapter 1.
+    Arguments: those of ``TRPOConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
+    Advantages come from GAE (``lam``) with a value function fitted by regression, as in chapter 1.
 
     ``damping`` sets how cautious the full step is: at 0.1 (sb3-contrib's default) it usually
     stops a little short of the KL boundary and the line search rarely backtracks; smaller damping
@@ -239,35 +288,30 @@ def train(env_id: str = "CartPole-v1", *, total_steps: int, seed: int, delta: fl
     and, on CartPole-v1, learned less steadily in our runs, with larger falls of the return (the
     KL is measured on the batch's states only).
 
-    The history logs per update: ``env_steps``, ``kl`` (measured mean KL[pi_old || pi_new] on
-    the batch's states, exact over actions; 0 when the step is rejected), ``improvement``,
-    ``backtracks``, ``accepted``, ``full_step_kl``, ``cg_iters``, ``cg_residual``, ``step_size``,
-    ``entropy``, ``value_loss`` and ``seconds``.
+    Returns a ``TrainResult`` (``model`` the policy, ``value_fn``). Logs per update:
+    ``env_steps``, ``kl/exact_per_state`` (measured mean KL[pi_old || pi_new] on the batch's
+    states, exact over actions; 0 when the step is rejected), ``kl/exact_per_state_full_step``
+    (the same at the untested full step), ``improvement``, ``backtracks``, ``accepted``,
+    ``cg_iters``, ``cg_residual``, ``step_size``, ``entropy``, ``loss/value`` and ``seconds``.
     """
-    check_train_args(total_steps, num_envs, num_steps, gamma, lam)
-    check_positive("delta", delta)
-    check_positive_int("cg_iters", cg_iters)
-    check_in_range("damping", damping, 0.0, math.inf)
-    check_positive_int("max_backtracks", max_backtracks)
-    _check_shrink(shrink)
-    check_positive("vf_lr", vf_lr)
-    check_positive_int("vf_iters", vf_iters)
-    seed_everything(seed)
+    cfg = make_config(TRPOConfig, config, **kwargs)
     history = History()
-    runner = Runner(env_id, num_envs, seed, gamma, history)
-    policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, hidden)
-    value_fn = ValueNet(runner.obs_dim, hidden)
-    vf_opt = torch.optim.Adam(value_fn.parameters(), lr=vf_lr)
-    while runner.steps < total_steps:
-        with Timer() as timer:
-            batch = runner.rollout(policy, value_fn, num_steps)
-            obs, actions, adv, ret = advantage_batch(batch, gamma, lam, normalize_advantages)
-            with torch.no_grad():
-                entropy = policy(obs).entropy().mean().item()
-            info = trpo_step(policy, obs, actions, adv, delta, cg_iters=cg_iters, damping=damping,
-                             max_backtracks=max_backtracks, shrink=shrink)
-            v_loss = fit_value(value_fn, vf_opt, obs, ret, vf_iters)
-        history.log(env_steps=runner.steps, **info, entropy=entropy, value_loss=v_loss, seconds=timer.seconds)
-    runner.close()
-    history.policy = policy
-    return history
+    with rng_scope(cfg.seed):
+        runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
+        policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden)
+        value_fn = ValueNet(runner.obs_dim, cfg.hidden)
+        vf_opt = torch.optim.Adam(value_fn.parameters(), lr=cfg.vf_lr)
+        result = TrainResult(policy, history, cfg, value_fn)
+        with run_guard(lambda: result, runner.close):
+            for _ in progress(range(cfg.updates), cfg.progress, desc="trpo"):
+                with Timer() as timer, atomic(policy, value_fn, vf_opt):
+                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                    with torch.no_grad():
+                        entropy = policy(obs).entropy().mean().item()
+                    info = _trpo_step(policy, obs, actions, adv, cfg.delta, cfg.cg_iters, cfg.damping,
+                                      cfg.max_backtracks, cfg.shrink)
+                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
+                             "seconds": timer.seconds})
+    return result

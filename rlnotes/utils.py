@@ -10,7 +10,11 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch, so a run is repeatable."""
+    """Seed Python's ``random``, NumPy's global generator and torch's global generator.
+
+    A convenience for a reader's own scripts; rlnotes' trainers never call it (they draw from
+    generators of their own, ``rlnotes.trainer.rng_scope``), so they leave the caller's state alone.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -53,12 +57,16 @@ def check_in_range(name: str, value, low: float, high: float) -> float:
     return value
 
 
-def check_positive_int(name: str, value) -> int:
-    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer >= 1."""
-    if isinstance(value, bool) or not float(value).is_integer():
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise unless it is a whole number >= ``minimum``.
+
+    ``64.0`` is accepted and returned as ``64``: callers must use the returned value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not float(value).is_integer():
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 

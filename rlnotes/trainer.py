@@ -1,0 +1,260 @@
+"""The contract every trainer follows: what it takes, what it logs, what it returns.
+
+Every ``train*`` function of rlnotes
+
+1. takes its hyperparameters as keyword arguments that fill ONE frozen configuration dataclass
+   (``PGConfig``, ``PPOConfig``, ``DPOConfig``, ...). The dataclass checks and converts every
+   value once, in ``__post_init__``; the trainer and the functions it calls then use the
+   converted values and trust them;
+2. takes a ``seed`` and draws all its randomness from generators made from it: its own
+   ``torch.Generator`` objects where torch lets one be passed, and, for the calls that only use
+   torch's global generator (``Categorical.sample``, weight initialisation inside
+   ``transformers``), a private fork of that generator (``rng_scope``) that is restored on exit.
+   The caller's random state is never changed, and the same seed gives the same numbers;
+3. records what happened in a ``History`` (one value per update and metric; finished episodes
+   for the control trainers), under the log keys of the table in CONTRIBUTING.md;
+4. returns a ``TrainResult``: the trained ``model`` (and ``value_fn`` where the method learns
+   one), the ``history`` and the ``config`` the run used;
+5. applies each update whole or not at all (``atomic``): an interrupt (Ctrl-C) or an error in
+   the middle of an update restores the models and optimisers to where that update began,
+   closes the environments, and raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``)
+   whose ``result`` holds everything trained and recorded so far;
+6. shows a progress bar (tqdm's notebook-aware ``tqdm.auto``) only when asked,
+   ``progress=True``: the default keeps the built book and nbval's outputs deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+
+# ----------------------------------------------------------------------------------- History
+
+@dataclass
+class History:
+    """What a training run recorded.
+
+    ``updates`` maps a log key (``"kl/exact_per_state"``, ``"entropy"``, ``"seconds"``, ...) to
+    one value per update; ``update_array(key)`` returns it as a NumPy array. The control
+    trainers also record each finished episode: ``episode_ends`` (the environment step count at
+    which it ended) and ``episode_returns`` (its undiscounted return).
+    """
+
+    _ends: list = field(default_factory=list)
+    _returns: list = field(default_factory=list)
+    updates: dict = field(default_factory=dict)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return np.asarray(self._ends, dtype=np.int64)
+
+    @property
+    def episode_returns(self) -> np.ndarray:
+        return np.asarray(self._returns, dtype=float)
+
+    def add_episode(self, env_step: int, episode_return: float) -> None:
+        self._ends.append(int(env_step))
+        self._returns.append(float(episode_return))
+
+    def log(self, metrics: dict | None = None, **more) -> None:
+        """Append one value per metric for the current update (tensors are converted to floats).
+
+        Keys with a slash (``"kl/exact_per_state"``) come in the dict, plain ones as keywords.
+        """
+        for name, value in {**(metrics or {}), **more}.items():
+            self.updates.setdefault(name, []).append(value.item() if torch.is_tensor(value) else float(value))
+
+    def update_array(self, key: str) -> np.ndarray:
+        """The values logged under ``key``, one per update; ``KeyError`` naming the keys logged."""
+        if key not in self.updates:
+            raise KeyError(f"no metric {key!r} was logged; logged: {sorted(self.updates)}")
+        return np.asarray(self.updates[key], dtype=float)
+
+    def __len__(self) -> int:
+        """The number of updates logged."""
+        return max((len(v) for v in self.updates.values()), default=0)
+
+    def moving_mean(self, window: int = 20) -> np.ndarray:
+        """Mean return of the last ``window`` finished episodes, after each episode."""
+        r = self.episode_returns
+        c = np.concatenate([[0.0], np.cumsum(r)])
+        idx = np.arange(1, len(r) + 1)
+        lo = np.maximum(idx - window, 0)
+        return (c[idx] - c[lo]) / (idx - lo)
+
+    def final_mean_return(self, window: int = 20) -> float:
+        """Mean return of the last ``window`` finished episodes (nan if none finished)."""
+        r = self.episode_returns[-window:]
+        return float(r.mean()) if len(r) else float("nan")
+
+    def steps_to_reach(self, threshold: float, window: int = 20) -> float:
+        """First env step at which the mean of the last ``window`` returns is >= threshold (inf if never)."""
+        m = self.moving_mean(window)
+        full = np.arange(len(m)) >= window - 1
+        hit = np.nonzero((m >= threshold) & full)[0]
+        return float(self.episode_ends[hit[0]]) if len(hit) else float("inf")
+
+    def curve(self, grid: np.ndarray, window: int = 20) -> np.ndarray:
+        """The moving mean return as a function of env steps, sampled on ``grid`` (nan before any episode)."""
+        m = self.moving_mean(window)
+        idx = np.searchsorted(self.episode_ends, grid, side="right") - 1
+        return np.where(idx >= 0, m[np.clip(idx, 0, None)] if len(m) else np.nan, np.nan)
+
+
+class Timer:
+    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._start
+
+
+# -------------------------------------------------------------------------------- the result
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What every trainer returns.
+
+    ``model``: the trained model (a policy network, a causal LM, or a reward model);
+    ``history``: what was logged; ``config``: the frozen configuration the run used;
+    ``value_fn``: the learned value function, for the methods that learn one (else None).
+    """
+
+    model: Any
+    history: History
+    config: Any
+    value_fn: Any = None
+
+    @property
+    def policy(self):
+        """The trained policy: another name for ``model``, for the policy trainers."""
+        return self.model
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by a trainer interrupted between or inside updates; ``result`` is a ``TrainResult``
+    holding the models as they were after the last complete update and the history so far::
+
+        try:
+            out = ppo.train(total_steps=10**6, seed=0)
+        except KeyboardInterrupt as stop:
+            out = stop.result
+    """
+
+    def __init__(self, result: TrainResult, cause: BaseException):
+        super().__init__(f"training stopped after {len(result.history)} complete updates "
+                         f"({type(cause).__name__}); the partial result is in .result")
+        self.result = result
+
+
+# ------------------------------------------------------------------------------ configuration
+
+class Config:
+    """Base of the trainers' frozen configurations. ``__post_init__`` of each subclass calls
+    ``check(name, checker, *args)`` for every field: the checker (from ``rlnotes.utils``) raises
+    an error that names the field and its allowed range, or returns the converted value, which
+    is stored (so ``total_steps=64.0`` runs as ``64``)."""
+
+    def check(self, name: str, checker, *args) -> None:
+        value = getattr(self, name)
+        if value is not None or checker is check_bool:
+            object.__setattr__(self, name, checker(name, value, *args))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a bool, or raise ``TypeError`` unless it is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def make_config(cls, config=None, **overrides):
+    """``cls(**overrides)``, or ``config`` with ``overrides`` replaced; unknown names raise TypeError."""
+    if config is None:
+        return cls(**overrides)
+    if not isinstance(config, cls):
+        raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    return dataclasses.replace(config, **overrides)
+
+
+# ------------------------------------------------------------------------- randomness, safety
+
+@contextlib.contextmanager
+def rng_scope(seed: int):
+    """Run a block on a private copy of torch's global generator, seeded with ``seed``.
+
+    Torch's sampling calls without a ``generator`` argument (``Categorical.sample``, weight
+    initialisation) draw from the global generator; inside this block they draw from a fork of
+    it seeded with ``seed``, and the caller's generator state (CPU and CUDA) is restored on exit.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _snapshot(obj):
+    """A deep copy of a model's or an optimiser's state (tensors cloned)."""
+    def clone(x):
+        if torch.is_tensor(x):
+            return x.detach().clone()
+        if isinstance(x, dict):
+            return {k: clone(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clone(v) for v in x]
+        return x
+    return clone(obj.state_dict())
+
+
+@contextlib.contextmanager
+def atomic(*objects):
+    """Apply the block's changes to ``objects`` (modules, optimisers, schedulers) whole or not at all.
+
+    On any exception (an interrupt included) their state is restored to what it was when the
+    block began, then the exception propagates.
+    """
+    saved = [_snapshot(o) for o in objects]
+    try:
+        yield
+    except BaseException:
+        for o, state in zip(objects, saved):
+            o.load_state_dict(state)
+        raise
+
+
+@contextlib.contextmanager
+def run_guard(partial_result, *closers):
+    """The outer frame of a trainer: closes ``closers`` (environments) however it ends, and turns
+    an interrupt into ``TrainingInterrupted`` carrying ``partial_result()``."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(partial_result(), stop) from stop
+    finally:
+        for close in closers:
+            close()
+
+
+def progress(iterable, enabled: bool, total: int | None = None, desc: str | None = None):
+    """``iterable`` wrapped in tqdm's notebook-aware bar when ``enabled``, else returned as it is."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
