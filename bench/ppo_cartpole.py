@@ -6,7 +6,8 @@ Usage: ``python bench/ppo_cartpole.py [--seeds 0 1 2 3 4] [--total-steps 100000]
 What is the same on both sides (and the three hyperparameters that are not)
 - SB3 runs RL Baselines3 Zoo's tuned PPO for CartPole-v1 (8 envs, n_steps 32, batch 256,
   gae_lambda 0.8, gamma 0.98, 20 epochs, ent_coef 0, learning rate 1e-3 and clip range 0.2 both
-  decayed linearly to 0 over 1e5 steps, vf_coef 0.5, max_grad_norm 0.5, Adam eps 1e-5).
+  decayed linearly to 0 over 1e5 steps, vf_coef 0.5, max_grad_norm 0.5, Adam eps 1e-5; SB3's vf_coef 0.5
+  on the plain squared error is rlnotes' default vf_coef 1 on the half squared error).
   rlnotes runs ``rlnotes.ppo.train`` at its defaults, which are the same values except three:
   8 x 64 = 512 steps per batch, 2 minibatches of 256 for 15 epochs, learning rate 2e-3 (30 Adam
   steps per 512 env steps instead of Zoo's 40). ``--zoo`` runs rlnotes with Zoo's values too.
@@ -15,7 +16,7 @@ What is the same on both sides (and the three hyperparameters that are not)
 - Truncation at 500 steps bootstraps with gamma * V(final observation) on both sides.
 - Measurement: every finished episode's undiscounted return is recorded with the env-step count
   at which it finished (SB3: its ``Monitor`` wrapper's ``info["episode"]`` read by a callback;
-  rlnotes: gymnasium's ``RecordEpisodeStatistics``), both into an ``rlnotes.rollout.History``,
+  rlnotes: gymnasium's ``RecordEpisodeStatistics``), both into an ``rlnotes.trainer.History``,
   and "steps to 475" is ``History.steps_to_reach(475)``: the first step at which the mean of
   the last 20 returns is >= 475. Both stop as soon as that happens (SB3 through the callback,
   rlnotes at the end of that iteration, ``stop_return=475``); the schedules still decay over
@@ -64,7 +65,7 @@ def run_rlnotes(seed: int, total_steps: int, zoo: bool = False) -> tuple[float, 
                       lam=ZOO["gae_lambda"], gamma=ZOO["gamma"], epochs=ZOO["n_epochs"], ent_coef=ZOO["ent_coef"],
                       lr=ZOO["learning_rate"], eps=ZOO["clip_range"])
     start, cpu = time.perf_counter(), time.process_time()
-    history = ppo.train("CartPole-v1", total_steps=total_steps, seed=seed, stop_return=TARGET, **kwargs)
+    history = ppo.train("CartPole-v1", total_steps=total_steps, seed=seed, stop_return=TARGET, **kwargs).history
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = history.update_array("env_steps")[-1]
     return history.steps_to_reach(TARGET), steps / seconds, steps / cpu

@@ -1,7 +1,7 @@
 """Shared by the Stable-Baselines3 benchmarks: SB3's finished episodes into an rlnotes ``History``,
 so that both sides of a benchmark measure "mean return of the last 20 episodes" the same way."""
 
-from rlnotes.rollout import History
+from rlnotes.trainer import History
 
 
 def episode_recorder(threshold: float, window: int = 20):

@@ -40,7 +40,7 @@ RL_ZOO_N_ENVS = 2
 
 def run_rlnotes(seed: int, total_steps: int) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
-    history = trpo.train("CartPole-v1", total_steps=total_steps, seed=seed)
+    history = trpo.train("CartPole-v1", total_steps=total_steps, seed=seed).history
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = int(history.update_array("env_steps")[-1])
     return dict(steps_to_475=history.steps_to_reach(THRESHOLD, WINDOW), env_steps=steps, seconds=seconds,

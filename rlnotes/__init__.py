@@ -2,21 +2,29 @@
 
 One module per idea, in the order of the book:
 
-=============  ==========================================================
-module         chapter
-=============  ==========================================================
+==============  ==========================================================
+module          chapter
+==============  ==========================================================
+``trainer``    all: the contract every trainer follows (``History``, ``TrainResult``, configs)
+``kl``         all: the exact KL and the k1, k2, k3 estimators
 ``bandits``    1, 2: softmax bandits with exact gradients and Fisher matrix
-``returns``    1-4: discounted returns and GAE
-``nets``       1-3: categorical policy and value networks
-``rollout``    1-3: vectorised gymnasium rollouts and ``History``
+``returns``    1-4: discounted returns, GAE and advantage normalisation
+``nets``       1-3: categorical policy and value networks, the value loss
+``rollout``    1-3: vectorised gymnasium rollouts, the control trainers' shared configuration
 ``pg``         1: the score-function estimator and L^PG
 ``trpo``       2: conjugate gradient, Fisher-vector products, line search
 ``ppo``        3: the ratio r_t and L^CLIP
-``widgets``    3: the clip-plot widget (PPO paper, Figure 1)
+``actor_critic`` 3: PPO's speed engineering (packed networks, foreach kernels)
+``widgets``    1-5: the interactive figures
 ``lm``         4, 5: a small causal LM, its tokenizer and the toy task
-``rlhf``       4: SFT, Bradley-Terry reward model, KL-regularised PPO
+``sft``        4: phase 1, supervised fine-tuning
+``reward``     4: phase 2, Bradley-Terry preferences and the reward model
+``rlhf``       4: phase 3, KL-regularised PPO over tokens
 ``dpo``        5: the optimal policy, log Z and the DPO loss
-=============  ==========================================================
+==============  ==========================================================
+
+Importing rlnotes changes nothing global (no thread count, no random seed): the book's set-up
+cell chooses one torch thread itself, and each trainer draws from generators of its own.
 """
 
 __version__ = "0.1.0"
@@ -34,13 +42,3 @@ def check_version(built_with: str) -> None:
         warnings.warn(f"this page was built with rlnotes {built_with}, but rlnotes {__version__} is "
                       f"imported: install the matching version (pip install rlnotes=={built_with}, "
                       "or the repository at tag v" + built_with + ")", stacklevel=2)
-
-import os as _os
-
-import torch as _torch
-
-# rlnotes' networks are tiny: one CPU thread runs them as fast as several, repeats bit for bit
-# on any machine, and does not stall when other processes share the cores (measured on 2 busy
-# cores: 2.5 s with one thread against 39 s with two for the same 10k CartPole steps).
-# Set RLNOTES_NUM_THREADS to use more, for example for a larger model on a many-core CPU.
-_torch.set_num_threads(int(_os.environ.get("RLNOTES_NUM_THREADS", "1")))

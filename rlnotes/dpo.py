@@ -21,14 +21,17 @@ causal LM against a frozen reference model, logging the metrics TRL users know
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .lm import sequence_logprob, stack_pairs
-from .rollout import History, Timer
-from .utils import check_finite, check_positive, check_positive_int, check_same_shape, seed_everything
+from .reward import preference_accuracy
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
+                      run_guard)
+from .utils import check_finite, check_positive, check_positive_int, check_same_shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,92 +230,125 @@ def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int = 5
     policy.train(was_training)
     pol_c, pol_r = torch.cat([p[0] for p in pol]), torch.cat([p[1] for p in pol])
     losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
-    accuracy = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()
-    return {"loss": losses.mean().item(), "accuracy": accuracy.item(),
+    return {"loss": losses.mean().item(), "accuracy": preference_accuracy(chosen, rejected),
             "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
             "rewards/margins": (chosen - rejected).mean().item(),
             "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item()}
 
 
-def train(policy, ref, data: dict, *, beta: float = 0.1, epochs: int = 1, batch_size: int = 64,
-          lr: float = 1e-3, max_grad_norm: float | None = 1.0, seed: int = 0, shuffle: bool = True,
-          eval_data: dict | None = None, eval_every: int | None = None, callback=None, pad_id: int = 0):
+@dataclass(frozen=True, kw_only=True)
+class DPOConfig(Config):
+    """DPO: ``epochs`` passes over the pairs in mini-batches of ``batch_size`` (shuffled if ``shuffle``,
+    reproducibly from ``seed``), AdamW at ``lr`` without weight decay, gradients clipped to
+    ``max_grad_norm`` (None: none), KL coefficient ``beta``; an evaluation every ``eval_every``
+    optimiser steps (None: at the end only); ``pad_id`` pads the two responses of a pair to one width."""
+
+    beta: float = 0.1
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    shuffle: bool = True
+    eval_every: int | None = None
+    pad_id: int = 0
+    progress: bool = False
+
+    def __post_init__(self):
+        self.check("beta", check_positive)
+        for name in ("epochs", "batch_size", "eval_every"):
+            self.check(name, check_positive_int)
+        self.check("lr", check_positive)
+        self.check("max_grad_norm", check_positive)
+        self.check("seed", check_positive_int, 0)
+        self.check("pad_id", check_positive_int, 0)
+        self.check("shuffle", check_bool)
+        self.check("progress", check_bool)
+
+
+def dpo_step(policy, optimizer, params: list, batch: dict, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             cfg: DPOConfig) -> dict:
+    """One optimiser step on the mean of Eq. 7 over a mini-batch of pairs; returns what it measured
+    under TRL's names."""
+    pol_c, pol_r = pair_logps(policy, batch, cfg.pad_id)
+    losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_chosen, ref_rejected, cfg.beta)
+    loss = losses.mean()
+    optimizer.zero_grad()
+    loss.backward()
+    if cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    return {"loss": loss.item(), "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+            "rewards/accuracies": preference_accuracy(chosen, rejected),
+            "rewards/margins": (chosen - rejected).mean().item(),
+            "logps/chosen": pol_c.detach().mean().item(), "logps/rejected": pol_r.detach().mean().item()}
+
+
+def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data: dict | None = None,
+          callback=None, **kwargs) -> TrainResult:
     """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay).
 
-    ``policy`` is trained in place (``None``: start from a trainable copy of ``ref``, as the paper
-    does); ``ref`` stays frozen, and its log-probabilities are computed once before training.
-    ``data`` (and ``eval_data``) hold the token tensors ``prompt_ids/prompt_mask`` (left-padded),
-    ``chosen_ids/chosen_mask`` and ``rejected_ids/rejected_mask`` (right-padded), as returned by
-    ``rlnotes.rlhf.Preferences.encode``.
+    Arguments: those of ``DPOConfig``, or a ``config``. ``policy`` is trained in place (``None``:
+    start from a trainable copy of ``ref``, as the paper does); ``ref`` stays frozen, and its
+    log-probabilities are computed once before training. ``data`` (and ``eval_data``) hold the
+    token tensors ``prompt_ids/prompt_mask`` (left-padded), ``chosen_ids/chosen_mask`` and
+    ``rejected_ids/rejected_mask`` (right-padded), as returned by ``rlnotes.rlhf.Preferences.encode``.
 
     Logs per optimiser step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``
-    (mean implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (fraction with chosen >
-    rejected), ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (mean log pi(y|x)) and
-    ``seconds``; every ``eval_every`` steps (and at the end) ``eval/loss`` and ``eval/accuracy``
-    on ``eval_data``, with ``eval/step``. ``callback(policy)``, if given, is called at the same
-    points (before training too when ``eval_every`` is set) and the numbers in the dict it returns are
-    logged as ``eval/<name>`` (e.g. the true reward and KL of samples). Returns ``(policy, history)``.
+    (mean implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (``preference_accuracy``:
+    the fraction with chosen > rejected, a tie counting one half), ``rewards/margins``,
+    ``logps/chosen``, ``logps/rejected`` (mean log pi(y|x)) and ``seconds``; every ``eval_every``
+    steps (and at the end) ``eval/loss`` and ``eval/accuracy`` on ``eval_data``, with ``eval/step``.
+    ``callback(policy)``, if given, is called at the same points (before training too when
+    ``eval_every`` is set) and the numbers in the dict it returns are logged as ``eval/<name>``
+    (e.g. the true reward and KL of samples). Returns a ``TrainResult`` whose ``model`` is the policy.
     """
     n = _check_pairs(data)
-    beta = check_positive("beta", beta)
-    check_positive_int("epochs", epochs)
-    check_positive_int("batch_size", batch_size)
-    check_positive("lr", lr)
-    if max_grad_norm is not None:
-        check_positive("max_grad_norm", max_grad_norm)
-    if eval_every is not None:
-        check_positive_int("eval_every", eval_every)
-    seed_everything(seed)
-    if policy is None:
-        policy = copy.deepcopy(ref)
-    policy.requires_grad_(True)
-    ref.requires_grad_(False)
-    ref_c, ref_r = reference_logps(ref, data)
-    eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    order_gen = torch.Generator().manual_seed(seed)
+    cfg = make_config(DPOConfig, config, **kwargs)
+    if policy is ref:
+        raise ValueError("policy must not be ref itself (ref stays frozen): pass policy=None to train a copy of ref")
+    if eval_data is not None:
+        _check_pairs(eval_data)
     history = History()
-    step = 0
+    with rng_scope(cfg.seed):
+        if policy is None:
+            policy = copy.deepcopy(ref)
+        policy.requires_grad_(True)
+        ref.requires_grad_(False)
+        ref_c, ref_r = reference_logps(ref, data)
+        eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
+        params = [p for p in policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        order_gen = torch.Generator().manual_seed(cfg.seed)
+        result = TrainResult(policy, history, cfg)
+        evaluating = eval_data is not None or callback is not None
+        step = 0
 
-    evaluating = eval_data is not None or callback is not None
+        def evaluate():
+            logged = {"eval/step": step}
+            if eval_data is not None:
+                m = preference_metrics(policy, ref, eval_data, cfg.beta, ref_logps=eval_ref)
+                logged.update({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"]})
+            if callback is not None:
+                logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
+            history.log(logged)
+            policy.train()
 
-    def evaluate():
-        logged = {"eval/step": step}
-        if eval_data is not None:
-            m = preference_metrics(policy, ref, eval_data, beta, ref_logps=eval_ref)
-            logged.update({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"]})
-        if callback is not None:
-            logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
-        history.log(**logged)
+        if evaluating and cfg.eval_every is not None:
+            evaluate()
         policy.train()
-
-    if evaluating and eval_every is not None:
-        evaluate()
-    policy.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=order_gen) if shuffle else torch.arange(n)
-        for idx in order.split(batch_size):
-            with Timer() as timer:
-                idx = idx.to(data["prompt_ids"].device)
-                pol_c, pol_r = pair_logps(policy, _trim(data, idx), pad_id)
-                losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c[idx], ref_r[idx], beta)
-                loss = losses.mean()
-                opt.zero_grad()
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-            step += 1
-            history.log(**{"loss": loss.item(), "rewards/chosen": chosen.mean().item(),
-                           "rewards/rejected": rejected.mean().item(),
-                           "rewards/accuracies": (chosen > rejected).float().mean().item(),
-                           "rewards/margins": (chosen - rejected).mean().item(),
-                           "logps/chosen": pol_c.detach().mean().item(),
-                           "logps/rejected": pol_r.detach().mean().item(), "seconds": timer.seconds})
-            if evaluating and eval_every is not None and step % eval_every == 0:
+        with run_guard(lambda: result, policy.eval):
+            for _ in progress(range(cfg.epochs), cfg.progress, desc="dpo"):
+                order = torch.randperm(n, generator=order_gen) if cfg.shuffle else torch.arange(n)
+                for idx in order.split(cfg.batch_size):
+                    idx = idx.to(data["prompt_ids"].device)
+                    with atomic():
+                        with Timer() as timer:
+                            stats = dpo_step(policy, opt, params, _trim(data, idx), ref_c[idx], ref_r[idx], cfg)
+                        step += 1
+                        history.log({**stats, "seconds": timer.seconds})
+                    if evaluating and cfg.eval_every is not None and step % cfg.eval_every == 0:
+                        evaluate()
+            if evaluating and (cfg.eval_every is None or step % cfg.eval_every != 0):
                 evaluate()
-    if evaluating and (eval_every is None or step % eval_every != 0):
-        evaluate()
-    policy.eval()
-    return policy, history
+    return result

@@ -153,12 +153,14 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
     """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(seed)
+    from .trainer import rng_scope
+
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config)
+    with rng_scope(seed):  # the weights from ``seed``; the caller's generator is left as it was
+        return GPT2LMHeadModel(config)
 
 
 def load_causal_lm(name_or_path: str | Path, device=None):
@@ -256,13 +258,22 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     return logits
 
 
+def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) at ``ids``, [B, T]: the one home of token log-probabilities.
+
+    Exactly 0 where ``mask`` is 0 (a masked fill, as TRL's ``selective_log_softmax``, so padding
+    stays 0 even where its logit is -inf).
+    """
+    logp = F.log_softmax(logits / temperature, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return logp if mask is None else torch.where(mask.bool(), logp, torch.zeros_like(logp))
+
+
 def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
                    temperature: float = 1.0) -> torch.Tensor:
     """log pi(y_t | x, y_<t) for each response token, [B, T], and exactly 0 where the mask is 0."""
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    logp = F.log_softmax(logits / check_positive("temperature", temperature), dim=-1)
-    logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-    return logp * response_mask.to(logp.dtype)
+    return logprobs_from_logits(logits, response_ids, response_mask, check_positive("temperature", temperature))
 
 
 def stack_pairs(batch: dict, pad_id: int):
@@ -336,3 +347,16 @@ def distinct_n(responses: list[str], n: int = 2) -> float:
     grams = [tuple(words[i:i + n]) for r in responses for words in [r.split()]
              for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def check_texts(name: str, texts) -> list:
+    """Return ``texts`` as a list, or raise ``TypeError`` unless it is a non-string sequence of strings."""
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{name} must hold at least one string, got an empty list")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name}[{bad}] must be a string, got {type(texts[bad]).__name__}")
+    return texts

@@ -62,17 +62,18 @@ def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs)
         result = TrainResult(policy, history, cfg, value_fn)
         with run_guard(lambda: result, runner.close):
             for _ in progress(range(cfg.updates), cfg.progress, desc="pg"):
-                with Timer() as timer, atomic(policy, value_fn, pi_opt, vf_opt):
-                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
-                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
-                    dist = policy(obs)
-                    loss = pg_loss(dist.log_prob(actions), adv)
-                    pi_opt.zero_grad()
-                    loss.backward()
-                    pi_opt.step()
-                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
-                    with torch.no_grad():
-                        kl = mean_kl(dist.logits, policy(obs).logits)
-                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
-                             "loss/value": v_loss, "seconds": timer.seconds})
+                with atomic():
+                    with Timer() as timer:
+                        batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                        obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                        dist = policy(obs)
+                        loss = pg_loss(dist.log_prob(actions), adv)
+                        pi_opt.zero_grad()
+                        loss.backward()
+                        pi_opt.step()
+                        v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                        with torch.no_grad():
+                            kl = mean_kl(dist.logits, policy(obs).logits)
+                    history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
+                                 "loss/value": v_loss, "seconds": timer.seconds})
     return result

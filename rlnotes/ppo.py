@@ -258,21 +258,22 @@ def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs
                 step_cfg = cfg.update_config(frac)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_now
-                with Timer() as timer, atomic(net, optimizer):
-                    batch = runner.rollout(net, net.value, cfg.num_steps)
-                    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
-                    obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
-                    with torch.no_grad():
-                        old_log_probs = net(obs)[0]
-                    stats = _update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
-                    with torch.no_grad():
-                        new_log_probs = net(obs)[0]
-                        kl = mean_kl(old_log_probs, new_log_probs)
-                        r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
-                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "kl/k3_per_sample": stats["approx_kl"],
-                             "clip_ratio/region_mean": stats["clip_fraction"], "loss/policy": stats["policy_loss"],
-                             "loss/value": stats["value_loss"], "entropy": stats["entropy"], "learning_rate": lr_now,
-                             "eps": step_cfg.eps, "ratio_min": r.min(), "ratio_max": r.max(), "seconds": timer.seconds})
+                with atomic():
+                    with Timer() as timer:
+                        batch = runner.rollout(net, net.value, cfg.num_steps)
+                        adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
+                        obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
+                        with torch.no_grad():
+                            old_log_probs = net(obs)[0]
+                        stats = _update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
+                        with torch.no_grad():
+                            new_log_probs = net(obs)[0]
+                            kl = mean_kl(old_log_probs, new_log_probs)
+                            r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
+                    history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "kl/k3_per_sample": stats["approx_kl"],
+                                 "clip_ratio/region_mean": stats["clip_fraction"], "loss/policy": stats["policy_loss"],
+                                 "loss/value": stats["value_loss"], "entropy": stats["entropy"], "learning_rate": lr_now,
+                                 "eps": step_cfg.eps, "ratio_min": r.min(), "ratio_max": r.max(), "seconds": timer.seconds})
                 if cfg.stop_return is not None and history.steps_to_reach(cfg.stop_return) < math.inf:
                     break
     return result()

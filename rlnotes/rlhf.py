@@ -1,27 +1,18 @@
 """Chapter 4: RLHF in three phases (SFT, a Bradley-Terry reward model, KL-regularised PPO over tokens).
 
-Public API (stable; chapter 5 builds on it):
+Phases 1 and 2 live in ``rlnotes.sft`` and ``rlnotes.reward`` (their names are re-exported
+here, so ``rlhf.train_sft`` and friends keep working); the KL formulas in ``rlnotes.kl``.
+This module is phase 3, the token-level MDP: the state s_t is the prompt and the tokens so far,
+the action is the next token y_t, and the reward of eq. (rlhf-token-reward) arrives per token
+(the KL penalty) and at the last token (r_phi).
 
-- ``prepare(seed=0, ...) -> Prepared``: the whole of phases 1 and 2, deterministic and cheap
-  (a few seconds on a CPU). ``Prepared`` holds ``task`` (r* lives in ``task.true_rewards``),
-  ``tokenizer``, ``sft`` (pi^SFT = pi_ref, frozen), ``reward_model`` (r_phi, mean-zero on
-  pi^SFT's samples), ``train_prefs`` / ``test_prefs`` (``Preferences``: prompts, chosen,
-  rejected, r* of each), ``eval_prompts`` (held-out prompts), ``sft_history``, ``rm_history``.
-- ``train_ppo(prepared, beta, *, updates, seed, kl_target=None, ...) -> (policy, History)``:
-  phase 3. ``policy.lm`` is the fine-tuned causal LM; ``History.updates`` holds per update
-  ``r_phi``, ``r_star``, ``kl``, ``entropy``, ``distinct_1``, ``distinct_2``, ``beta``, ...
-- ``evaluate(policy, prepared, n=..., seed=...) -> dict``: mean r*, mean r_phi, KL(pi || pi_ref)
-  (exact per-token KL summed over the sampled response, averaged), distinct-1/2, and samples,
-  on held-out prompts. ``policy`` may be any causal LM on ``prepared.tokenizer``.
-- ``kl_to_ref(policy, ref, ...)``: that per-sequence KL for given responses;
-  ``compare_kl_estimators``: bias and spread of k1, k2, k3 against the exact per-token KL.
-- Speed: these tiny models run fastest, and bit-identically across machines, on one CPU thread,
-  which ``import rlnotes`` sets (``RLNOTES_NUM_THREADS`` overrides it).
-- Phase 1: ``sft_loss``, ``train_sft``, ``heldout_loss``.
-- Phase 2: ``bt_probability``, ``reward_loss``, ``Preferences``, ``sample_pairs``,
-  ``label_preferences``, ``RewardModel``, ``train_reward_model``, ``preference_accuracy``.
-- Phase 3: ``kl_estimators`` (k1, k2, k3), ``kl_penalty``, ``token_rewards``,
-  ``FixedKLController``, ``AdaptiveKLController``, ``PolicyWithValue``, ``ppo_token_loss``.
+- ``prepare(seed=0, ...) -> Prepared``: phases 1 and 2, deterministic and cheap (seconds on a
+  CPU): the task (r* is ``task.true_rewards``), ``tokenizer``, ``sft`` (pi^SFT = pi_ref, frozen),
+  ``reward_model`` (r_phi, mean zero on pi^SFT's samples), ``train_prefs`` / ``test_prefs``,
+  ``eval_prompts``, ``sft_history``, ``rm_history``. Chapter 5 reuses it.
+- ``train_ppo(prepared, config=None, **kwargs) -> TrainResult``: phase 3, as ``collect`` (sample,
+  score, per-token rewards, GAE) then ``update`` (epochs of minibatch steps on -L^CLIP + c_1 L^VF).
+- ``evaluate``, ``kl_to_ref``, ``compare_kl_estimators``: measurements on held-out prompts.
 """
 
 from __future__ import annotations
@@ -35,247 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .pg import normalize
+from .kl import exact_kl, kl_estimators
+from .nets import value_loss
 from .ppo import clipped_surrogate
 from .ppo import ratio as ppo_ratio
-from .returns import gae
-from .rollout import History, Timer
-from .utils import (check_in_range, check_positive, check_positive_int, check_same_shape,
-                    get_device, seed_everything)
+from .returns import gae, normalize
+from .reward import (Preferences, RewardConfig, RewardModel, bt_probability, label_preferences,  # noqa: F401
+                     preference_accuracy, reward_loss, sample_pairs, train_reward_model)
+from .sft import SFTConfig, heldout_loss, sft_loss, train_sft  # noqa: F401
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
+                      run_guard)
+from .utils import check_in_range, check_positive, check_positive_int, check_same_shape, get_device
 
 
-# ----------------------------------------------------------------------------- phase 1: SFT
-
-def sft_loss(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-    """L_SFT = -(1 / #tokens) sum_t log pi(y_t | x, y_<t), over response tokens only (eq. rlhf-sft)."""
-    logp = lm.token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    return -logp.sum() / response_mask.sum()
-
-
-@torch.no_grad()
-def heldout_loss(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256) -> float:
-    """The SFT loss (mean NLL per response token) of ``model`` on held-out text."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(prompts), batch_size):
-        p = lm.encode_prompts(tokenizer, prompts[i:i + batch_size], device)
-        r = lm.encode_responses(tokenizer, responses[i:i + batch_size], device=device)
-        total += -lm.token_logprobs(model, *p, *r).sum().item()
-        count += int(r[1].sum())
-    return total / count
-
-
-def train_sft(model, tokenizer, prompts: list[str], responses: list[str], *, steps: int = 300,
-              batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> History:
-    """Phase 1: Adam on L_SFT over random mini-batches of (prompt, response) text; logs ``loss`` per step."""
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
-    check_positive("lr", lr)
-    if len(prompts) != len(responses) or not prompts:
-        raise ValueError("prompts and responses must be non-empty and of equal length, "
-                         f"got {len(prompts)} and {len(responses)}")
-    device = next(model.parameters()).device
-    seed_everything(seed)
-    P, Pm = lm.encode_prompts(tokenizer, prompts, device)
-    R, Rm = lm.encode_responses(tokenizer, responses, device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    gen = torch.Generator().manual_seed(seed)
-    history = History()
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(prompts), (batch_size,), generator=gen).to(device)
-        loss = sft_loss(model, P[idx], Pm[idx], R[idx], Rm[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.log(loss=loss)
-    model.eval()
-    return history
-
-
-# ------------------------------------------------------------- phase 2: preferences and r_phi
-
-def bt_probability(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry p*(y1 > y2 | x) = exp r1 / (exp r1 + exp r2) = sigma(r1 - r2) (eq. rlhf-bt)."""
-    return torch.sigmoid(torch.as_tensor(r1) - torch.as_tensor(r2))
-
-
-def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """L_R = -E_D[ log sigma(r_phi(x, y_w) - r_phi(x, y_l)) ] (eq. rlhf-rm), with logsigmoid: finite at any margin."""
-    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
-    if r_chosen.numel() == 0:
-        raise ValueError("r_chosen and r_rejected must hold at least one pair")
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
-
-
-def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    """The fraction of pairs a reward ranks like the labels (r_chosen > r_rejected); a tie counts one half."""
-    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
-    return ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean().item()
-
-
-@dataclass
-class Preferences:
-    """A preference data set D = {(x, y_w, y_l)}, with the (hidden) true rewards r* of y_w and y_l."""
-
-    prompts: list
-    chosen: list
-    rejected: list
-    r_chosen: torch.Tensor
-    r_rejected: torch.Tensor
-
-    def __post_init__(self):
-        if not isinstance(self.prompts, (list, tuple)) or len(self.prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of strings (empty preference data)")
-        for name in ("prompts", "chosen", "rejected"):
-            seq = getattr(self, name)
-            if not isinstance(seq, (list, tuple)) or not all(isinstance(s, str) for s in seq):
-                raise ValueError(f"{name} must be a list of strings")
-        n = len(self.prompts)
-        for name in ("chosen", "rejected", "r_chosen", "r_rejected"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
-        self.r_chosen = torch.as_tensor(self.r_chosen, dtype=torch.float32)
-        self.r_rejected = torch.as_tensor(self.r_rejected, dtype=torch.float32)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def subset(self, idx) -> "Preferences":
-        """The pairs at positions ``idx`` (a list of ints)."""
-        return Preferences([self.prompts[i] for i in idx], [self.chosen[i] for i in idx],
-                           [self.rejected[i] for i in idx], self.r_chosen[idx], self.r_rejected[idx])
-
-    def encode(self, tokenizer, device=None) -> dict:
-        """Token tensors: ``prompt_ids/prompt_mask`` (left-padded), ``chosen_ids/chosen_mask``,
-        ``rejected_ids/rejected_mask`` (right-padded, EOS appended)."""
-        p, pm = lm.encode_prompts(tokenizer, list(self.prompts), device)
-        c, cm = lm.encode_responses(tokenizer, list(self.chosen), device=device)
-        r, rm = lm.encode_responses(tokenizer, list(self.rejected), device=device)
-        return dict(prompt_ids=p, prompt_mask=pm, chosen_ids=c, chosen_mask=cm, rejected_ids=r, rejected_mask=rm)
-
-
-def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int = 8,
-                 batch_size: int = 512) -> tuple[list[str], list[str]]:
-    """Two independent responses y1, y2 ~ pi(.|x) per prompt (phase 2's comparison pairs)."""
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    y1, y2 = [], []
-    for i in range(0, len(prompts), batch_size):
-        p, pm = lm.encode_prompts(tokenizer, prompts[i:i + batch_size] * 2, device)
-        ids, mask = lm.sample(model, tokenizer, p, pm, max_new_tokens, generator=gen)
-        text = lm.decode_responses(tokenizer, ids, mask)
-        half = len(text) // 2
-        y1 += text[:half]
-        y2 += text[half:]
-    return y1, y2
-
-
-def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *, seed: int) -> Preferences:
-    """A simulated labeller: prefers y1 with probability sigma(r*(x, y1) - r*(x, y2)) (Bradley-Terry on r*)."""
-    if not (len(prompts) == len(y1) == len(y2)) or not prompts:
-        raise ValueError("prompts, y1 and y2 must be non-empty and of equal length, "
-                         f"got {len(prompts)}, {len(y1)}, {len(y2)}")
-    r1, r2 = task.true_rewards(prompts, y1), task.true_rewards(prompts, y2)
-    first = torch.rand(len(prompts), generator=torch.Generator().manual_seed(seed)) < bt_probability(r1, r2)
-    chosen = [a if f else b for a, b, f in zip(y1, y2, first.tolist())]
-    rejected = [b if f else a for a, b, f in zip(y1, y2, first.tolist())]
-    return Preferences(list(prompts), chosen, rejected, torch.where(first, r1, r2), torch.where(first, r2, r1))
-
-
-class RewardModel(nn.Module):
-    """r_phi(x, y): a copy of the SFT model with a linear head on the last layer's hidden state at EOS.
-
-    ``offset`` is subtracted from every output; ``normalize_`` sets it so that r_phi has mean 0
-    on pi^SFT's samples, E_{x,y}[r_phi(x, y)] = 0, as the source prescribes.
-    """
-
-    def __init__(self, base_lm):
-        super().__init__()
-        self.lm = copy.deepcopy(base_lm).requires_grad_(True)
-        self.head = nn.Linear(self.lm.config.hidden_size, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.lm.config.hidden_size + 1))
-        nn.init.zeros_(self.head.bias)
-        self.register_buffer("offset", torch.zeros(()))
-
-    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-        ids = torch.cat([prompt_ids, response_ids], dim=1)
-        mask = torch.cat([prompt_mask, response_mask], dim=1)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-        last = prompt_ids.shape[1] + response_mask.sum(dim=1) - 1  # the EOS (or last response) token
-        h = hidden[torch.arange(len(ids), device=ids.device), last]
-        return self.head(h.float()).squeeze(-1) - self.offset
-
-    @torch.no_grad()
-    def score(self, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 512) -> torch.Tensor:
-        """r_phi for text pairs, [B] (on the CPU)."""
-        device = next(self.parameters()).device
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            p = lm.encode_prompts(tokenizer, prompts[i:i + batch_size], device)
-            r = lm.encode_responses(tokenizer, responses[i:i + batch_size], device=device)
-            out.append(self(*p, *r).cpu())
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def normalize_(self, tokenizer, prompts: list[str], responses: list[str]) -> float:
-        """Shift r_phi to mean zero on these (x, y); returns the offset removed."""
-        self.offset += self.score(tokenizer, prompts, responses).mean().to(self.offset)
-        return self.offset.item()
-
-
-def train_reward_model(sft, tokenizer, prefs: Preferences, *, steps: int = 300, batch_size: int = 64,
-                       lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0) -> tuple[RewardModel, History]:
-    """Phase 2: minimise L_R (eq. rlhf-rm) over mini-batches of D, then normalise r_phi to mean 0 on D's responses.
-
-    Logs per step ``loss`` and ``accuracy`` (on the mini-batch).
-    """
-    if not isinstance(prefs, Preferences):
-        raise TypeError(f"prefs must be a Preferences, got {type(prefs).__name__}")
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
-    check_positive("lr", lr)
-    seed_everything(seed)
-    device = next(sft.parameters()).device
-    rm = RewardModel(sft).to(device)
-    t = prefs.encode(tokenizer, device)
-    opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    gen = torch.Generator().manual_seed(seed)
-    history = History()
-    rm.train()
-    for _ in range(steps):
-        idx = torch.randint(len(prefs), (batch_size,), generator=gen).to(device)
-        pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, tokenizer.pad_token_id)
-        rc, rr = rm(*pairs).chunk(2)  # one forward pass for the chosen and the rejected responses
-        loss = reward_loss(rc, rr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.log(loss=loss, accuracy=preference_accuracy(rc.detach(), rr.detach()))
-    rm.eval()
-    rm.normalize_(tokenizer, list(prefs.prompts) * 2, list(prefs.chosen) + list(prefs.rejected))
-    for p in rm.parameters():
-        p.requires_grad_(False)
-    return rm, history
-
-
-# ------------------------------------------------------------------ phase 3: KL-regularised PPO
-
-def kl_estimators(logp: torch.Tensor, logp_ref: torch.Tensor) -> dict:
-    """Per-sample estimators of KL(pi || pi_ref) from y ~ pi, with log ratio log rho = log pi_ref(y) - log pi(y):
-
-    k1 = -log rho (unbiased, can be negative), k2 = (log rho)^2 / 2 (biased, >= 0),
-    k3 = (rho - 1) - log rho (unbiased, >= 0) (eq. rlhf-kl-est).
-    """
-    check_same_shape(logp=logp, logp_ref=logp_ref)
-    log_rho = logp_ref - logp
-    return {"k1": -log_rho, "k2": 0.5 * log_rho ** 2, "k3": torch.expm1(log_rho) - log_rho}
-
+# ------------------------------------------------------------ the token-level reward and KL
 
 def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token KL penalty -beta (log pi(y_t|s_t) - log pi_ref(y_t|s_t)), [B, T], 0 on padding.
@@ -296,15 +60,9 @@ def token_rewards(r_phi: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tenso
     if r_phi.shape != mask.shape[:1]:
         raise ValueError(f"r_phi must be [B] = [{mask.shape[0]}], got shape {tuple(r_phi.shape)}")
     rewards = kl_penalty(logp, logp_ref, mask, beta)
-    last = (mask.sum(dim=1) - 1).clamp(min=0)
+    last = (mask.sum(dim=1) - 1).clamp(min=0).long()
     return rewards.index_put((torch.arange(len(r_phi), device=r_phi.device), last), r_phi.to(rewards.dtype),
                              accumulate=True)
-
-
-def exact_token_kl(logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    """KL(pi(.|s_t) || pi_ref(.|s_t)) = sum_v pi log(pi / pi_ref), exact over the vocabulary, [..., T]."""
-    logp, logq = F.log_softmax(logits, dim=-1), F.log_softmax(logits_ref, dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
 
 
 class FixedKLController:
@@ -318,7 +76,12 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): beta <- beta (1 + clip(KL / KL_target - 1, -0.2, 0.2) n / horizon) (eq. rlhf-adaptive)."""
+    """Ziegler et al. (2019): beta <- beta (1 + clip(KL / KL_target - 1, -0.2, 0.2) n / horizon) (eq. rlhf-adaptive).
+
+    ``n`` (the samples behind this KL) must be <= ``horizon``, so that one update changes beta
+    by at most 20% and beta stays positive; a KL that is not finite is refused, so beta is
+    never NaN.
+    """
 
     def __init__(self, beta: float, target: float, horizon: int = 2000):
         self.beta = check_positive("beta", beta)
@@ -326,6 +89,10 @@ class AdaptiveKLController:
         self.horizon = check_positive_int("horizon", horizon)
 
     def update(self, kl: float, n_steps: int) -> float:
+        kl = check_in_range("kl", kl, -math.inf, math.inf)
+        n_steps = check_positive_int("n_steps", n_steps)
+        if n_steps > self.horizon:
+            raise ValueError(f"n_steps must be <= horizon ({self.horizon}) so that beta stays positive, got {n_steps}")
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.beta *= 1.0 + error * n_steps / self.horizon
         return self.beta
@@ -349,8 +116,7 @@ class PolicyWithValue(nn.Module):
         """(logits [B, T, V], log pi(y_t|s_t) [B, T] masked, V(s_t) [B, T]) for the response tokens."""
         logits, hidden = lm.response_logits(self.lm, prompt_ids, prompt_mask, response_ids, response_mask,
                                             output_hidden_states=True)
-        logp = F.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        logp = logp * response_mask.to(logp.dtype)
+        logp = lm.logprobs_from_logits(logits, response_ids, response_mask)
         return logits, logp, self.value_head(hidden.detach().float()).squeeze(-1)
 
 
@@ -381,11 +147,15 @@ class Prepared:
     sft_history: History
     rm_history: History
     sft_heldout: dict = field(default_factory=dict)
-    seed: int = 0
 
     @property
     def device(self) -> torch.device:
         return next(self.sft.parameters()).device
+
+
+# The random streams of ``prepare``, one per use, each seeded with seed + its offset.
+SEED_STREAMS = {"init": 0, "sft_corpus": 0, "sft": 0, "reward_model": 0, "train_pairs": 1, "test_pairs": 2,
+                "eval_prompts": 3, "heldout_corpus": 7}
 
 
 def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: int = 1500,
@@ -401,32 +171,32 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     for name, value in (("n_sft", n_sft), ("sft_steps", sft_steps), ("n_pairs", n_pairs),
                         ("n_test_pairs", n_test_pairs), ("rm_steps", rm_steps), ("n_eval_prompts", n_eval_prompts)):
         check_positive_int(name, value)
+    seed = check_positive_int("seed", seed, 0)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
-    seed_everything(seed)
+    s = {name: seed + offset for name, offset in SEED_STREAMS.items()}
     task = lm.SentimentTask()
     if tokenizer is None:
         tokenizer = lm.build_tokenizer(task)
-        model = lm.tiny_gpt2(tokenizer, seed=seed)
+        model = lm.tiny_gpt2(tokenizer, seed=s["init"])
     model = model.to(get_device(device))
-    xs, ys = task.sft_corpus(n_sft, seed)
-    hx, hy = task.sft_corpus(500, seed + 7, split="test")
+    xs, ys = task.sft_corpus(n_sft, s["sft_corpus"])
+    hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
     before = heldout_loss(model, tokenizer, hx, hy)
-    sft_history = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=seed)
+    sft = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=s["sft"])
     heldout = {"untrained": before, "sft": heldout_loss(model, tokenizer, hx, hy)}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     max_new = task.max_response_tokens
 
-    def pairs(split, n, s):
-        prompts = task.prompts(n, s, split)
-        y1, y2 = sample_pairs(model, tokenizer, prompts, seed=s, max_new_tokens=max_new)
-        return label_preferences(task, prompts, y1, y2, seed=s)
+    def pairs(split, n, stream):
+        prompts = task.prompts(n, stream, split)
+        y1, y2 = sample_pairs(model, tokenizer, prompts, seed=stream, max_new_tokens=max_new)
+        return label_preferences(task, prompts, y1, y2, seed=stream)
 
-    train_prefs, test_prefs = pairs("train", n_pairs, seed + 1), pairs("test", n_test_pairs, seed + 2)
-    rm, rm_history = train_reward_model(model, tokenizer, train_prefs, steps=rm_steps, seed=seed)
-    return Prepared(task, tokenizer, model, rm, train_prefs, test_prefs,
-                    task.prompts(n_eval_prompts, seed + 3, "test"), sft_history, rm_history, heldout, seed)
+    train_prefs, test_prefs = pairs("train", n_pairs, s["train_pairs"]), pairs("test", n_test_pairs, s["test_pairs"])
+    rm = train_reward_model(model, tokenizer, train_prefs, steps=rm_steps, seed=s["reward_model"])
+    return Prepared(task, tokenizer, model, rm.model, train_prefs, test_prefs,
+                    task.prompts(n_eval_prompts, s["eval_prompts"], "test"), sft.history, rm.history, heldout)
 
 
 def _lm(policy):
@@ -442,7 +212,7 @@ def kl_to_ref(policy, ref, prompt_ids, prompt_mask, response_ids, response_mask)
     """
     logits = lm.response_logits(_lm(policy), prompt_ids, prompt_mask, response_ids, response_mask)
     logits_ref = lm.response_logits(ref, prompt_ids, prompt_mask, response_ids, response_mask)
-    return (exact_token_kl(logits, logits_ref) * response_mask).sum(dim=1)
+    return (exact_kl(F.log_softmax(logits, -1), F.log_softmax(logits_ref, -1)) * response_mask).sum(dim=1)
 
 
 @torch.no_grad()
@@ -450,17 +220,19 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
              seed: int = 12345) -> dict:
     """Sample from ``policy`` on held-out prompts (``prepared.eval_prompts`` by default, each ``n_repeats``
     times) and measure: ``r_star`` (mean r*), ``r_phi`` (mean reward-model score), ``kl``
-    (mean KL(pi || pi_ref), see ``kl_to_ref``), ``distinct_1``, ``distinct_2`` and ``samples``."""
+    (``kl/exact_per_sequence``: mean KL(pi || pi_ref), see ``kl_to_ref``), ``distinct_1``, ``distinct_2``
+    and ``samples``."""
     model = _lm(policy)
     device = next(model.parameters()).device
-    prompts = list(prepared.eval_prompts if prompts is None else prompts) * check_positive_int("n_repeats", n_repeats)
+    prompts = lm.check_texts("prompts", prepared.eval_prompts if prompts is None else prompts)
+    prompts = prompts * check_positive_int("n_repeats", n_repeats)
     gen = torch.Generator(device=device).manual_seed(seed)
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
     ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
     text = lm.decode_responses(prepared.tokenizer, ids, mask)
     return {"r_star": prepared.task.true_rewards(prompts, text).mean().item(),
             "r_phi": prepared.reward_model(p, pm, ids, mask).mean().item(),
-            "kl": kl_to_ref(model, prepared.sft, p, pm, ids, mask).mean().item(),
+            "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask).mean().item(),
             "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
             "samples": text}
 
@@ -484,7 +256,7 @@ def compare_kl_estimators(policy, prepared: Prepared, *, n_prompts: int = 64, n_
     m = mask.bool()
     logp = F.log_softmax(lm.response_logits(model, p, pm, ids, mask), -1)[m]  # [S, V] over the states
     logq = F.log_softmax(lm.response_logits(prepared.sft, p, pm, ids, mask), -1)[m]
-    exact = (logp.exp() * (logp - logq)).sum(-1)
+    exact = exact_kl(logp, logq)
     draws = torch.multinomial(logp.exp(), check_positive_int("n_draws", n_draws), replacement=True, generator=gen)
     ks = kl_estimators(logp.gather(1, draws), logq.gather(1, draws))
     out = {"exact": exact.mean().item(), "n_states": int(m.sum())}
@@ -494,87 +266,156 @@ def compare_kl_estimators(policy, prepared: Prepared, *, n_prompts: int = 64, n_
     return out
 
 
-def train_ppo(prepared: Prepared, beta: float = 0.3, *, updates: int = 50, seed: int = 0,
-              batch_size: int = 64, epochs: int = 4, minibatches: int = 1, lr: float = 7e-4,
-              eps: float = 0.2, gamma: float = 1.0, lam: float = 0.95, vf_coef: float = 0.5,
-              max_grad_norm: float = 1.0, kl_target: float | None = None,
-              kl_horizon: int = 2000, missing_eos_penalty: float = 2.0) -> tuple[PolicyWithValue, History]:
+@dataclass(frozen=True, kw_only=True)
+class RLHFConfig(Config):
+    """Phase 3, PPO over tokens: ``steps`` collect-then-update iterations, each sampling one response
+    for each of ``batch_size`` train prompts and taking ``epochs`` passes of minibatches of
+    ``minibatch_size`` responses (None: the whole batch) of Adam (``lr``) on -L^CLIP (clip range
+    ``eps``) + ``vf_coef`` L^VF, gradients clipped to ``max_grad_norm``; GAE(``gamma``, ``lam``) over
+    the response's tokens. The KL coefficient is ``beta``, or, with ``kl_target``, the adaptive
+    controller's starting value (``kl_horizon``). ``missing_eos_penalty`` is subtracted from the score
+    of a response that never emits EOS."""
+
+    beta: float = 0.3
+    steps: int = 50
+    seed: int = 0
+    batch_size: int = 64
+    epochs: int = 4
+    minibatch_size: int | None = None
+    lr: float = 7e-4
+    eps: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.5
+    max_grad_norm: float = 1.0
+    kl_target: float | None = None
+    kl_horizon: int = 2000
+    missing_eos_penalty: float = 2.0
+    progress: bool = False
+
+    def __post_init__(self):
+        self.check("beta", check_in_range, 0.0, math.inf)
+        for name in ("steps", "batch_size", "epochs", "minibatch_size", "kl_horizon"):
+            self.check(name, check_positive_int)
+        self.check("seed", check_positive_int, 0)
+        for name in ("lr", "eps", "max_grad_norm", "kl_target"):
+            self.check(name, check_positive)
+        self.check("gamma", check_in_range, 0.0, 1.0)
+        self.check("lam", check_in_range, 0.0, 1.0)
+        self.check("vf_coef", check_in_range, 0.0, math.inf)
+        self.check("missing_eos_penalty", check_in_range, 0.0, math.inf)
+        self.check("progress", check_bool)
+        if self.minibatch_size is not None and self.minibatch_size > self.batch_size:
+            raise ValueError(f"minibatch_size must be <= batch_size ({self.batch_size}), got {self.minibatch_size}")
+        if self.kl_target is not None and self.batch_size > self.kl_horizon:
+            raise ValueError(f"batch_size must be <= kl_horizon ({self.kl_horizon}) with the adaptive controller, "
+                             f"got {self.batch_size}")
+        if self.kl_target is not None and self.beta <= 0:
+            raise ValueError(f"beta (the adaptive controller's starting value) must be > 0, got {self.beta}")
+
+
+@dataclass
+class TokenBatch:
+    """One collected batch of phase 3: prompts and sampled responses (token ids, masks), the old
+    log-probabilities, the advantages and value targets per token, and what was measured."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    stats: dict
+
+
+@torch.no_grad()
+def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], beta: float, cfg: RLHFConfig,
+            generator: torch.Generator) -> TokenBatch:
+    """Sample y ~ pi(.|x), score it (r_phi, minus ``missing_eos_penalty`` if unfinished), give each token
+    the reward of eq. (rlhf-token-reward) and compute GAE advantages (normalised over the tokens)."""
+    tok, ref, device = prepared.tokenizer, prepared.sft, prepared.device
+    p, pm = lm.encode_prompts(tok, prompts, device)
+    policy.eval()
+    ids, mask = lm.sample(policy.lm, tok, p, pm, prepared.task.max_response_tokens, generator=generator)
+    logits, old_logp, values = policy(p, pm, ids, mask)
+    logits_ref = lm.response_logits(ref, p, pm, ids, mask)
+    ref_logp = lm.logprobs_from_logits(logits_ref, ids, mask)
+    r_phi = prepared.reward_model(p, pm, ids, mask)
+    finished = (ids == tok.eos_token_id).logical_and(mask.bool()).any(dim=1)
+    score = r_phi - cfg.missing_eos_penalty * (~finished).float()
+    rewards = token_rewards(score, old_logp, ref_logp, mask, beta)
+    dones = (torch.arange(ids.shape[1], device=device)[None, :] >= mask.sum(1, keepdim=True) - 1).float()
+    adv, ret = gae(rewards.T, (values * mask).T, dones.T, torch.zeros(len(prompts), device=device), cfg.gamma, cfg.lam)
+    adv, ret = adv.T, ret.T
+    m = mask.bool()
+    adv = torch.where(m, adv, torch.zeros_like(adv))
+    adv[m] = normalize(adv[m])
+    logp_all, logq_all = F.log_softmax(logits, -1), F.log_softmax(logits_ref, -1)
+    ent = -(F.softmax(logits, -1) * logp_all).sum(-1)
+    text = lm.decode_responses(tok, ids, mask)
+    stats = {"r_phi": r_phi.mean(), "r_star": prepared.task.true_rewards(prompts, text).mean(),
+             "kl/exact_per_sequence": (exact_kl(logp_all, logq_all) * mask).sum(1).mean().item(),
+             "kl/k1_per_sequence": ((old_logp - ref_logp) * mask).sum(1).mean(),
+             "entropy": ((ent * mask).sum() / mask.sum()).item(),
+             "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
+             "completions/clipped_ratio": (~finished).float().mean()}
+    return TokenBatch(p, pm, ids, mask, old_logp, adv, ret, stats)
+
+
+def update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: TokenBatch, cfg: RLHFConfig,
+           generator: torch.Generator) -> float:
+    """``epochs`` passes of minibatch Adam steps on -L^CLIP over tokens + c_1 L^VF; returns the last value loss."""
+    policy.train()
+    n = len(batch.ids)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator).to(batch.ids.device)
+        for idx in order.split(cfg.minibatch_size or n):
+            _, logp, values = policy(batch.prompt_ids[idx], batch.prompt_mask[idx], batch.ids[idx], batch.mask[idx])
+            pg = ppo_token_loss(logp, batch.old_logp[idx], batch.advantages[idx], batch.mask[idx], cfg.eps)
+            v_loss = value_loss(values, batch.returns[idx], batch.mask[idx])
+            loss = pg + cfg.vf_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+    return v_loss.item()
+
+
+def train_ppo(prepared: Prepared, config: RLHFConfig | None = None, **kwargs) -> TrainResult:
     """Phase 3: PPO over tokens on max_pi E[r_phi(x, y)] - beta KL(pi || pi_ref) (eq. rlhf-objective).
 
-    Each update samples one response per prompt for ``batch_size`` train prompts, gives each token
-    the reward of eq. (rlhf-token-reward) (the KL penalty per token, r_phi at the last token),
-    computes advantages with GAE over the response (gamma, lam), and takes ``epochs`` passes of
-    ``minibatches`` Adam steps on -L^CLIP + vf_coef * value loss. ``kl_target`` switches to the
-    adaptive KL controller (``beta`` is then its starting value). A response that never emits EOS
-    within ``task.max_response_tokens`` is cut off, and its score is r_phi - ``missing_eos_penalty``
-    (as TRL does): r_phi never saw unfinished text and would otherwise be gamed through it.
+    Arguments: those of ``RLHFConfig``, or a ``config``. Each step ``collect``s one response per
+    prompt for ``batch_size`` train prompts (the KL penalty per token, r_phi at the last token, GAE
+    over the response) and ``update``s the policy. A response that never emits EOS within
+    ``task.max_response_tokens`` is cut off, and its score is r_phi - ``missing_eos_penalty`` (as
+    TRL does): r_phi never saw unfinished text and would otherwise be gamed through it.
 
-    Logs per update: ``r_phi``, ``r_star``, ``kl`` (see ``kl_to_ref``), ``kl_k1`` (the mean summed
-    log-ratio), ``entropy`` (per token), ``distinct_1``, ``distinct_2``, ``beta``, ``seconds``.
+    Returns a ``TrainResult``: ``model`` is the fine-tuned causal LM, ``value_fn`` the
+    ``PolicyWithValue`` (the LM and its value head). Logs per step: ``r_phi``, ``r_star``,
+    ``kl/exact_per_sequence`` (see ``kl_to_ref``), ``kl/k1_per_sequence`` (the summed log-ratio),
+    ``entropy`` (per token), ``distinct_1``, ``distinct_2``, ``beta``, ``completions/clipped_ratio``
+    (the fraction cut off without EOS), ``loss/value`` and ``seconds``.
     """
-    check_positive_int("updates", updates)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("epochs", epochs)
-    check_positive_int("minibatches", minibatches)
-    check_positive("lr", lr)
-    check_in_range("eps", eps, 0.0, 1.0)
-    check_in_range("beta", beta, 0.0, math.inf)
-    if minibatches > batch_size:
-        raise ValueError(f"minibatches must be <= batch_size ({batch_size}), got {minibatches}")
-    seed_everything(seed)
-    task, tok, ref, rm = prepared.task, prepared.tokenizer, prepared.sft, prepared.reward_model
+    cfg = make_config(RLHFConfig, config, **kwargs)
     device = prepared.device
-    policy = PolicyWithValue(ref).to(device)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-5)
-    ctl = AdaptiveKLController(beta, kl_target, kl_horizon) if kl_target is not None else FixedKLController(beta)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    shuffle = torch.Generator().manual_seed(seed)
     history = History()
-    for u in range(updates):
-        with Timer() as timer:
-            prompts = task.prompts(batch_size, seed * 100_003 + u)
-            p, pm = lm.encode_prompts(tok, prompts, device)
-            policy.eval()
-            with torch.no_grad():
-                ids, mask = lm.sample(policy.lm, tok, p, pm, task.max_response_tokens, generator=gen)
-                logits, old_logp, values = policy(p, pm, ids, mask)
-                logits_ref = lm.response_logits(ref, p, pm, ids, mask)
-                ref_logp = F.log_softmax(logits_ref, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
-                r_phi = rm(p, pm, ids, mask)
-                finished = (ids == tok.eos_token_id).logical_and(mask.bool()).any(dim=1)
-                score = r_phi - missing_eos_penalty * (~finished).float()
-                rewards = token_rewards(score, old_logp, ref_logp, mask, ctl.beta)
-                T = ids.shape[1]
-                dones = (torch.arange(T, device=device)[None, :] >= mask.sum(1, keepdim=True) - 1).float()
-                adv, ret = gae(rewards.T, (values * mask).T, dones.T, torch.zeros(batch_size, device=device),
-                               gamma, lam)
-                adv, ret = adv.T, ret.T
-                m = mask.bool()
-                adv = torch.where(m, adv, torch.zeros_like(adv))
-                adv[m] = normalize(adv[m])
-                token_kl = exact_token_kl(logits, logits_ref)
-                kl = (token_kl * mask).sum(1).mean().item()
-                ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)
-                entropy = ((ent * mask).sum() / mask.sum()).item()
-            text = lm.decode_responses(tok, ids, mask)
-            policy.train()
-            for _ in range(epochs):
-                order = torch.randperm(batch_size, generator=shuffle).to(device)
-                for idx in order.chunk(minibatches):
-                    _, new_logp, new_values = policy(p[idx], pm[idx], ids[idx], mask[idx])
-                    pg = ppo_token_loss(new_logp, old_logp[idx], adv[idx], mask[idx], eps)
-                    mm = mask[idx].float()
-                    v_loss = 0.5 * (((new_values - ret[idx]) ** 2) * mm).sum() / mm.sum()
-                    loss = pg + vf_coef * v_loss
-                    opt.zero_grad()
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-                    opt.step()
-            beta_used = ctl.beta
-            ctl.update(kl, batch_size)
-        history.log(r_phi=r_phi.mean(), r_star=task.true_rewards(prompts, text).mean(), kl=kl,
-                    kl_k1=((old_logp - ref_logp) * mask).sum(1).mean(), entropy=entropy,
-                    distinct_1=lm.distinct_n(text, 1), distinct_2=lm.distinct_n(text, 2),
-                    beta=beta_used, finished=finished.float().mean(), value_loss=v_loss, seconds=timer.seconds)
-    policy.eval()
-    return policy, history
+    with rng_scope(cfg.seed):
+        policy = PolicyWithValue(prepared.sft).to(device)
+        opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
+               else FixedKLController(cfg.beta))
+        sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        result = TrainResult(policy.lm, history, cfg, policy)
+        with run_guard(lambda: result, policy.eval):
+            for step in progress(range(cfg.steps), cfg.progress, desc="rlhf ppo"):
+                with atomic():
+                    with Timer() as timer:
+                        prompts = prepared.task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                        batch = collect(policy, prepared, prompts, ctl.beta, cfg, sample_gen)
+                        v_loss = update(policy, opt, batch, cfg, shuffle_gen)
+                        beta_used = ctl.beta
+                        ctl.update(batch.stats["kl/exact_per_sequence"], cfg.batch_size)
+                    history.log({**batch.stats, "beta": beta_used, "loss/value": v_loss, "seconds": timer.seconds})
+    return result

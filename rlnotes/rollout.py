@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -24,7 +23,7 @@ from .utils import check_in_range, check_positive_int
 GYMNASIUM_MIN = (1, 4)
 
 
-def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector.VectorEnv:
+def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> "gymnasium.vector.VectorEnv":
     """Synchronous vector environments with same-step autoreset and episode statistics.
 
     ``env_kwargs`` go to ``gymnasium.make_vec`` (for example ``max_episode_steps``). Raises
@@ -32,6 +31,8 @@ def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gym.vector
     a ``Discrete(n, start=s)`` space is fine: ``Runner`` sends the environment ``s + a`` for the
     policy's action index ``a``.
     """
+    import gymnasium as gym  # here, not at the top: the language-model chapters never load gymnasium
+
     num_envs = check_positive_int("num_envs", num_envs)
     if tuple(int(part) for part in gym.__version__.split(".")[:2]) < GYMNASIUM_MIN:
         raise ImportError(f"rlnotes needs gymnasium >= {'.'.join(map(str, GYMNASIUM_MIN))}, found {gym.__version__}: "

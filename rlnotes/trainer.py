@@ -15,10 +15,9 @@ Every ``train*`` function of rlnotes
    for the control trainers), under the log keys of the table in CONTRIBUTING.md;
 4. returns a ``TrainResult``: the trained ``model`` (and ``value_fn`` where the method learns
    one), the ``history`` and the ``config`` the run used;
-5. applies each update whole or not at all (``atomic``): an interrupt (Ctrl-C) or an error in
-   the middle of an update restores the models and optimisers to where that update began,
-   closes the environments, and raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``)
-   whose ``result`` holds everything trained and recorded so far;
+5. applies each update whole (``atomic``): an interrupt (Ctrl-C) waits for the update under way
+   to finish; then the trainer closes its environments and raises ``TrainingInterrupted`` (a
+   ``KeyboardInterrupt``) whose ``result`` holds everything trained and recorded so far;
 6. shows a progress bar (tqdm's notebook-aware ``tqdm.auto``) only when asked,
    ``progress=True``: the default keeps the built book and nbval's outputs deterministic.
 """
@@ -27,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,33 +208,25 @@ def rng_scope(seed: int):
         yield
 
 
-def _snapshot(obj):
-    """A deep copy of a model's or an optimiser's state (tensors cloned)."""
-    def clone(x):
-        if torch.is_tensor(x):
-            return x.detach().clone()
-        if isinstance(x, dict):
-            return {k: clone(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clone(v) for v in x]
-        return x
-    return clone(obj.state_dict())
-
-
 @contextlib.contextmanager
-def atomic(*objects):
-    """Apply the block's changes to ``objects`` (modules, optimisers, schedulers) whole or not at all.
-
-    On any exception (an interrupt included) their state is restored to what it was when the
-    block began, then the exception propagates.
-    """
-    saved = [_snapshot(o) for o in objects]
+def atomic():
+    """Apply one update whole: a Ctrl-C (SIGINT) that arrives inside the block is held until the
+    block has finished, then delivered. An update is never left half-applied by an interrupt,
+    and nothing is copied to make it so. (In a thread other than the main one, where Python
+    delivers no signals, the block runs as it is.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
     try:
         yield
-    except BaseException:
-        for o, state in zip(objects, saved):
-            o.load_state_dict(state)
-        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, held[0])
+    elif held and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

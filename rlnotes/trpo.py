@@ -304,14 +304,15 @@ def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwarg
         result = TrainResult(policy, history, cfg, value_fn)
         with run_guard(lambda: result, runner.close):
             for _ in progress(range(cfg.updates), cfg.progress, desc="trpo"):
-                with Timer() as timer, atomic(policy, value_fn, vf_opt):
-                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
-                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
-                    with torch.no_grad():
-                        entropy = policy(obs).entropy().mean().item()
-                    info = _trpo_step(policy, obs, actions, adv, cfg.delta, cfg.cg_iters, cfg.damping,
-                                      cfg.max_backtracks, cfg.shrink)
-                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
-                history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
-                             "seconds": timer.seconds})
+                with atomic():
+                    with Timer() as timer:
+                        batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                        obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                        with torch.no_grad():
+                            entropy = policy(obs).entropy().mean().item()
+                        info = _trpo_step(policy, obs, actions, adv, cfg.delta, cfg.cg_iters, cfg.damping,
+                                          cfg.max_backtracks, cfg.shrink)
+                        v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                    history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
+                                 "seconds": timer.seconds})
     return result

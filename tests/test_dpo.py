@@ -214,11 +214,14 @@ def test_train_starts_at_log2_learns_the_pairs_and_keeps_ref_frozen(tiny):
     model, _, data = tiny
     before = [p.clone() for p in model.parameters()]
     seen = []
-    policy, h = dpo.train(None, model, data, beta=0.5, epochs=30, batch_size=4, lr=1e-2, seed=0,
-                          eval_data=data, eval_every=20, callback=lambda p: seen.append(1) or {"x": 1.0})
+    out = dpo.train(None, model, data, beta=0.5, epochs=30, batch_size=4, lr=1e-2, seed=0,
+                    eval_data=data, eval_every=20, callback=lambda p: seen.append(1) or {"x": 1.0})
+    policy, h = out.model, out.history
+    assert isinstance(out.config, dpo.DPOConfig) and out.config.eval_every == 20
     u = h.updates
     assert u["loss"][0] == pytest.approx(math.log(2), abs=1e-6)
     assert u["rewards/chosen"][0] == 0 and u["rewards/rejected"][0] == 0
+    assert u["rewards/accuracies"][0] == 0.5  # pi = pi_ref: every pair a tie, counted one half
     assert len(u["loss"]) == 60 and all(k in u for k in ("rewards/accuracies", "rewards/margins", "logps/chosen",
                                                           "logps/rejected", "eval/accuracy", "eval/x"))
     assert u["eval/accuracy"][-1] == 1.0 and u["eval/loss"][-1] < 0.2
@@ -227,7 +230,7 @@ def test_train_starts_at_log2_learns_the_pairs_and_keeps_ref_frozen(tiny):
     for p, q in zip(before, model.parameters()):
         assert torch.equal(p, q) and not q.requires_grad
     # deterministic
-    _, h2 = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, lr=1e-2, seed=0)
+    h2 = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, lr=1e-2, seed=0).history
     assert h2.updates["loss"] == u["loss"][:4]
 
 
@@ -239,6 +242,10 @@ def test_train_bad_arguments(tiny):
         dpo.train(None, model, data, lr=-1.0)
     with pytest.raises(ValueError, match="epochs"):
         dpo.train(None, model, data, epochs=0)
+    with pytest.raises(ValueError, match="policy must not be ref"):
+        dpo.train(model, model, data)
+    with pytest.raises(TypeError, match="betta"):
+        dpo.train(None, model, data, betta=0.1)
     with pytest.raises(ValueError, match="data must be a dict"):
         dpo.train(None, model, {"prompt_ids": data["prompt_ids"]})
     bad = dict(data, chosen_ids=data["chosen_ids"][:3], chosen_mask=data["chosen_mask"][:3])

@@ -4,6 +4,7 @@ import torch
 
 from rlnotes import pg
 from rlnotes.bandits import SoftmaxBandit
+from rlnotes.nets import CategoricalPolicy, ValueNet
 
 
 def test_pg_loss_gradient_equals_score_function_estimate():
@@ -24,35 +25,23 @@ def test_pg_loss_value_and_shape_check():
         pg.pg_loss(logp, torch.ones(3))
 
 
-def test_normalize():
-    a = pg.normalize(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert a.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert a.std().item() == pytest.approx(1.0, abs=1e-6)
-
-
-def test_fit_value_reduces_error():
-    from rlnotes.nets import ValueNet
-    torch.manual_seed(0)
-    v = ValueNet(2)
-    obs = torch.randn(64, 2)
-    target = obs.sum(1)
-    first = 0.5 * (v(obs) - target).pow(2).mean().item()
-    last = pg.fit_value(v, torch.optim.Adam(v.parameters(), 1e-2), obs, target, 50)
-    assert last < 0.5 * first
-
-
 def test_train_learns_cartpole_and_is_deterministic():
-    h1 = pg.train("CartPole-v1", total_steps=20_000, seed=0)
-    h2 = pg.train("CartPole-v1", total_steps=20_000, seed=0)
+    out1 = pg.train("CartPole-v1", total_steps=20_000, seed=0)
+    out2 = pg.train("CartPole-v1", total_steps=20_000, seed=0)
+    h1, h2 = out1.history, out2.history
     np.testing.assert_array_equal(h1.episode_returns, h2.episode_returns)
     assert h1.final_mean_return() > 60  # a random policy averages about 22
-    assert set(h1.updates) >= {"env_steps", "kl", "entropy", "value_loss", "seconds"}
+    assert set(h1.updates) == {"env_steps", "kl/exact_per_state", "entropy", "loss/value", "seconds"}
     assert h1.update_array("env_steps")[-1] >= 20_000
+    assert isinstance(out1.policy, CategoricalPolicy) and isinstance(out1.value_fn, ValueNet)
+    for p, q in zip(out1.policy.parameters(), out2.policy.parameters()):
+        assert torch.equal(p, q)
 
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(total_steps=0), "total_steps"), (dict(gamma=1.5), "gamma"), (dict(lr=-1.0), "lr"),
-    (dict(num_envs=0), "num_envs"), (dict(lam=-0.1), "lam")])
+    (dict(num_envs=0), "num_envs"), (dict(lam=-0.1), "lam"), (dict(vf_iters=0), "vf_iters"),
+    (dict(vf_lr=0.0), "vf_lr"), (dict(num_steps=-1), "num_steps")])
 def test_train_bad_input(kwargs, name):
     args = dict(total_steps=1000, seed=0) | kwargs
     with pytest.raises(ValueError, match=name):

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from rlnotes import ppo
+from rlnotes.actor_critic import ActorCritic, make_optimizer
+from rlnotes.kl import mean_kl
 from rlnotes.nets import CategoricalPolicy, ValueNet
 
 
@@ -55,7 +57,10 @@ def test_approx_kl_matches_exact_kl_for_samples():
     r = q / p
     assert (p * ((r - 1) - r.log())).sum().item() == pytest.approx(exact.item(), rel=1e-6)
     old, new = p.log().expand(4, 3), q.log().expand(4, 3)
-    assert ppo.categorical_kl(old, new).item() == pytest.approx(exact.item(), rel=1e-6)
+    assert mean_kl(old, new).item() == pytest.approx(exact.item(), rel=1e-6)
+    # ppo.approx_kl is that k3 estimator averaged over samples a ~ p, from log r = log q(a) - log p(a)
+    log_r = (q.log() - p.log())
+    torch.testing.assert_close(ppo.approx_kl(log_r.repeat(3)), ((r - 1) - r.log()).mean())
 
 
 def test_ppo_loss_terms_and_gradient():
@@ -65,19 +70,24 @@ def test_ppo_loss_terms_and_gradient():
     logp_old = logp.detach() + torch.randn(n) * 0.3
     adv, values, returns = torch.randn(n), torch.randn(n, requires_grad=True), torch.randn(n)
     entropy = torch.rand(n)
-    out = ppo.ppo_loss(logp, logp_old, adv, values, returns, entropy, eps=0.2, vf_coef=0.5, ent_coef=0.01)
+    out = ppo.ppo_loss(logp, logp_old, adv, values, returns, entropy, eps=0.2, ent_coef=0.01)  # vf_coef = 1
     r = torch.exp(logp.detach() - logp_old)
     l_clip = torch.min(r * adv, r.clamp(0.8, 1.2) * adv).mean()
-    v_loss = ((values.detach() - returns) ** 2).mean()
+    mse = ((values.detach() - returns) ** 2).mean()
     torch.testing.assert_close(out.policy_loss, -l_clip)
-    torch.testing.assert_close(out.value_loss, v_loss)
+    torch.testing.assert_close(out.value_loss, 0.5 * mse)  # L^VF = 1/2 E[(V - V^targ)^2]
     torch.testing.assert_close(out.entropy, entropy.mean())
-    torch.testing.assert_close(out.loss.detach(), -l_clip + 0.5 * v_loss - 0.01 * entropy.mean())
+    # the default c_1 = 1 on the half squared error is SB3's c_1 = 0.5 on the plain squared error
+    torch.testing.assert_close(out.loss.detach(), -l_clip + 0.5 * mse - 0.01 * entropy.mean())
     torch.testing.assert_close(out.approx_kl, ((r - 1) - r.log()).mean())
     torch.testing.assert_close(out.clip_fraction, ((r - 1).abs() > 0.2).float().mean())
     out.loss.backward()
-    # value gradient of 0.5 * mean (V - R)^2 ... times vf_coef: vf_coef * 2 (V - R) / n
-    torch.testing.assert_close(values.grad, 0.5 * 2 * (values.detach() - returns) / n)
+    # value gradient of c_1 * 1/2 mean (V - R)^2 with c_1 = 1: (V - R) / n
+    torch.testing.assert_close(values.grad, (values.detach() - returns) / n)
+    # vf_coef scales the value term linearly
+    out2 = ppo.ppo_loss(logp.detach(), logp_old, adv, values.detach(), returns, entropy, eps=0.2, vf_coef=3.0,
+                        ent_coef=0.01)
+    torch.testing.assert_close(out2.loss, -l_clip + 3.0 * 0.5 * mse - 0.01 * entropy.mean())
     # the policy gradient is zero for samples in the flat region
     flat = ((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8))
     assert torch.all(logp.grad[flat] == 0) and torch.all(logp.grad[~flat] != 0)
@@ -85,8 +95,9 @@ def test_ppo_loss_terms_and_gradient():
 
 def test_ppo_loss_without_entropy_and_bad_arguments():
     x = torch.zeros(3)
-    out = ppo.ppo_loss(x, x, x, x, x, None, diagnostics=False)
-    assert math.isnan(out.entropy.item()) and out.approx_kl is None
+    out = ppo.ppo_loss(x, x, x, x, x, None)
+    assert math.isnan(out.entropy.item()) and torch.isfinite(out.loss)
+    assert out.approx_kl.item() == 0.0 and out.clip_fraction.item() == 0.0  # r = 1 everywhere
     with pytest.raises(ValueError, match="ent_coef"):
         ppo.ppo_loss(x, x, x, x, x, None, ent_coef=0.1)
     with pytest.raises(ValueError, match="vf_coef"):
@@ -103,87 +114,51 @@ def test_ppo_loss_is_finite_at_extreme_log_ratios_and_logits():
     out = ppo.ppo_loss(logp, logp_old, torch.tensor([1.0, -1.0, 1.0]), torch.zeros(3), torch.zeros(3),
                        torch.zeros(3))
     assert torch.isfinite(out.loss) and torch.isfinite(out.approx_kl)
-    # log-probabilities come from a log-softmax: finite even for logits of size 1e4
-    torch.manual_seed(0)
-    net = ppo.ActorCritic(CategoricalPolicy(4, 3), ValueNet(4))
-    with torch.no_grad():
-        net.w_pi.mul_(1e6)
-    log_probs, _ = net(torch.randn(5, 4))
-    assert torch.isfinite(log_probs).all() and log_probs.min() < -100
-    a, logp_a, _ = net.act(torch.randn(5, 4))
-    assert torch.isfinite(logp_a).all()
-
-
-def test_actor_critic_matches_the_two_networks_and_samples_pi():
-    torch.manual_seed(0)
-    policy, value_fn = CategoricalPolicy(4, 3), ValueNet(4)
-    with torch.no_grad():
-        policy.logits_net[-1].weight.normal_()  # make pi far from uniform
-    net = ppo.ActorCritic(policy, value_fn)
-    obs = torch.randn(16, 4)
-    log_probs, values = net(obs)
-    torch.testing.assert_close(log_probs, policy.log_probs(obs))
-    torch.testing.assert_close(values, value_fn(obs))
-    a, logp, v = net.act(obs)
-    torch.testing.assert_close(logp, log_probs.gather(-1, a[:, None]).squeeze(-1).detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(v, values.detach(), atol=1e-5, rtol=1e-5)
-    # empirical action frequencies in one state match pi(.|s)
-    s = obs[:1].expand(20_000, 4).contiguous()
-    freq = np.bincount(net.act(s)[0].numpy(), minlength=3) / 20_000
-    np.testing.assert_allclose(freq, log_probs[0].exp().detach().numpy(), atol=0.015)
-    # changed packed weights go back into the modules
-    with torch.no_grad():
-        net.w2.add_(0.1)
-        net.b_v.add_(1.0)
-    p2, v2 = net.unpack()
-    torch.testing.assert_close(p2.log_probs(obs), net(obs)[0])
-    torch.testing.assert_close(v2(obs), net(obs)[1])
-
-
-def test_clip_grad_norm_matches_torch():
-    torch.manual_seed(0)
-    a, b = torch.randn(3, requires_grad=True), torch.randn(2, 2, requires_grad=True)
-    ((a * 3).sum() + (b ** 2).sum()).backward()
-    ga, gb = a.grad.clone(), b.grad.clone()
-    norm = ppo.clip_grad_norm([a, b], 0.5)
-    ref = torch.cat([ga.flatten(), gb.flatten()]).norm()
-    torch.testing.assert_close(norm, ref)
-    torch.testing.assert_close(torch.cat([a.grad.flatten(), b.grad.flatten()]).norm(), torch.tensor(0.5), rtol=1e-4, atol=1e-6)
 
 
 def test_update_many_epochs_moves_policy_and_clipping_limits_ratio_growth():
     torch.manual_seed(0)
-    net = ppo.ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
+    net = ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
     obs = torch.randn(64, 4)
     with torch.no_grad():
         a, logp_old, _ = net.act(obs)
         old = net(obs)[0]
     adv, ret = torch.randn(64), torch.randn(64)
-    stats = ppo.update(net, ppo.make_optimizer(net, 3e-3), obs, a, logp_old, adv, ret, epochs=5,
+    stats = ppo.update(net, make_optimizer(net, 3e-3), obs, a, logp_old, adv, ret, epochs=5,
                        minibatch_size=16, eps=0.2)
-    assert set(stats) >= {"loss", "policy_loss", "value_loss", "approx_kl", "clip_fraction", "entropy"}
-    assert ppo.categorical_kl(old, net(obs)[0]).item() > 0
+    assert set(stats) == {"loss", "policy_loss", "value_loss", "approx_kl", "clip_fraction", "entropy"}
+    assert all(math.isfinite(v) for v in stats.values())
+    with torch.no_grad():
+        assert mean_kl(old, net(obs)[0]).item() > 0
+    with pytest.raises(TypeError, match="epoch"):  # a misspelt keyword is refused, not ignored
+        ppo.update(net, make_optimizer(net, 3e-3), obs, a, logp_old, adv, ret, epoch=5)
 
 
 def test_train_runs_logs_and_is_deterministic():
     kw = dict(total_steps=512, seed=1, num_envs=2, num_steps=32, epochs=2, minibatch_size=32, lr=1e-3)
-    h1, h2 = ppo.train("CartPole-v1", **kw), ppo.train("CartPole-v1", **kw)
-    assert len(h1.update_array("kl")) == 8
-    for name in ["env_steps", "kl", "approx_kl", "clip_fraction", "policy_loss", "value_loss", "entropy", "lr",
-                 "eps", "ratio_min", "ratio_max", "seconds"]:
+    out1, out2 = ppo.train("CartPole-v1", **kw), ppo.train("CartPole-v1", **kw)
+    h1, h2 = out1.history, out2.history
+    assert len(h1.update_array("kl/exact_per_state")) == 8
+    names = ["env_steps", "kl/exact_per_state", "kl/k3_per_sample", "clip_ratio/region_mean", "loss/policy",
+             "loss/value", "entropy", "learning_rate", "eps", "ratio_min", "ratio_max", "seconds"]
+    assert set(h1.updates) == set(names)
+    for name in names:
         assert len(h1.update_array(name)) == 8, name
-    np.testing.assert_array_equal(h1.update_array("kl"), h2.update_array("kl"))
+    np.testing.assert_array_equal(h1.update_array("kl/exact_per_state"), h2.update_array("kl/exact_per_state"))
     np.testing.assert_array_equal(h1.episode_returns, h2.episode_returns)
     # linear annealing from lr and eps towards 0
-    np.testing.assert_allclose(h1.update_array("lr"), 1e-3 * (1 - np.arange(8) / 8))
+    np.testing.assert_allclose(h1.update_array("learning_rate"), 1e-3 * (1 - np.arange(8) / 8))
     np.testing.assert_allclose(h1.update_array("eps"), 0.2 * (1 - np.arange(8) / 8))
-    assert isinstance(h1.policy, CategoricalPolicy) and isinstance(h1.value_fn, ValueNet)
+    assert isinstance(out1.policy, CategoricalPolicy) and isinstance(out1.value_fn, ValueNet)
+    assert out1.policy is out1.model
+    assert np.all(h1.update_array("kl/exact_per_state") >= 0) and np.all(h1.update_array("kl/k3_per_sample") >= 0)
+    assert np.all((h1.update_array("clip_ratio/region_mean") >= 0) & (h1.update_array("clip_ratio/region_mean") <= 1))
 
 
 def test_train_other_discrete_environment():
-    h = ppo.train("Acrobot-v1", total_steps=256, seed=0, num_envs=2, num_steps=64, epochs=1, minibatch_size=64)
-    assert h.policy.logits_net[-1].out_features == 3
-    assert np.isfinite(h.update_array("kl")).all()
+    out = ppo.train("Acrobot-v1", total_steps=256, seed=0, num_envs=2, num_steps=64, epochs=1, minibatch_size=64)
+    assert out.policy.logits_net[-1].out_features == 3
+    assert np.isfinite(out.history.update_array("kl/exact_per_state")).all()
 
 
 def test_train_rejects_continuous_actions_and_bad_arguments():
@@ -223,33 +198,46 @@ def test_kl_bound_inside_clip_closed_form_and_validity():
 
 def test_epochs_on_one_batch_records_each_epoch():
     kw = dict(seed=0, epochs=3, num_envs=2, num_steps=16, minibatch_size=32)
-    out = ppo.epochs_on_one_batch(**kw)
-    assert set(out) == {"kl", "outside", "ratio_max"} and all(len(v) == 3 for v in out.values())
-    assert np.all(out["kl"] >= 0) and out["kl"][-1] > 0 and np.all((out["outside"] >= 0) & (out["outside"] <= 1))
-    np.testing.assert_array_equal(out["kl"], ppo.epochs_on_one_batch(**kw)["kl"])
+    res = ppo.epochs_on_one_batch(**kw)
+    out = {k: res.history.update_array(k) for k in res.history.updates}
+    assert set(out) == {"kl/exact_per_state", "outside", "ratio_max"} and all(len(v) == 3 for v in out.values())
+    kl = out["kl/exact_per_state"]
+    assert np.all(kl >= 0) and kl[-1] > 0 and np.all((out["outside"] >= 0) & (out["outside"] <= 1))
+    np.testing.assert_array_equal(kl, ppo.epochs_on_one_batch(**kw).history.update_array("kl/exact_per_state"))
+    assert isinstance(res.policy, CategoricalPolicy) and isinstance(res.value_fn, ValueNet)
 
 
 def test_train_stop_return_stops_once_the_moving_mean_reaches_it():
     h = ppo.train("CartPole-v1", total_steps=4096, seed=0, num_envs=4, num_steps=16, epochs=1, minibatch_size=64,
-                  stop_return=15.0)
+                  stop_return=15.0).history
     reached = h.steps_to_reach(15.0)
     assert reached < 4096 and h.update_array("env_steps")[-1] - reached < 64  # stopped in that iteration
 
 
-def test_ppo_loss_unchecked_path_matches_the_checked_one():
-    """``update`` calls ``ppo_loss(check=False)`` per minibatch: same numbers, and bad arguments are
-    still caught once, by ``update`` itself."""
+def test_ppo_loss_unchecked_core_matches_the_checked_one():
+    """``update`` calls the unchecked core ``_ppo_loss`` per minibatch: same numbers, and bad
+    arguments are still caught once, by ``update`` itself (its ``UpdateConfig``)."""
     torch.manual_seed(0)
     logp = torch.randn(32, requires_grad=True)
     args = (logp, torch.randn(32), torch.randn(32), torch.randn(32, requires_grad=True), torch.randn(32))
-    a, b = ppo.ppo_loss(*args, eps=0.1), ppo.ppo_loss(*args, eps=0.1, check=False)
+    a = ppo.ppo_loss(*args, eps=0.1)
+    b = ppo._ppo_loss(*args, None, 0.1, 1.0, 0.0, True)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, equal_nan=True)
     expected = -ppo.clipped_surrogate(torch.exp(args[0] - args[1]), args[2], 0.1).mean()
     torch.testing.assert_close(a.policy_loss, expected.detach())
-    net = ppo.ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
+    net = ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
     obs, act = torch.randn(32, 4), torch.randint(0, 2, (32,))
     with pytest.raises(ValueError, match="eps"):
-        ppo.update(net, ppo.make_optimizer(net, 1e-3), obs, act, args[1], args[2], args[4], eps=0.0)
+        ppo.update(net, make_optimizer(net, 1e-3), obs, act, args[1], args[2], args[4], eps=0.0)
+    with pytest.raises(ValueError, match="vf_coef"):
+        ppo.update(net, make_optimizer(net, 1e-3), obs, act, args[1], args[2], args[4], vf_coef=-1.0)
     with pytest.raises(ValueError, match="shapes must match"):
-        ppo.update(net, ppo.make_optimizer(net, 1e-3), obs, act, args[1][:16], args[2], args[4])
+        ppo.update(net, make_optimizer(net, 1e-3), obs, act, args[1][:16], args[2], args[4])
+
+
+def test_update_config_defaults_and_conversion():
+    cfg = ppo.UpdateConfig(epochs=3.0, minibatch_size=64.0)
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int) and cfg.minibatch_size == 64
+    assert cfg.vf_coef == 1.0 and cfg.eps == 0.2 and cfg.max_grad_norm == 0.5
+    assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None  # None: no clipping

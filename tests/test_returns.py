@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rlnotes.returns import discounted_returns, gae
+from rlnotes.returns import advantage_batch, discounted_returns, gae, normalize
+from rlnotes.rollout import Rollout
 
 
 def test_discounted_returns_by_hand():
@@ -60,3 +61,30 @@ def test_bad_shapes():
         gae(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3), 0.9, 0.9)
     with pytest.raises(ValueError, match=r"\[T, N\]"):
         discounted_returns(torch.zeros(3), torch.zeros(3), 0.9)
+
+
+def test_normalize():
+    a = normalize(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert a.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert a.std().item() == pytest.approx(1.0, abs=1e-6)
+    # a single advantage has no spread: it becomes 0, not NaN (its own baseline)
+    assert normalize(torch.tensor([3.0])).tolist() == [0.0]
+    # equal advantages: all 0, finite
+    assert normalize(torch.full((4,), 2.5)).tolist() == [0.0] * 4
+
+
+def test_advantage_batch_is_gae_flattened_and_normalised():
+    torch.manual_seed(2)
+    T, N = 5, 3
+    batch = Rollout(obs=torch.randn(T, N, 4), actions=torch.randint(0, 2, (T, N)), logp=torch.randn(T, N),
+                    rewards=torch.randn(T, N), dones=(torch.rand(T, N) < 0.3).float(), values=torch.randn(T, N),
+                    last_value=torch.randn(N))
+    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, 0.9, 0.8)
+    obs, actions, a, r = advantage_batch(batch, 0.9, 0.8, normalize_advantages=False)
+    torch.testing.assert_close(obs, batch.obs.reshape(T * N, 4))
+    torch.testing.assert_close(actions, batch.actions.reshape(-1))
+    torch.testing.assert_close(a, adv.reshape(-1))
+    torch.testing.assert_close(r, ret.reshape(-1))
+    _, _, a_norm, r_norm = advantage_batch(batch, 0.9, 0.8)
+    torch.testing.assert_close(a_norm, normalize(adv.reshape(-1)))
+    torch.testing.assert_close(r_norm, ret.reshape(-1))  # the value targets are not normalised

@@ -1,8 +1,8 @@
 import math
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rlnotes import lm, rlhf
 
@@ -35,7 +35,9 @@ def test_train_sft_lowers_heldout_loss(prepared):
     xs, ys = task.sft_corpus(16, seed=5)
     model = lm.tiny_gpt2(tok, seed=1)
     before = rlhf.heldout_loss(model, tok, xs, ys)
-    rlhf.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
+    out = rlhf.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
+    assert out.model is model and isinstance(out.config, rlhf.SFTConfig)  # trained in place
+    assert set(out.history.updates) == {"loss", "seconds"} and len(out.history) == 15
     assert rlhf.heldout_loss(model, tok, xs, ys) < before
     with pytest.raises(ValueError, match="steps must be >= 1"):
         rlhf.train_sft(model, tok, xs, ys, steps=0)
@@ -66,7 +68,10 @@ def test_reward_loss_at_extreme_margins():
 
 
 def test_preference_accuracy():
+    # right, wrong, a tie (one half), right: (1 + 0 + 0.5 + 1) / 4
     assert rlhf.preference_accuracy(torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])) == 0.625
+    with pytest.raises(ValueError, match="shapes must match"):
+        rlhf.preference_accuracy(torch.zeros(2), torch.zeros(3))
 
 
 def test_preferences_validation():
@@ -119,23 +124,7 @@ def test_reward_model_shape_and_normalisation(prepared, batch):
     fresh.normalize_(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."])
     assert abs(fresh.score(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."]).mean().item()) < 1e-5
     assert len(prepared.rm_history.update_array("loss")) == 5
-
-
-def test_kl_estimators_bias_and_sign():
-    torch.manual_seed(0)
-    p_logits, q_logits = torch.randn(6), torch.randn(6)
-    exact = rlhf.exact_token_kl(p_logits, q_logits).item()
-    ref = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=p_logits),
-                                            torch.distributions.Categorical(logits=q_logits)).item()
-    assert exact == pytest.approx(ref, rel=1e-5)
-    y = torch.distributions.Categorical(logits=p_logits).sample((200_000,))
-    k = rlhf.kl_estimators(F.log_softmax(p_logits, -1)[y], F.log_softmax(q_logits, -1)[y])
-    assert k["k1"].mean().item() == pytest.approx(exact, abs=0.02)  # unbiased
-    assert k["k3"].mean().item() == pytest.approx(exact, abs=0.02)  # unbiased
-    assert (k["k1"] < 0).any() and (k["k2"] >= 0).all() and (k["k3"] >= 0).all()
-    one = rlhf.kl_estimators(torch.tensor([-1.0]), torch.tensor([-2.0]))  # log rho = -1
-    assert one["k1"].item() == 1.0 and one["k2"].item() == 0.5
-    assert one["k3"].item() == pytest.approx(math.exp(-1) - 1 + 1)
+    assert set(prepared.rm_history.updates) == {"loss", "accuracy", "seconds"}
 
 
 def test_kl_penalty_per_token_shape():
@@ -182,23 +171,36 @@ def test_policy_with_value_and_ppo_token_loss(prepared, batch):
 
 
 def test_train_ppo_evaluate_and_kl_to_ref(prepared):
-    policy, hist = rlhf.train_ppo(prepared, beta=0.1, updates=2, batch_size=8, epochs=1, seed=0)
-    for key in ("r_phi", "r_star", "kl", "kl_k1", "entropy", "distinct_1", "distinct_2", "beta"):
+    out = rlhf.train_ppo(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, seed=0)
+    policy, hist = out.model, out.history
+    assert isinstance(out.value_fn, rlhf.PolicyWithValue) and out.value_fn.lm is policy
+    keys = ("r_phi", "r_star", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy", "distinct_1", "distinct_2",
+            "beta", "completions/clipped_ratio", "loss/value", "seconds")
+    assert set(hist.updates) == set(keys)
+    for key in keys:
         assert len(hist.update_array(key)) == 2 and math.isfinite(hist.update_array(key)[-1])
-    assert hist.update_array("kl")[0] == pytest.approx(0.0, abs=1e-6)  # the first batch comes from pi_ref
+    # the first batch comes from pi_ref: exact KL and the summed log-ratio k1 are both 0
+    assert hist.update_array("kl/exact_per_sequence")[0] == pytest.approx(0.0, abs=1e-6)
+    assert hist.update_array("kl/k1_per_sequence")[0] == pytest.approx(0.0, abs=1e-6)
+    clipped = hist.update_array("completions/clipped_ratio")
+    assert np.all((clipped >= 0) & (clipped <= 1)) and np.all(clipped * 8 == np.round(clipped * 8))
     ev = rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
-    assert ev["kl"] > 0 and len(ev["samples"]) == 8
+    assert set(ev) == {"r_star", "r_phi", "kl/exact_per_sequence", "distinct_1", "distinct_2", "samples"}
+    assert ev["kl/exact_per_sequence"] > 0 and len(ev["samples"]) == 8
     assert ev == rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
-    assert rlhf.evaluate(prepared.sft, prepared, n_repeats=1)["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert ev == rlhf.evaluate(out.value_fn, prepared, n_repeats=1, seed=0)  # the LM or the LM with its value head
+    assert rlhf.evaluate(prepared.sft, prepared, n_repeats=1)["kl/exact_per_sequence"] == pytest.approx(0.0, abs=1e-6)
     p = lm.encode_prompts(prepared.tokenizer, ["phone review :"])
     r = lm.encode_responses(prepared.tokenizer, ["good ."])
     assert rlhf.kl_to_ref(prepared.sft, prepared.sft, *p, *r).item() == pytest.approx(0.0, abs=1e-6)
-    _, adaptive = rlhf.train_ppo(prepared, beta=0.1, updates=2, batch_size=8, epochs=1, kl_target=1.0)
-    assert adaptive.update_array("beta")[1] != 0.1
-    with pytest.raises(ValueError, match="eps must be in"):
-        rlhf.train_ppo(prepared, eps=1.5)
-    with pytest.raises(ValueError, match="minibatches must be <="):
-        rlhf.train_ppo(prepared, batch_size=2, minibatches=4)
+    adaptive = rlhf.train_ppo(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, kl_target=1.0).history
+    assert adaptive.update_array("beta")[0] == 0.1 and adaptive.update_array("beta")[1] != 0.1
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        rlhf.train_ppo(prepared, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        rlhf.train_ppo(prepared, eps=math.inf)
+    with pytest.raises(ValueError, match="minibatch_size must be <="):
+        rlhf.train_ppo(prepared, batch_size=2, minibatch_size=4)
 
 
 def test_scale_up_path_from_a_saved_folder(tmp_path, prepared):

@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlnotes.nets import CategoricalPolicy, ValueNet, mean_kl
-from rlnotes.rollout import History, Runner, make_envs
+from rlnotes.kl import mean_kl
+from rlnotes.nets import CategoricalPolicy, ValueNet
+from rlnotes.rollout import Runner, make_envs
+from rlnotes.trainer import History
 
 
 class Always:
@@ -44,7 +46,7 @@ def test_rollout_matches_hand_stepped_environments():
         assert batch.rewards[:, i].sum().item() == pytest.approx(T)
     # every finished episode is in the history, with its return and the step it ended at
     assert len(runner.history.episode_returns) > 0
-    assert runner.steps == N * T and runner.history.env_steps.max() <= N * T
+    assert runner.steps == N * T and runner.history.episode_ends.max() <= N * T
 
 
 def test_truncation_bootstraps_with_value_of_final_observation():
@@ -74,6 +76,15 @@ def test_history_statistics():
     h.log(kl=0.5)
     h.log(kl=torch.tensor(0.25))
     np.testing.assert_allclose(h.update_array("kl"), [0.5, 0.25])
+    # keys with a slash come in a dict, plain ones as keywords, both in one call
+    h.log({"kl/exact_per_state": torch.tensor(0.125)}, entropy=0.5)
+    np.testing.assert_allclose(h.update_array("kl/exact_per_state"), [0.125])
+    np.testing.assert_allclose(h.update_array("entropy"), [0.5])
+    assert len(h) == 2  # the number of updates: the longest series
+    with pytest.raises(KeyError, match="no metric 'loss' was logged; logged: .*'kl'"):
+        h.update_array("loss")
+    np.testing.assert_array_equal(h.episode_ends, [10, 20, 30, 40])
+    assert h.episode_ends.dtype == np.int64
 
 
 def test_networks_shapes_and_kl():
@@ -82,7 +93,8 @@ def test_networks_shapes_and_kl():
     dist = policy(obs)
     assert dist.probs.shape == (7, 3) and value(obs).shape == (7,)
     assert policy.logp(obs, torch.zeros(7, dtype=torch.long)).shape == (7,)
-    assert mean_kl(dist, dist).item() == pytest.approx(0.0, abs=1e-7)
+    assert mean_kl(dist.logits, dist.logits).item() == pytest.approx(0.0, abs=1e-7)
+    torch.testing.assert_close(policy.log_probs(obs), dist.logits)
     # the small output gain starts the policy close to uniform
     assert (dist.probs - 1 / 3).abs().max() < 0.05
 

@@ -7,7 +7,8 @@ from torch.distributions import Categorical
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from rlnotes import bandits, trpo
-from rlnotes.nets import CategoricalPolicy, mean_kl
+from rlnotes.kl import mean_kl
+from rlnotes.nets import CategoricalPolicy
 
 
 def spd_matrix(n, seed=0):
@@ -127,7 +128,7 @@ def test_mean_kl_matches_exact_bandit_kl():
     theta_old, theta = np.array([0.1, 0.5, -0.3]), np.array([0.4, -0.2, 0.0])
     old = Categorical(logits=torch.tensor(np.stack([theta_old, theta_old])))
     new = Categorical(logits=torch.tensor(np.stack([theta, theta])))
-    assert mean_kl(old, new).item() == pytest.approx(bandits.kl(theta_old, theta))
+    assert mean_kl(old.logits, new.logits).item() == pytest.approx(bandits.kl(theta_old, theta))
 
 
 # ---------------------------------------------------------------- Fisher-vector product
@@ -170,7 +171,7 @@ def test_fisher_vector_product_is_kl_curvature():
         theta = parameters_to_vector(params)
         t = 1e-2
         vector_to_parameters(theta + t * v, params)
-        kl = mean_kl(old, policy(obs)).item()
+        kl = mean_kl(old.logits, policy(obs).logits).item()
     assert kl == pytest.approx(0.5 * t ** 2 * vFv, rel=0.05)
 
 
@@ -256,15 +257,17 @@ def test_trpo_step_respects_trust_region_and_improves_surrogate():
         info = trpo.trpo_step(policy, obs, actions, adv, delta)
         with torch.no_grad():
             new = policy(obs)
-            measured = mean_kl(old, new).item()
+            measured = mean_kl(old.logits, new.logits).item()
             gain = trpo.surrogate(new.log_prob(actions), old.log_prob(actions), adv).item() - adv.mean().item()
+        assert set(info) == {"kl/exact_per_state", "kl/exact_per_state_full_step", "improvement", "backtracks",
+                             "accepted", "cg_iters", "cg_residual", "step_size"}
         assert info["accepted"] == 1.0
-        assert measured == pytest.approx(info["kl"], rel=1e-4, abs=1e-9)
+        assert measured == pytest.approx(info["kl/exact_per_state"], rel=1e-4, abs=1e-9)
         assert 0 < measured <= delta
         assert gain == pytest.approx(info["improvement"], rel=1e-3, abs=1e-7) and gain > 0
         assert info["cg_iters"] <= 10 and info["step_size"] > 0
         if info["backtracks"] == 0:
-            assert info["full_step_kl"] == info["kl"]
+            assert info["kl/exact_per_state_full_step"] == info["kl/exact_per_state"]
 
 
 def test_trpo_step_full_step_reaches_near_delta():
@@ -272,7 +275,7 @@ def test_trpo_step_full_step_reaches_near_delta():
     policy, obs, actions, adv = batch(seed=3)
     info = trpo.trpo_step(policy, obs, actions, adv, 1e-3, damping=1e-3, cg_iters=50)
     assert info["backtracks"] == 0
-    assert 0.5e-3 < info["kl"] <= 1e-3
+    assert 0.5e-3 < info["kl/exact_per_state"] <= 1e-3
 
 
 def test_trpo_step_rejected_leaves_policy_unchanged():
@@ -280,7 +283,7 @@ def test_trpo_step_rejected_leaves_policy_unchanged():
     before = parameters_to_vector(policy.parameters()).clone()
     # With all advantages zero no step improves the surrogate, so every trial fails.
     info = trpo.trpo_step(policy, obs, actions, torch.zeros_like(adv), 0.01)
-    assert info["accepted"] == 0.0 and info["kl"] == 0.0 and info["backtracks"] == 10
+    assert info["accepted"] == 0.0 and info["kl/exact_per_state"] == 0.0 and info["backtracks"] == 10
     torch.testing.assert_close(parameters_to_vector(policy.parameters()), before, rtol=0, atol=0)
 
 
@@ -318,24 +321,25 @@ def test_trpo_step_errors():
 # ---------------------------------------------------------------- train
 
 def test_train_logs_per_update_and_respects_kl():
-    h = trpo.train("CartPole-v1", total_steps=2048, seed=0, num_envs=4, num_steps=128)
+    out = trpo.train("CartPole-v1", total_steps=2048, seed=0, num_envs=4, num_steps=128)
+    h = out.history
     n = len(h.update_array("env_steps"))
     assert n == 4
-    for name in ["env_steps", "kl", "improvement", "backtracks", "accepted", "cg_iters", "step_size",
-                 "entropy", "value_loss", "seconds"]:
+    for name in ["env_steps", "kl/exact_per_state", "kl/exact_per_state_full_step", "improvement", "backtracks",
+                 "accepted", "cg_iters", "cg_residual", "step_size", "entropy", "loss/value", "seconds"]:
         assert len(h.update_array(name)) == n, name
     accepted = h.update_array("accepted") == 1
-    assert np.all(h.update_array("kl")[accepted] <= 0.01)
-    assert np.all(h.update_array("kl")[~accepted] == 0)
+    assert np.all(h.update_array("kl/exact_per_state")[accepted] <= 0.01)
+    assert np.all(h.update_array("kl/exact_per_state")[~accepted] == 0)
     assert list(h.update_array("env_steps")) == [512, 1024, 1536, 2048]
     assert len(h.episode_returns) > 0
 
 
 def test_train_is_deterministic():
-    a = trpo.train("CartPole-v1", total_steps=1024, seed=3, num_envs=4, num_steps=64)
-    b = trpo.train("CartPole-v1", total_steps=1024, seed=3, num_envs=4, num_steps=64)
+    a = trpo.train("CartPole-v1", total_steps=1024, seed=3, num_envs=4, num_steps=64).history
+    b = trpo.train("CartPole-v1", total_steps=1024, seed=3, num_envs=4, num_steps=64).history
     np.testing.assert_array_equal(a.episode_returns, b.episode_returns)
-    np.testing.assert_array_equal(a.update_array("kl"), b.update_array("kl"))
+    np.testing.assert_array_equal(a.update_array("kl/exact_per_state"), b.update_array("kl/exact_per_state"))
 
 
 def test_train_errors():
@@ -354,6 +358,6 @@ def test_train_errors():
 
 
 def test_train_learns_cartpole():
-    h = trpo.train("CartPole-v1", total_steps=30_000, seed=0)
+    h = trpo.train("CartPole-v1", total_steps=30_000, seed=0).history
     assert h.final_mean_return() > 150
     assert math.isfinite(h.final_mean_return())

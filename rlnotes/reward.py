@@ -1,0 +1,203 @@
+"""Chapter 4, phase 2: preferences labelled by a Bradley-Terry "labeller", and a reward model r_phi.
+
+The labeller prefers y_1 to y_2 with probability p*(y_1 > y_2 | x) = sigma(r*(x, y_1) - r*(x, y_2))
+(eq. rlhf-bt); r_phi is fitted by maximum likelihood under the same model, L_R = -E_D[log
+sigma(r_phi(x, y_w) - r_phi(x, y_l))] (eq. rlhf-rm). ``preference_accuracy`` is the book's one
+measure of how well any score ranks preference pairs (the reward model here, DPO's implicit
+reward in chapter 5).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import lm
+from .sft import SFTConfig
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
+from .utils import check_in_range, check_same_shape
+
+
+def bt_probability(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry p*(y1 > y2 | x) = exp r1 / (exp r1 + exp r2) = sigma(r1 - r2) (eq. rlhf-bt)."""
+    return torch.sigmoid(torch.as_tensor(r1) - torch.as_tensor(r2))
+
+
+def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """L_R = -E_D[ log sigma(r_phi(x, y_w) - r_phi(x, y_l)) ] (eq. rlhf-rm), with logsigmoid: finite at any margin."""
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    if r_chosen.numel() == 0:
+        raise ValueError("r_chosen and r_rejected must hold at least one pair")
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """The fraction of pairs a reward ranks like the labels (r_chosen > r_rejected); a tie counts one half."""
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    return ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean().item()
+
+
+@dataclass
+class Preferences:
+    """A preference data set D = {(x, y_w, y_l)}, with the (hidden) true rewards r* of y_w and y_l."""
+
+    prompts: list
+    chosen: list
+    rejected: list
+    r_chosen: torch.Tensor
+    r_rejected: torch.Tensor
+
+    def __post_init__(self):
+        if not isinstance(self.prompts, (list, tuple)) or len(self.prompts) == 0:
+            raise ValueError("prompts must be a non-empty list of strings (empty preference data)")
+        for name in ("prompts", "chosen", "rejected"):
+            seq = getattr(self, name)
+            if not isinstance(seq, (list, tuple)) or not all(isinstance(s, str) for s in seq):
+                raise ValueError(f"{name} must be a list of strings")
+        n = len(self.prompts)
+        for name in ("chosen", "rejected", "r_chosen", "r_rejected"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
+        self.r_chosen = torch.as_tensor(self.r_chosen, dtype=torch.float32)
+        self.r_rejected = torch.as_tensor(self.r_rejected, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, idx) -> "Preferences":
+        """The pairs at positions ``idx`` (a list of ints)."""
+        return Preferences([self.prompts[i] for i in idx], [self.chosen[i] for i in idx],
+                           [self.rejected[i] for i in idx], self.r_chosen[idx], self.r_rejected[idx])
+
+    def encode(self, tokenizer, device=None) -> dict:
+        """Token tensors: ``prompt_ids/prompt_mask`` (left-padded), ``chosen_ids/chosen_mask``,
+        ``rejected_ids/rejected_mask`` (right-padded, EOS appended)."""
+        p, pm = lm.encode_prompts(tokenizer, list(self.prompts), device)
+        c, cm = lm.encode_responses(tokenizer, list(self.chosen), device=device)
+        r, rm = lm.encode_responses(tokenizer, list(self.rejected), device=device)
+        return dict(prompt_ids=p, prompt_mask=pm, chosen_ids=c, chosen_mask=cm, rejected_ids=r, rejected_mask=rm)
+
+
+def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int = 8,
+                 batch_size: int = 512) -> tuple[list[str], list[str]]:
+    """Two independent responses y1, y2 ~ pi(.|x) per prompt (phase 2's comparison pairs)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    y1, y2 = [], []
+    for i in range(0, len(prompts), batch_size):
+        p, pm = lm.encode_prompts(tokenizer, prompts[i:i + batch_size] * 2, device)
+        ids, mask = lm.sample(model, tokenizer, p, pm, max_new_tokens, generator=gen)
+        text = lm.decode_responses(tokenizer, ids, mask)
+        half = len(text) // 2
+        y1 += text[:half]
+        y2 += text[half:]
+    return y1, y2
+
+
+def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *, seed: int) -> Preferences:
+    """A simulated labeller: prefers y1 with probability sigma(r*(x, y1) - r*(x, y2)) (Bradley-Terry on r*)."""
+    if not (len(prompts) == len(y1) == len(y2)) or not prompts:
+        raise ValueError("prompts, y1 and y2 must be non-empty and of equal length, "
+                         f"got {len(prompts)}, {len(y1)}, {len(y2)}")
+    r1, r2 = task.true_rewards(prompts, y1), task.true_rewards(prompts, y2)
+    first = torch.rand(len(prompts), generator=torch.Generator().manual_seed(seed)) < bt_probability(r1, r2)
+    chosen = [a if f else b for a, b, f in zip(y1, y2, first.tolist())]
+    rejected = [b if f else a for a, b, f in zip(y1, y2, first.tolist())]
+    return Preferences(list(prompts), chosen, rejected, torch.where(first, r1, r2), torch.where(first, r2, r1))
+
+
+class RewardModel(nn.Module):
+    """r_phi(x, y): a copy of the SFT model with a linear head on the last layer's hidden state at EOS.
+
+    ``offset`` is subtracted from every output; ``normalize_`` sets it so that r_phi has mean 0
+    on pi^SFT's samples, E_{x,y}[r_phi(x, y)] = 0, as the source prescribes.
+    """
+
+    def __init__(self, base_lm):
+        super().__init__()
+        self.lm = copy.deepcopy(base_lm).requires_grad_(True)
+        self.head = nn.Linear(self.lm.config.hidden_size, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(self.lm.config.hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("offset", torch.zeros(()))
+
+    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        ids, mask, positions = lm._joint(prompt_ids, prompt_mask, response_ids, response_mask)
+        hidden = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        last = prompt_ids.shape[1] + response_mask.sum(dim=1) - 1  # the EOS (or last response) token
+        h = hidden[torch.arange(len(ids), device=ids.device), last]
+        return self.head(h.float()).squeeze(-1) - self.offset
+
+    @torch.no_grad()
+    def score(self, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 512) -> torch.Tensor:
+        """r_phi for text pairs, [B] (on the CPU)."""
+        device = next(self.parameters()).device
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            p = lm.encode_prompts(tokenizer, prompts[i:i + batch_size], device)
+            r = lm.encode_responses(tokenizer, responses[i:i + batch_size], device=device)
+            out.append(self(*p, *r).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def normalize_(self, tokenizer, prompts: list[str], responses: list[str]) -> float:
+        """Shift r_phi to mean zero on these (x, y); returns the offset removed."""
+        self.offset += self.score(tokenizer, prompts, responses).mean().to(self.offset)
+        return self.offset.item()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardConfig(SFTConfig):
+    """Reward-model training: the supervised loop of ``SFTConfig`` (``steps`` AdamW steps, ``lr``
+    annealed linearly to 0, ``batch_size`` pairs drawn at random from D, ``seed``) with ``weight_decay``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check("weight_decay", check_in_range, 0.0, math.inf)
+
+
+def train_reward_model(sft, tokenizer, prefs: Preferences, config: RewardConfig | None = None,
+                       **kwargs) -> TrainResult:
+    """Phase 2: minimise L_R (eq. rlhf-rm) over mini-batches of D, then normalise r_phi to mean 0 on D's responses.
+
+    Arguments: those of ``RewardConfig``, or a ``config``. ``sft`` is copied, not changed.
+    Returns a ``TrainResult`` whose ``model`` is the ``RewardModel`` (frozen); logs per step
+    ``loss``, ``accuracy`` (on the mini-batch, ``preference_accuracy``) and ``seconds``.
+    """
+    if not isinstance(prefs, Preferences):
+        raise TypeError(f"prefs must be a Preferences, got {type(prefs).__name__}")
+    cfg = make_config(RewardConfig, config, **kwargs)
+    device = next(sft.parameters()).device
+    history = History()
+    with rng_scope(cfg.seed):
+        rm = RewardModel(sft).to(device)
+        t = prefs.encode(tokenizer, device)
+        opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        result = TrainResult(rm, history, cfg)
+        rm.train()
+        with run_guard(lambda: result, rm.eval):
+            for _ in progress(range(cfg.steps), cfg.progress, desc="reward model"):
+                with atomic():
+                    with Timer() as timer:
+                        idx = torch.randint(len(prefs), (cfg.batch_size,), generator=gen).to(device)
+                        pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, tokenizer.pad_token_id)
+                        rc, rr = rm(*pairs).chunk(2)  # one forward pass for the chosen and the rejected responses
+                        loss = reward_loss(rc, rr)
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                        sched.step()
+                    history.log(loss=loss, accuracy=preference_accuracy(rc.detach(), rr.detach()), seconds=timer.seconds)
+    rm.normalize_(tokenizer, list(prefs.prompts) * 2, list(prefs.chosen) + list(prefs.rejected))
+    rm.requires_grad_(False)
+    return result

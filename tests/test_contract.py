@@ -1,0 +1,279 @@
+"""The one training contract (rlnotes.trainer), checked on every trainer of the package.
+
+Each trainer, run on a tiny budget: returns a ``TrainResult``; fills its own frozen config
+dataclass, converting whole floats to ints once; logs only keys of the vocabulary below (the
+table of CONTRIBUTING.md, which ``test_vocabulary_is_the_table_of_contributing`` keeps in step),
+every KL key naming its estimator and unit; logs one value per update for every key; refuses
+an unknown keyword by name; repeats itself from a seed; leaves the caller's random state alone.
+And importing rlnotes changes nothing global, and the language-model side never loads gymnasium.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlnotes import dpo, lm, pg, ppo, rlhf, trpo
+from rlnotes.trainer import TrainResult
+
+# ------------------------------------------------------------------------- the vocabulary
+# Per trainer: its config class and the log keys it records per update (CONTRIBUTING.md's table).
+# ``eval/<name>`` keys of dpo.train's callback are allowed on top (EVAL_CALLBACK).
+
+VOCABULARY = {
+    "pg.train": ("PGConfig", {"env_steps", "kl/exact_per_state", "entropy", "loss/value", "seconds"}),
+    "trpo.train": ("TRPOConfig", {"env_steps", "kl/exact_per_state", "kl/exact_per_state_full_step", "improvement",
+                                  "backtracks", "accepted", "cg_iters", "cg_residual", "step_size", "entropy",
+                                  "loss/value", "seconds"}),
+    "ppo.train": ("PPOConfig", {"env_steps", "kl/exact_per_state", "kl/k3_per_sample", "clip_ratio/region_mean",
+                                "loss/policy", "loss/value", "entropy", "learning_rate", "eps", "ratio_min",
+                                "ratio_max", "seconds"}),
+    "ppo.epochs_on_one_batch": ("OneBatchConfig", {"kl/exact_per_state", "outside", "ratio_max"}),
+    "sft.train_sft": ("SFTConfig", {"loss", "seconds"}),
+    "reward.train_reward_model": ("RewardConfig", {"loss", "accuracy", "seconds"}),
+    "rlhf.train_ppo": ("RLHFConfig", {"r_phi", "r_star", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy",
+                                      "distinct_1", "distinct_2", "completions/clipped_ratio", "beta", "loss/value",
+                                      "seconds"}),
+    "dpo.train": ("DPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                                "logps/chosen", "logps/rejected", "seconds", "eval/step", "eval/loss",
+                                "eval/accuracy"}),
+}
+EVAL_CALLBACK = "eval/<callback keys>"  # how CONTRIBUTING.md writes dpo's callback keys
+KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_full_step)?$")
+
+
+# ------------------------------------------------------------------------- the trainers
+# Each entry: (name, run(kwargs) -> TrainResult, kwargs with whole floats for the int fields,
+# the int fields and their values, the expected number of updates, the config class).
+
+def _control(fn):
+    return lambda kw: fn("CartPole-v1", **kw)
+
+
+def _sft(prepared):
+    task, tok = prepared.task, prepared.tokenizer
+    xs, ys = task.sft_corpus(32, seed=11)
+
+    def run(kw):  # SFT trains a model in place: a fresh one per run, built outside the trainer
+        return rlhf.train_sft(lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
+
+    return run
+
+
+def _reward(prepared):
+    return lambda kw: rlhf.train_reward_model(prepared.sft, prepared.tokenizer, prepared.train_prefs, **kw)
+
+
+def _rlhf_ppo(prepared):
+    return lambda kw: rlhf.train_ppo(prepared, **kw)
+
+
+def _dpo(prepared):
+    data = prepared.train_prefs.encode(prepared.tokenizer)
+    eval_data = prepared.test_prefs.encode(prepared.tokenizer)
+    return lambda kw: dpo.train(None, prepared.sft, data, eval_data=eval_data, **kw)
+
+
+CONTROL = [
+    ("pg.train", _control(pg.train), dict(total_steps=512.0, seed=0, num_envs=4.0, num_steps=64),
+     dict(total_steps=512, num_envs=4), 2, pg.PGConfig),
+    ("trpo.train", _control(trpo.train), dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64.0, cg_iters=5.0),
+     dict(total_steps=512, num_steps=64, cg_iters=5), 2, trpo.TRPOConfig),
+    ("ppo.train", _control(ppo.train), dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64, epochs=2.0,
+                                             minibatch_size=128.0),
+     dict(total_steps=512, epochs=2, minibatch_size=128), 2, ppo.PPOConfig),
+    ("ppo.epochs_on_one_batch", _control(ppo.epochs_on_one_batch),
+     dict(seed=0, epochs=3.0, num_envs=2, num_steps=16.0, minibatch_size=32),
+     dict(epochs=3, num_steps=16), 3, ppo.OneBatchConfig),
+]
+LM = [
+    ("sft.train_sft", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, rlhf.SFTConfig),
+    ("reward.train_reward_model", _reward, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3,
+     rlhf.RewardConfig),
+    ("rlhf.train_ppo", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
+     dict(steps=2, batch_size=4, minibatch_size=2), 2, rlhf.RLHFConfig),
+    ("dpo.train", _dpo, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
+]
+TRAINERS = CONTROL + LM
+
+
+@pytest.fixture(params=TRAINERS, ids=[t[0] for t in TRAINERS])
+def trainer(request):
+    name, run, kwargs, ints, n_updates, config_cls = request.param
+    if any(name == t[0] for t in LM):
+        run = run(request.getfixturevalue("tiny_prepared"))
+    return name, run, kwargs, ints, n_updates, config_cls
+
+
+def _random_states():
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _same_states(a, b):
+    """torch's generator state, NumPy's global state (a tuple holding an array) and Python's, all equal."""
+    return (torch.equal(a[0], b[0]) and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+            and a[2] == b[2])
+
+
+def _parameters(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _updates_without_time(history):
+    return {k: v for k, v in history.updates.items() if k != "seconds"}
+
+
+# ------------------------------------------------------------------------- the contract
+
+def test_the_contract(trainer):
+    name, run, kwargs, ints, n_updates, config_cls = trainer
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    random.seed(1234)
+    before = _random_states()
+    out = run(dict(kwargs))
+    # the caller's random state (torch, NumPy, Python) is as it was
+    assert _same_states(before, _random_states()), f"{name} changed the caller's random state"
+
+    # a TrainResult, the model under both names
+    assert isinstance(out, TrainResult)
+    assert out.policy is out.model and isinstance(out.model, torch.nn.Module)
+
+    # the config: the trainer's own frozen dataclass, whole floats converted to ints once
+    cfg = out.config
+    assert type(cfg) is config_cls and config_cls.__name__ == VOCABULARY[name][0]
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+    for field, value in ints.items():
+        assert getattr(cfg, field) == value and type(getattr(cfg, field)) is int, field
+    assert cfg.as_dict()["seed"] == 0
+
+    # the log keys: the table's, every KL key naming estimator and unit
+    keys = set(out.history.updates)
+    allowed = VOCABULARY[name][1]
+    assert keys <= allowed, f"{name} logs keys outside the vocabulary: {sorted(keys - allowed)}"
+    assert {k for k in allowed if not k.startswith("eval/")} <= keys, f"{name} misses {sorted(allowed - keys)}"
+    for key in keys:
+        if "kl" in key:
+            assert KL_KEY.match(key), f"{name} logs the KL key {key!r}, not kl/<estimator>_per_<unit>"
+
+    # one value per update for every key (the evaluations have a series of their own)
+    h = out.history
+    assert len(h) == n_updates
+    for key in keys:
+        values = h.update_array(key)
+        assert len(values) == (n_updates if not key.startswith("eval/") else len(h.update_array("eval/step"))), key
+        assert np.isfinite(values).all(), key
+    assert len(h.episode_ends) == len(h.episode_returns)
+    if "env_steps" in keys:  # the control trainers: env_steps counts up to total_steps, episodes inside it
+        steps = h.update_array("env_steps")
+        np.testing.assert_array_equal(steps, cfg.batch_steps * np.arange(1, n_updates + 1))
+        assert steps[-1] >= cfg.total_steps
+        assert len(h.episode_returns) > 0 and np.all(np.diff(h.episode_ends) >= 0) and h.episode_ends[-1] <= steps[-1]
+
+    # an unknown keyword is refused by name, and a config of another trainer by type
+    with pytest.raises(TypeError, match="learnin_rate"):
+        run({**kwargs, "learnin_rate": 1e-3})
+    other = rlhf.SFTConfig() if config_cls is not rlhf.SFTConfig else dpo.DPOConfig()
+    with pytest.raises(TypeError, match=f"config must be a {config_cls.__name__}"):
+        run({"config": other})
+
+    # the same seed, the same run (passed again as the config it returned): same history, same weights
+    again = run({"config": cfg})
+    assert _updates_without_time(again.history) == _updates_without_time(h)
+    np.testing.assert_array_equal(again.history.episode_returns, h.episode_returns)
+    for p, q in zip(_parameters(out.model), _parameters(again.model)):
+        assert torch.equal(p, q)
+    if out.value_fn is not None:
+        for p, q in zip(_parameters(out.value_fn), _parameters(again.value_fn)):
+            assert torch.equal(p, q)
+    # ... and another seed, another run: the seed is what the numbers come from
+    other_seed = run({**kwargs, "seed": 1})
+    assert _updates_without_time(other_seed.history) != _updates_without_time(h)
+
+
+def test_prepare_leaves_the_callers_generator_alone(tiny_prepare_run):
+    _, unchanged = tiny_prepare_run
+    assert unchanged
+
+
+def test_value_fn_where_the_method_learns_one(tiny_prepared):
+    from rlnotes.nets import ValueNet
+
+    for fn in (pg.train, trpo.train, ppo.train):
+        assert isinstance(fn(total_steps=64, num_envs=2, num_steps=32, seed=0).value_fn, ValueNet)
+    out = rlhf.train_ppo(tiny_prepared, steps=1, batch_size=2, epochs=1, seed=0)
+    assert isinstance(out.value_fn, rlhf.PolicyWithValue) and out.value_fn.lm is out.model
+
+
+# ------------------------------------------------------------------------- the table
+
+def _contributing_table() -> dict:
+    path = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
+    if not path.exists():
+        pytest.skip("CONTRIBUTING.md is not next to the tests (an installed package)")
+    table = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and re.fullmatch(r"`\w+\.\w+`", cells[0]):
+            table[cells[0].strip("`")] = (cells[1].strip("`"), set(re.findall(r"`([^`]+)`", cells[5])))
+    return table
+
+
+def test_vocabulary_is_the_table_of_contributing():
+    table = _contributing_table()
+    assert set(table) == set(VOCABULARY)
+    for name, (config, keys) in table.items():
+        assert config == VOCABULARY[name][0], name
+        assert keys - {EVAL_CALLBACK} == VOCABULARY[name][1], name
+
+
+def test_the_table_names_every_trainer_of_the_package():
+    """A trainer added to the package must be added to the table (and so to this test)."""
+    import inspect
+
+    import rlnotes.reward
+    import rlnotes.sft
+
+    modules = {"pg": pg, "trpo": trpo, "ppo": ppo, "sft": rlnotes.sft, "reward": rlnotes.reward, "rlhf": rlhf,
+               "dpo": dpo}
+    found = {f"{m}.{n}" for m, mod in modules.items() for n, f in vars(mod).items()
+             if inspect.isfunction(f) and f.__module__ == mod.__name__
+             and (n.startswith("train") or n == "epochs_on_one_batch")}
+    assert found == set(VOCABULARY)
+
+
+# ------------------------------------------------------------------------- nothing global on import
+
+@pytest.fixture(scope="module")
+def fresh_import():
+    """A fresh interpreter: torch on 3 threads, then the LM modules, then the rest of rlnotes."""
+    code = (
+        "import json, sys, torch\n"
+        "torch.set_num_threads(3)\n"
+        "import rlnotes.dpo, rlnotes.rlhf\n"
+        "lm_side = sorted(m for m in sys.modules if m.split('.')[0] == 'gymnasium')\n"
+        "import rlnotes, rlnotes.pg, rlnotes.trpo, rlnotes.ppo, rlnotes.bandits, rlnotes.widgets\n"
+        "print(json.dumps({'lm_side_gymnasium': lm_side, 'threads': torch.get_num_threads()}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_rlnotes_leaves_the_thread_count_alone(fresh_import):
+    assert fresh_import["threads"] == 3
+
+
+def test_the_language_model_side_does_not_import_gymnasium(fresh_import):
+    assert fresh_import["lm_side_gymnasium"] == []
