@@ -22,7 +22,10 @@ Public API (stable; chapter 5 uses it):
 - ``load_causal_lm(name_or_path)`` / ``save_pretrained(model, tokenizer, path)``: scale-up path.
 - ``encode_prompts`` (left-padded) / ``encode_responses`` (right-padded, EOS appended) /
   ``decode_responses``.
-- ``response_logits``, ``token_logprobs`` (prompt and padding masked), ``sequence_logprob``.
+- ``response_logits``, ``token_logprobs`` (prompt and padding masked), ``sequence_logprob``;
+  ``logprobs_from_logits``: the one home of log pi(y_t) from logits (gather of log-softmax).
+- ``check_texts(name, texts)`` / ``check_context(model, length)``: the argument checks that the
+  entry points share (a list of strings, not a string; prompt + response within the context).
 - ``sample``: batched sampling with temperature, KV cache and a seeded ``torch.Generator``.
 - ``distinct_n``: the fraction of distinct n-grams in a set of responses (diversity).
 - ``get_device``: CUDA, then MPS, then CPU (from ``rlnotes.utils``).
@@ -31,8 +34,11 @@ Public API (stable; chapter 5 uses it):
 from __future__ import annotations
 
 import inspect
-
+import math
+import numbers
+import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +49,8 @@ from .utils import check_positive, check_positive_int, get_device
 
 __all__ = ["SentimentTask", "build_tokenizer", "tiny_gpt2", "load_causal_lm", "save_pretrained",
            "encode_prompts", "encode_responses", "decode_responses", "response_logits",
-           "token_logprobs", "sequence_logprob", "sample", "distinct_n", "get_device"]
+           "logprobs_from_logits", "token_logprobs", "sequence_logprob", "sample", "distinct_n",
+           "check_texts", "check_context", "get_device"]
 
 POSITIVE = ("great", "good", "wonderful", "lovely", "fun", "brilliant", "charming", "superb")
 NEGATIVE = ("bad", "boring", "awful", "dull", "poor", "terrible", "weak", "messy")
@@ -62,6 +69,33 @@ RESPONSES = (
 SPECIAL = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
 
+def check_texts(name: str, texts) -> list[str]:
+    """Return ``texts`` as a list of strings, or raise naming the argument ``name``.
+
+    A single string is refused (TypeError) rather than split into characters, and so are
+    non-string items; an empty list is refused with a ValueError.
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__} "
+                        f"(for one text, pass [{name}])")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}") from None
+    if not texts:
+        raise ValueError(f"{name} must be a non-empty list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be a string, got {type(text).__name__} {text!r}")
+    return texts
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
 @dataclass(frozen=True)
 class SentimentTask:
     """The toy controlled-sentiment task: prompts, an SFT corpus and the true reward r* (eq. lm-rstar).
@@ -74,6 +108,15 @@ class SentimentTask:
     repeat_penalty: float = 1.0
     unfinished_penalty: float = 1.0
     max_response_tokens: int = 8
+
+    def __post_init__(self):
+        for name in ("cap", "repeat_penalty", "unfinished_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        check_positive_int("max_response_tokens", self.max_response_tokens)
 
     @property
     def words(self) -> list[str]:
@@ -96,7 +139,7 @@ class SentimentTask:
     def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
         """``n`` prompts x drawn uniformly (with replacement) from a split's pool, reproducibly from ``seed``."""
         check_positive_int("n", n)
-        pool, rng = self.prompt_pool(split), random.Random(seed)
+        pool, rng = self.prompt_pool(split), random.Random(_check_seed(seed))
         return [rng.choice(pool) for _ in range(n)]
 
     def _response(self, prompt: str, rng: random.Random) -> str:
@@ -111,11 +154,14 @@ class SentimentTask:
     def sft_corpus(self, n: int, seed: int, split: str = "train") -> tuple[list[str], list[str]]:
         """``n`` fluent (prompt, response) pairs of mixed sentiment: the SFT data, as two lists."""
         prompts = self.prompts(n, seed, split)
-        rng = random.Random(seed + 1)
+        rng = random.Random(_check_seed(seed) + 1)
         return prompts, [self._response(x, rng) for x in prompts]
 
     def true_reward(self, prompt: str, response: str) -> float:
         """r*(x, y) of eq. (lm-rstar): capped distinct sentiment, minus repeats, minus an unfinished ending."""
+        for name, text in (("prompt", prompt), ("response", response)):
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a string, got {type(text).__name__} {text!r}")
         words = response.split()
         distinct = set(words)
         score = sum(w in POSITIVE for w in distinct) - sum(w in NEGATIVE for w in distinct)
@@ -126,6 +172,7 @@ class SentimentTask:
 
     def true_rewards(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """r* for each (prompt, response) pair, as a float tensor [B]."""
+        prompts, responses = check_texts("prompts", prompts), check_texts("responses", responses)
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses must have the same length, "
                              f"got {len(prompts)} and {len(responses)}")
@@ -138,6 +185,8 @@ def build_tokenizer(task: SentimentTask):
     Wrapped as a ``transformers`` fast tokenizer (``TokenizersBackend`` in transformers 5) with
     ``<pad>``, ``<eos>`` and ``<unk>`` set, so it batches, saves and loads like any other.
     """
+    if not isinstance(getattr(task, "words", None), (list, tuple)):
+        raise TypeError(f"task must be a SentimentTask (a task with a .words list), got {type(task).__name__}")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -163,36 +212,83 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
         return GPT2LMHeadModel(config)
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _local_folder(name_or_path) -> Path | None:
+    """The folder ``name_or_path`` names, checked, or None for a hub id (``gpt2``, ``org/model``).
+
+    It names a folder when it is a ``Path``, exists, starts with ``.``, ``~`` or a separator,
+    does not have the form of a hub id, or is ``dir/name`` with ``dir`` an existing folder.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a hub id or a folder (str or Path), got {name_or_path!r}")
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    local = (isinstance(name_or_path, os.PathLike) or path.exists() or text.startswith((".", "~", os.sep))
+             or (os.altsep is not None and os.altsep in text) or not _HUB_ID.fullmatch(text)
+             or ("/" in text and Path(text.split("/")[0]).is_dir()))
+    if not local:
+        return None
+    if not path.exists():
+        raise ValueError(f"name_or_path: no such folder {text!r} (resolved to {path.resolve()})")
+    if not path.is_dir():
+        raise ValueError(f"name_or_path: {text!r} is a file; give the folder save_pretrained wrote")
+    missing = [] if (path / "config.json").is_file() else ["config.json"]
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append("tokenizer files (" + ", ".join(_TOKENIZER_FILES) + ")")
+    if missing:
+        raise ValueError(f"name_or_path: folder {text!r} is not a saved model and tokenizer: it has no "
+                         + " and no ".join(missing) + " (save one with rlnotes.lm.save_pretrained)")
+    return path
+
+
 def load_causal_lm(name_or_path: str | Path, device=None):
     """The scale-up path: any ``transformers`` causal LM and its tokenizer, by hub name or folder.
+
+    A folder (a ``Path``, or a string that exists or looks like a path) is checked first, so a
+    mistyped one fails at once, naming it, instead of being retried as a hub id. Hub ids go to
+    ``transformers`` (set ``HF_HUB_OFFLINE=1`` to use only the local cache). Code shipped with a
+    model is never run (``trust_remote_code=False``).
 
     A tokenizer without a pad token gets its EOS token as pad (as GPT-2 needs); masks, not pad
     ids, mark padding everywhere in rlnotes, so the two may coincide.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    folder = _local_folder(name_or_path)
+    source = name_or_path if folder is None else folder
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name_or_path).to(get_device(device))
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False).to(get_device(device))
     return model, tokenizer
 
 
 def save_pretrained(model, tokenizer, path: str | Path) -> None:
     """Save a model and its tokenizer to one folder, loadable again with ``load_causal_lm``."""
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder (str or Path), got {path!r}")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"path {os.fspath(path)!r} is a file: save_pretrained needs a folder")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of the prompts, LEFT-padded to one length: ([B, P], [B, P])."""
-    if not prompts:
-        raise ValueError("prompts must be a non-empty list of strings")
+    """Token ids and attention mask of the prompts, LEFT-padded to one length: ([B, P], [B, P]).
+
+    Every prompt must have at least one token: the response's first token is predicted from
+    the prompt's last one.
+    """
+    prompts = check_texts("prompts", prompts)
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise ValueError(f"prompts must each have at least one token: prompts[{empty[0]}] = "
+                         f"{prompts[empty[0]]!r} is empty ({len(empty)} empty prompt(s) in all)")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -210,8 +306,7 @@ def encode_responses(tokenizer, responses: list[str], max_len: int | None = None
     Responses are encoded with a leading space, so byte-level BPE tokenizers (GPT-2) see the
     same word boundary as after a prompt. ``max_len`` truncates (EOS included in the count).
     """
-    if not responses:
-        raise ValueError("responses must be a non-empty list of strings")
+    responses = check_texts("responses", responses)
     rows = [tokenizer(" " + r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             for r in responses]
     if max_len is not None:
@@ -227,11 +322,73 @@ def encode_responses(tokenizer, responses: list[str], max_len: int | None = None
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """The text of each response: tokens under the mask, EOS and padding dropped."""
+    _check_ids_mask("response", response_ids, response_mask)
     out = []
     for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
         kept = [t for t, m in zip(ids, mask) if m and t != tokenizer.eos_token_id]
         out.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
     return out
+
+
+def check_context(model, length: int) -> None:
+    """Raise ``ValueError`` unless ``length`` tokens (prompt + response) fit the model's context.
+
+    The context is ``config.n_positions`` (GPT-2) or ``config.max_position_embeddings``; past it
+    a learned position embedding has no row (an ``index out of range`` deep in torch) and a
+    rotary one extrapolates silently. A model whose config names neither is not checked.
+    """
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        context = getattr(config, key, None)
+        if isinstance(context, int):
+            break
+    else:
+        return
+    if length > context:
+        raise ValueError(f"prompt + response is {length} tokens, more than the model's context of {context} "
+                         f"tokens (config.{key}): shorten the prompts or the responses (max_len, max_new_tokens)")
+
+
+def _check_ids_mask(name: str, ids, mask) -> None:
+    for arg, x in ((f"{name}_ids", ids), (f"{name}_mask", mask)):
+        if not torch.is_tensor(x) or x.dim() != 2:
+            raise TypeError(f"{arg} must be a 2-D tensor [B, length], got "
+                            + (f"shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__))
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name}_ids must hold integer token ids, got {ids.dtype}")
+    if ids.shape != mask.shape:
+        raise ValueError(f"{name}_ids and {name}_mask must have the same shape, "
+                         f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
+
+
+def _vocab_size(model) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "num_embeddings"):
+        return embeddings.num_embeddings
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask) -> None:
+    """Shapes, padding sides, token ids and context length of a (prompt, response) batch."""
+    _check_ids_mask("prompt", prompt_ids, prompt_mask)
+    _check_ids_mask("response", response_ids, response_mask)
+    if prompt_ids.shape[0] != response_ids.shape[0]:
+        raise ValueError(f"prompt_ids and response_ids must have the same batch size, "
+                         f"got {prompt_ids.shape[0]} and {response_ids.shape[0]}")
+    if prompt_ids.shape[1] == 0:
+        raise ValueError("prompt_ids must hold at least one token per prompt, got width 0")
+    if not bool(prompt_mask[:, -1].bool().all()):
+        raise ValueError("prompt_mask must be LEFT-padded with a non-empty prompt in every row "
+                         "(its last column all 1), as encode_prompts makes it")
+    if bool((response_mask[:, 1:].long() > response_mask[:, :-1].long()).any()):
+        raise ValueError("response_mask must be RIGHT-padded (ones, then zeros), as encode_responses "
+                         "and sample make it")
+    vocab = _vocab_size(model)
+    for name, ids in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
+        if ids.numel() and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"{name} must be token ids in [0, {vocab}) (the model's vocabulary), "
+                             f"got values from {int(ids.min())} to {int(ids.max())}")
+    check_context(model, int((prompt_mask.long().sum(1) + response_mask.long().sum(1)).max()))
 
 
 def _joint(prompt_ids, prompt_mask, response_ids, response_mask):
@@ -245,14 +402,20 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
                     output_hidden_states: bool = False):
     """Logits [B, T, V] of the distributions that predict each response token (position P-1+t).
 
+    Prompts are left-padded and responses right-padded (``encode_prompts``, ``encode_responses``,
+    ``sample``); prompt + response must fit the model's context (``check_context``). Half and
+    bfloat16 logits are returned as float32, float32 and float64 as they are.
     With ``output_hidden_states`` also returns the last layer's hidden states at those
     positions, [B, T, H] (the value head's input), as a pair (logits, hidden).
     """
+    _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask)
     ids, mask, positions = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 output_hidden_states=output_hidden_states)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    logits = out.logits[:, P - 1:P + T - 1].float()
+    logits = out.logits[:, P - 1:P + T - 1]
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # half and bfloat16 upcast; float32 unchanged
     if output_hidden_states:
         return logits, out.hidden_states[-1][:, P - 1:P + T - 1]
     return logits
@@ -260,20 +423,31 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
 
 def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
                          temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / temperature) at ``ids``, [B, T]: the one home of token log-probabilities.
+    """log pi(y_t) = log_softmax(logits / temperature)[y_t], [...], and exactly 0 where ``mask`` is 0.
 
-    Exactly 0 where ``mask`` is 0 (a masked fill, as TRL's ``selective_log_softmax``, so padding
-    stays 0 even where its logit is -inf).
+    The one place where rlnotes turns logits [..., V] into the log-probabilities of the tokens
+    ``ids`` [...]. Padding is filled with 0 by ``torch.where``, not multiplied by the mask, so a
+    -inf logit at a padded position (a banned pad token) gives 0, not NaN (as TRL's
+    ``selective_log_softmax`` does).
     """
+    temperature = check_positive("temperature", temperature)
+    if not torch.is_tensor(logits) or not torch.is_tensor(ids) or logits.shape[:-1] != ids.shape:
+        raise ValueError("logits must be [..., V] and ids [...] with the same leading shape, got "
+                         f"{tuple(getattr(logits, 'shape', ()))} and {tuple(getattr(ids, 'shape', ()))}")
+    if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}, got {tuple(mask.shape)}")
     logp = F.log_softmax(logits / temperature, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    return logp if mask is None else torch.where(mask.bool(), logp, torch.zeros_like(logp))
+    if mask is None:
+        return logp
+    return torch.where(mask.bool(), logp, torch.zeros_like(logp))
 
 
 def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
                    temperature: float = 1.0) -> torch.Tensor:
     """log pi(y_t | x, y_<t) for each response token, [B, T], and exactly 0 where the mask is 0."""
+    check_positive("temperature", temperature)
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    return logprobs_from_logits(logits, response_ids, response_mask, check_positive("temperature", temperature))
+    return logprobs_from_logits(logits, response_ids, response_mask, temperature)
 
 
 def stack_pairs(batch: dict, pad_id: int):
@@ -344,19 +518,7 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
 def distinct_n(responses: list[str], n: int = 2) -> float:
     """Distinct-n: the number of distinct word n-grams over the total number of n-grams (1 = all different)."""
     check_positive_int("n", n)
+    responses = check_texts("responses", responses)
     grams = [tuple(words[i:i + n]) for r in responses for words in [r.split()]
              for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def check_texts(name: str, texts) -> list:
-    """Return ``texts`` as a list, or raise ``TypeError`` unless it is a non-string sequence of strings."""
-    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
-        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{name} must hold at least one string, got an empty list")
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"{name}[{bad}] must be a string, got {type(texts[bad]).__name__}")
-    return texts

@@ -12,8 +12,26 @@ import torch
 from .utils import check_in_range, check_same_shape
 
 
-def _check(rewards, dones, gamma, values=None, last_value=None):
-    check_in_range("gamma", gamma, 0.0, 1.0)
+def _check_rate(name: str, value) -> float:
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    return check_in_range(name, value, 0.0, 1.0)
+
+
+def _check_tensor(name: str, x) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__} "
+                        f"(convert with torch.as_tensor({name}))")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
+
+
+def _check(rewards, dones, gamma, values=None, last_value=None) -> torch.dtype:
+    """Check the arguments; return the floating dtype to compute in (rewards' own, else float32)."""
+    _check_rate("gamma", gamma)
+    for name, x in (("rewards", rewards), ("dones", dones), ("values", values), ("last_value", last_value)):
+        if x is not None:
+            _check_tensor(name, x)
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [T, N], got shape {tuple(rewards.shape)}")
     check_same_shape(rewards=rewards, dones=dones)
@@ -21,14 +39,24 @@ def _check(rewards, dones, gamma, values=None, last_value=None):
         check_same_shape(rewards=rewards, values=values)
     if last_value is not None and tuple(last_value.shape) != (rewards.shape[1],):
         raise ValueError(f"last_value must be [N] = [{rewards.shape[1]}], got shape {tuple(last_value.shape)}")
+    if bool(((dones != 0) & (dones != 1)).any()):
+        raise ValueError("dones must hold only 0 and 1 (or False and True)")
+    if rewards.is_floating_point():
+        return rewards.dtype
+    floats = [x.dtype for x in (values, last_value) if x is not None and x.is_floating_point()]
+    return floats[0] if floats else torch.get_default_dtype()  # integer rewards: never truncated
 
 
 def discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float,
                        last_value: torch.Tensor | None = None) -> torch.Tensor:
-    """Reward-to-go G_t = r_t + gamma (1 - d_t) G_{t+1}, with G_T = ``last_value`` (default 0)."""
-    _check(rewards, dones, gamma, last_value=last_value)
+    """Reward-to-go G_t = r_t + gamma (1 - d_t) G_{t+1}, with G_T = ``last_value`` (default 0).
+
+    Integer rewards are computed in float32 (never truncated); float64 stays float64.
+    """
+    dtype = _check(rewards, dones, gamma, last_value=last_value)
+    rewards = rewards.to(dtype)
     returns = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0]) if last_value is None else last_value.to(rewards)
+    running = rewards.new_zeros(rewards.shape[1]) if last_value is None else last_value.to(rewards)
     for t in reversed(range(len(rewards))):
         running = rewards[t] + gamma * (1.0 - dones[t].to(rewards)) * running
         returns[t] = running
@@ -44,11 +72,16 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
     Returns (advantages, returns) with returns = advantages + values, the value targets.
     lam = 1 gives the discounted return minus V; lam = 0 gives the one-step TD error.
     """
-    _check(rewards, dones, gamma, values=values, last_value=last_value)
-    check_in_range("lam", lam, 0.0, 1.0)
+    if last_value is None:
+        raise TypeError("last_value must be a torch.Tensor [N]: V(s_T) of the state after the last step")
+    dtype = _check(rewards, dones, gamma, values=values, last_value=last_value)
+    rewards = rewards.to(dtype)
+    _check_rate("lam", lam)
+    if not values.is_floating_point():
+        values = values.to(rewards)
     advantages = torch.zeros_like(rewards)
     next_value = last_value.to(rewards)
-    running = torch.zeros_like(rewards[0])
+    running = rewards.new_zeros(rewards.shape[1])
     for t in reversed(range(len(rewards))):
         notdone = 1.0 - dones[t].to(rewards)
         delta = rewards[t] + gamma * notdone * next_value - values[t]
