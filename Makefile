@@ -1,4 +1,4 @@
-# The two commands of the README: `make book` and `make test`. Each sets up .venv on its own.
+# The commands of the README: `make book`, `make test` and `make lab`. Each sets up .venv on its own.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored test unit nbval browser chromium bench oldest clean
+.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench oldest clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,17 @@ book-stored: setup
 	  _config.yml > _build/_config_stored.yml
 	$(BIN)/jupyter-book build . --config _build/_config_stored.yml --warningiserror --keep-going
 
-test: unit nbval browser
+# JupyterLab on the chapters, from .venv: the notebooks' kernel (python3) is .venv's own Python,
+# and the widgets are live (the widget manager and anywidget's front end come with the pinned
+# packages). Same as `.venv/bin/jupyter lab --ip=127.0.0.1 book/`; extra options in LAB_ARGS.
+LAB_ARGS ?=
+lab: setup
+	$(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_ARGS) book/
+
+test: unit nbval browser test-lab
 
 unit: setup
-	$(BIN)/python -m pytest tests -q --ignore=tests/test_browser.py
+	$(BIN)/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py
 
 nbval: setup
 	$(BIN)/python -m pytest $(NBVAL) book -q
@@ -54,6 +61,11 @@ chromium:
 browser: book-stored chromium
 	$(BIN)/python -m pytest tests/test_browser.py -v -rs
 
+# The README's "Locally" step in headless Chromium: JupyterLab from .venv, chapter 3's widget run
+# and its slider moved (tests/test_lab.py; about a minute).
+test-lab: setup chromium
+	$(BIN)/python -m pytest tests/test_lab.py -v -rs
+
 bench: setup
 	$(BIN)/python -m pip install -q -r bench/requirements.txt
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
@@ -67,7 +79,7 @@ oldest:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install -q "torch==2.6.*" $(OLDEST) --extra-index-url https://download.pytorch.org/whl/cpu
 	.venv-oldest/bin/python -m pip install -q --no-deps -e .
-	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py
+	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py
 
 clean:
 	rm -rf _build
