@@ -8,6 +8,7 @@ module          chapter
 ``trainer``    all: the contract every trainer follows (``History``, ``TrainResult``, configs)
 ``kl``         all: the exact KL and the k1, k2, k3 estimators
 ``bandits``    1, 2: softmax bandits with exact gradients and Fisher matrix
+``mdp``        1: a tiny tabular MDP with exact J(theta), V, Q; reward-to-go, n-step advantages
 ``returns``    1-4: discounted returns, GAE and advantage normalisation
 ``nets``       1-3: categorical policy and value networks, the value loss
 ``rollout``    1-3: vectorised gymnasium rollouts, the control trainers' shared configuration

@@ -1,0 +1,235 @@
+"""A tiny tabular Markov decision process whose objective J(theta) is exact (chapter 1, "RL from zero").
+
+The MDP has states ``s = 0..S-1``, actions ``a = 0..A-1``, transitions ``P[s, a, s']``, rewards
+``R[s, a]``, an initial distribution ``mu0[s]``, a finite horizon ``H`` and a discount ``gamma``.
+The policy is a softmax per state, ``pi_theta(a | s) = softmax(theta[s])[a]`` with ``theta`` of
+shape ``[S, A]``. Small enough that J(theta) is computed exactly, by dynamic programming or by
+enumerating every trajectory, and differentiated by autograd: the reference that the sampled
+estimators of the book (the score-function estimator, reward-to-go, baselines, GAE) are checked
+against.
+
+Rollout tensors follow :mod:`rlnotes.returns`: shape ``[T, N]`` (time steps, trajectories).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .returns import discounted_returns
+from .utils import check_in_range, check_positive_int
+
+
+def _check_theta(theta, shape) -> None:
+    if not torch.is_tensor(theta):
+        raise TypeError(f"theta must be a torch.Tensor of shape {shape}, got {type(theta).__name__}")
+    if tuple(theta.shape) != shape:
+        raise ValueError(f"theta must have shape {shape} = [S, A], got {tuple(theta.shape)}")
+    if not bool(torch.isfinite(theta).all()):
+        raise ValueError("theta must be finite (it holds NaN or inf)")
+
+
+def _check_rollout(name, x) -> None:
+    if not torch.is_tensor(x) or x.dim() != 2:
+        raise ValueError(f"{name} must be a torch.Tensor of shape [T, N]")
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """``n`` sampled trajectories: ``states``, ``actions`` (long) and ``rewards`` (float64),
+    each ``[H, n]``: step ``t`` of trajectory ``i`` is ``(states[t, i], actions[t, i], rewards[t, i])``."""
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TabularMDP:
+    """A finite-horizon MDP ``(P, R, mu0, horizon, gamma)`` with float64 tensors.
+
+    ``P[s, a, s']`` = Pr(s_{t+1} = s' | s_t = s, a_t = a); ``R[s, a]`` = reward of action ``a`` in
+    state ``s``; ``mu0[s]`` = Pr(s_0 = s). An episode has exactly ``horizon`` steps, t = 0..H-1.
+    """
+
+    P: torch.Tensor
+    R: torch.Tensor
+    mu0: torch.Tensor
+    horizon: int
+    gamma: float = 1.0
+
+    def __post_init__(self):
+        for name in ("P", "R", "mu0"):
+            value = getattr(self, name)
+            if not torch.is_tensor(value):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            object.__setattr__(self, name, value.to(torch.float64))
+        object.__setattr__(self, "horizon", check_positive_int("horizon", self.horizon))
+        object.__setattr__(self, "gamma", check_in_range("gamma", self.gamma, 0.0, 1.0))
+        if self.P.dim() != 3 or self.P.shape[0] != self.P.shape[2]:
+            raise ValueError(f"P must have shape [S, A, S], got {tuple(self.P.shape)}")
+        S, A, _ = self.P.shape
+        if tuple(self.R.shape) != (S, A):
+            raise ValueError(f"R must have shape [S, A] = {(S, A)}, got {tuple(self.R.shape)}")
+        if tuple(self.mu0.shape) != (S,):
+            raise ValueError(f"mu0 must have shape [S] = ({S},), got {tuple(self.mu0.shape)}")
+        for name, dist in (("P", self.P), ("mu0", self.mu0)):
+            if not bool(torch.isfinite(dist).all()) or bool((dist < 0).any()) \
+                    or not torch.allclose(dist.sum(-1), torch.ones((), dtype=torch.float64)):
+                raise ValueError(f"{name} must hold probabilities that sum to 1 over its last axis")
+        if not bool(torch.isfinite(self.R).all()):
+            raise ValueError("R must be finite (it holds NaN or inf)")
+
+    @classmethod
+    def random(cls, n_states: int = 3, n_actions: int = 2, horizon: int = 4, gamma: float = 0.9,
+               seed: int = 0) -> "TabularMDP":
+        """A random MDP: Dirichlet(1) transitions and start, standard normal rewards (seeded)."""
+        S, A = check_positive_int("n_states", n_states), check_positive_int("n_actions", n_actions)
+        g = torch.Generator().manual_seed(seed)
+        dirichlet = lambda *shape: -torch.log(torch.rand(*shape, generator=g, dtype=torch.float64))
+        P, mu0 = dirichlet(S, A, S), dirichlet(S)
+        R = torch.randn(S, A, generator=g, dtype=torch.float64)
+        return cls(P / P.sum(-1, keepdim=True), R, mu0 / mu0.sum(), horizon, gamma)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(S, A): the number of states and of actions."""
+        return tuple(self.R.shape)
+
+    def policy(self, theta: torch.Tensor) -> torch.Tensor:
+        """pi_theta(a | s) = softmax(theta[s])[a], shape [S, A]."""
+        _check_theta(theta, self.shape)
+        return torch.softmax(theta.to(torch.float64), dim=-1)
+
+    def exact_return(self, theta: torch.Tensor) -> torch.Tensor:
+        """J(theta) = E_tau[sum_{t<H} gamma^t r_t], exactly, by propagating the state distribution
+        d_{t+1}(s') = sum_{s,a} d_t(s) pi(a | s) P(s' | s,a) from d_0 = mu0. Differentiable in theta."""
+        pi = self.policy(theta)
+        d, J = self.mu0, torch.zeros((), dtype=torch.float64)
+        for t in range(self.horizon):
+            J = J + self.gamma ** t * (d[:, None] * pi * self.R).sum()
+            d = torch.einsum("s,sa,sax->x", d, pi, self.P)
+        return J
+
+    def values(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, Q): V[t, s] = V_t(s) of shape [H + 1, S] (V_H = 0) and Q[t, s, a] = Q_t(s, a) of shape
+        [H, S, A], by the Bellman recursion Q_t = R + gamma P V_{t+1}, V_t(s) = sum_a pi(a | s) Q_t(s, a)."""
+        pi = self.policy(theta)
+        S, A = self.shape
+        V = torch.zeros(self.horizon + 1, S, dtype=torch.float64)
+        Q = torch.zeros(self.horizon, S, A, dtype=torch.float64)
+        for t in reversed(range(self.horizon)):
+            Q[t] = self.R + self.gamma * self.P @ V[t + 1]
+            V[t] = (pi * Q[t]).sum(-1)
+        return V, Q
+
+    def enumerate_trajectories(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every trajectory tau = (s_0, a_0, ..., s_{H-1}, a_{H-1}): its probability
+        p_theta(tau) = mu0(s_0) prod_t pi(a_t | s_t) P(s_{t+1} | s_t,a_t) and its return
+        G(tau) = sum_t gamma^t R(s_t, a_t), as two tensors of length (S A)^H.
+        So J(theta) = sum_tau p_theta(tau) G(tau), a second exact route."""
+        pi = self.policy(theta)
+        S, A = self.shape
+        if (S * A) ** self.horizon > 2_000_000:
+            raise ValueError(f"(S A)^H = {(S * A) ** self.horizon} trajectories is too many to enumerate")
+        grids = torch.cartesian_prod(*[torch.arange(S), torch.arange(A)] * self.horizon)
+        grids = grids.reshape(-1, 2 * self.horizon) if grids.dim() > 1 else grids[None]
+        s, a = grids[:, 0::2], grids[:, 1::2]
+        prob = self.mu0[s[:, 0]] * pi[s, a].prod(-1)
+        prob = prob * self.P[s[:, :-1], a[:, :-1], s[:, 1:]].prod(-1)
+        discount = self.gamma ** torch.arange(self.horizon, dtype=torch.float64)
+        return prob, (self.R[s, a] * discount).sum(-1)
+
+    def sample_trajectories(self, theta: torch.Tensor, n: int, generator: torch.Generator) -> Trajectories:
+        """n trajectories tau ~ p_theta: s_0 ~ mu0, a_t ~ pi(. | s_t), s_{t+1} ~ P(. | s_t, a_t)."""
+        n = check_positive_int("n", n)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError("generator must be a torch.Generator (for example torch.Generator().manual_seed(0))")
+        pi = self.policy(theta).detach()
+        H = self.horizon
+        states = torch.zeros(H, n, dtype=torch.long)
+        actions = torch.zeros(H, n, dtype=torch.long)
+        s = torch.multinomial(self.mu0, n, replacement=True, generator=generator)
+        for t in range(H):
+            a = torch.multinomial(pi[s], 1, generator=generator).squeeze(1)
+            states[t], actions[t] = s, a
+            if t + 1 < H:
+                s = torch.multinomial(self.P[s, a], 1, generator=generator).squeeze(1)
+        return Trajectories(states, actions, self.R[states, actions])
+
+    def score_function_samples(self, theta: torch.Tensor, traj: Trajectories, weights: torch.Tensor) -> torch.Tensor:
+        """Per-trajectory gradient estimates g_i = sum_t grad_theta log pi(a_t | s_t) w_t, shape [n, S, A].
+
+        With w_t = G(tau) it is the REINFORCE estimator of grad J (Williams 1992); with
+        w_t = gamma^t G_t (reward-to-go, ``reward_to_go``) the causal one; with
+        w_t = gamma^t (G_t - b(s_t)) the same with a baseline. For the softmax policy,
+        grad_{theta[s]} log pi(a | s) = e_a - pi(. | s), and zero in the other rows.
+        """
+        _check_rollout("weights", weights)
+        if weights.shape != traj.states.shape:
+            raise ValueError(f"weights must have the trajectories' shape {tuple(traj.states.shape)}, "
+                             f"got {tuple(weights.shape)}")
+        pi = self.policy(theta).detach()
+        S, A = self.shape
+        score = torch.nn.functional.one_hot(traj.actions, A).to(torch.float64) - pi[traj.states]  # [H, n, A]
+        rows = torch.nn.functional.one_hot(traj.states, S).to(torch.float64)                      # [H, n, S]
+        return torch.einsum("tns,tna,tn->nsa", rows, score, weights.to(torch.float64))
+
+    def discounts(self) -> torch.Tensor:
+        """gamma^t for t = 0..H-1, shape [H, 1] (broadcasts against [H, n] rollouts)."""
+        return (self.gamma ** torch.arange(self.horizon, dtype=torch.float64))[:, None]
+
+
+def reward_to_go(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma^(t'-t) r_{t'} on trajectories that end after their last step
+    (the causality step of the policy-gradient theorem: r_{t'} with t' < t drops out)."""
+    _check_rollout("rewards", rewards)
+    return discounted_returns(rewards, torch.zeros_like(rewards), gamma)
+
+
+def td_residuals(rewards: torch.Tensor, values: torch.Tensor, last_value: torch.Tensor, gamma: float) -> torch.Tensor:
+    """delta_t = r_t + gamma V(s_{t+1}) - V(s_t), with V(s_T) = ``last_value`` (Schulman et al. 2016, Section 3)."""
+    _check_rollout("rewards", rewards)
+    gamma = check_in_range("gamma", gamma, 0.0, 1.0)
+    next_values = torch.cat([values[1:], last_value[None]])
+    return rewards + gamma * next_values - values
+
+
+def n_step_advantages(rewards: torch.Tensor, values: torch.Tensor, last_value: torch.Tensor,
+                      gamma: float) -> torch.Tensor:
+    """The n-step advantage estimates A^(n) of Schulman et al. 2016 (Section 3), shape [T, T, N]:
+
+    out[n - 1, t] = A^(n)_t = sum_{l<n} gamma^l r_{t+l} + gamma^n V(s_{t+n}) - V(s_t)
+                            = sum_{l<n} gamma^l delta_{t+l}      (the sum telescopes),
+
+    for n = 1..T. Past the end (t + n >= T) the sum stops at T - 1 and bootstraps from
+    V(s_T) = ``last_value``, so A^(n)_t = A^(T-t)_t, the Monte-Carlo return minus V(s_t).
+    """
+    delta = td_residuals(rewards, values, last_value, gamma)
+    T = len(rewards)
+    out = torch.zeros((T,) + tuple(rewards.shape), dtype=delta.dtype)
+    running = torch.zeros_like(delta)  # after step n: sum_{l<n} gamma^l delta_{t+l}
+    for n in range(1, T + 1):
+        l = n - 1
+        shifted = torch.zeros_like(delta)
+        shifted[:T - l] = delta[l:]          # delta_{t+l}, zero past the end
+        running = running + gamma ** l * shifted
+        out[n - 1] = running
+    return out
+
+
+def lambda_mixture(n_step: torch.Tensor, lam: float) -> torch.Tensor:
+    """(1 - lam) sum_{n>=1} lam^(n-1) A^(n)_t (Schulman et al. 2016, eq. 16) from ``n_step_advantages``.
+
+    On a horizon T every A^(n)_t with n >= T - t equals A^(T-t)_t, so the infinite tail sums to
+    lam^(T-t-1) A^(T-t)_t:  A_t = (1 - lam) sum_{n=1}^{T-t-1} lam^(n-1) A^(n)_t + lam^(T-t-1) A^(T-t)_t.
+    """
+    lam = check_in_range("lam", lam, 0.0, 1.0)
+    T = n_step.shape[0]
+    out = torch.zeros_like(n_step[0])
+    for t in range(T):
+        K = T - t  # steps left: A^(K)_t is the Monte-Carlo estimate
+        head = sum((1 - lam) * lam ** (n - 1) * n_step[n - 1, t] for n in range(1, K))
+        out[t] = head + lam ** (K - 1) * n_step[K - 1, t]
+    return out
