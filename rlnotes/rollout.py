@@ -10,6 +10,7 @@ Episode returns come from gymnasium's own ``RecordEpisodeStatistics`` wrapper.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,13 +18,16 @@ import torch
 from .trainer import Config, History, check_bool
 from .utils import check_in_range, check_positive_int
 
+if TYPE_CHECKING:  # gymnasium is imported where environments are made, so the LM side never loads it
+    import gymnasium
+
 
 # gymnasium 1.1 to 1.3 drop the first step of every episode after an autoreset from the
 # returns that the vector RecordEpisodeStatistics wrapper reports in same-step mode.
 GYMNASIUM_MIN = (1, 4)
 
 
-def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> "gymnasium.vector.VectorEnv":
+def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gymnasium.vector.VectorEnv:
     """Synchronous vector environments with same-step autoreset and episode statistics.
 
     ``env_kwargs`` go to ``gymnasium.make_vec`` (for example ``max_episode_steps``). Raises

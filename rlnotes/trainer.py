@@ -219,6 +219,8 @@ def atomic():
         return
     held = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    if previous is None:  # a handler installed outside Python: Python's own stands in for it
+        previous = signal.default_int_handler
     try:
         yield
     finally:

@@ -277,3 +277,14 @@ def test_import_rlnotes_leaves_the_thread_count_alone(fresh_import):
 
 def test_the_language_model_side_does_not_import_gymnasium(fresh_import):
     assert fresh_import["lm_side_gymnasium"] == []
+
+
+def test_a_progress_bar_only_when_asked_and_it_changes_no_number(capsys):
+    kw = dict(total_steps=128, num_envs=2, num_steps=32, seed=0)
+    quiet = pg.train(**kw)
+    assert capsys.readouterr().err == ""
+    shown = pg.train(**kw, progress=True)
+    assert "pg" in capsys.readouterr().err  # tqdm's bar, on stderr outside a notebook
+    assert _updates_without_time(shown.history) == _updates_without_time(quiet.history)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        pg.train(**kw, progress="yes")

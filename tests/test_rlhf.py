@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -103,6 +104,13 @@ def test_sample_pairs_and_prepared_data(prepared):
     assert len(y1) == len(y2) == 5
     assert (y1, y2) == rlhf.sample_pairs(prepared.sft, prepared.tokenizer, ["phone review :"] * 5, seed=0)
     assert len(prepared.train_prefs) == 32 and len(prepared.test_prefs) == 16
+    # one random stream per use, seed + rlhf.SEED_STREAMS[use]; no seed field on Prepared
+    streams = rlhf.SEED_STREAMS
+    assert prepared.train_prefs.prompts == prepared.task.prompts(32, streams["train_pairs"], "train")
+    assert prepared.test_prefs.prompts == prepared.task.prompts(16, streams["test_pairs"], "test")
+    assert prepared.eval_prompts == prepared.task.prompts(8, streams["eval_prompts"], "test")
+    assert len(set(streams[k] for k in ("train_pairs", "test_pairs", "eval_prompts", "heldout_corpus"))) == 4
+    assert "seed" not in {f.name for f in dataclasses.fields(rlhf.Prepared)}
     assert set(prepared.test_prefs.prompts) <= set(prepared.task.prompt_pool("test"))
     sub = prepared.train_prefs.subset([3, 1])
     assert sub.prompts == [prepared.train_prefs.prompts[3], prepared.train_prefs.prompts[1]]
