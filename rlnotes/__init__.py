@@ -16,6 +16,10 @@ module         chapter
 ``lm``         4, 5: a small causal LM, its tokenizer and the toy task
 ``rlhf``       4: SFT, Bradley-Terry reward model, KL-regularised PPO
 ``dpo``        5: the optimal policy, log Z and the DPO loss
+``rloo``       6: leave-one-out baselines, groups of samples, RLOO
+``grpo``       6: group advantages, GRPO's loss and its normalisations
+``ipo``        6: the IPO loss, DPO's unbounded margin
+``frontier``   6: one reward-KL frontier for every method
 =============  ==========================================================
 """
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .lm import sequence_logprob, stack_pairs
-from .rollout import History, Timer
+from .trainer import History, Timer
 from .utils import check_finite, check_positive, check_positive_int, check_same_shape, seed_everything
 
 

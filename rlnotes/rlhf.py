@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .pg import normalize
+from .returns import normalize
 from .ppo import clipped_surrogate
 from .ppo import ratio as ppo_ratio
 from .returns import gae
-from .rollout import History, Timer
+from .trainer import History, Timer
 from .utils import (check_in_range, check_positive, check_positive_int, check_same_shape,
                     get_device, seed_everything)
 
