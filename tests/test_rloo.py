@@ -100,3 +100,19 @@ def test_train_improves_r_star_and_follows_the_contract(prepared):
 def test_train_bad_arguments(prepared, kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         rloo.train(prepared, **kwargs)
+
+
+def test_interrupt_gives_the_partial_result(prepared):
+    from rlnotes.trainer import TrainingInterrupted
+
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return prepared.task.true_rewards(prompts, responses)
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        rloo.train(prepared, reward, steps=5, batch_size=2, k=2, seed=0)
+    assert len(stop.value.result.history) == 1
