@@ -278,9 +278,16 @@ def dpo_step(policy, optimizer, params: list, batch: dict, ref_chosen: torch.Ten
     if cfg.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
-    return {"loss": loss.item(), "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+    return preference_log(losses, chosen, rejected, pol_c, pol_r)
+
+
+def preference_log(losses, chosen, rejected, pol_c, pol_r) -> dict:
+    """What a preference trainer logs for one batch, under TRL's names: ``loss``, ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins`` (implicit rewards), ``rewards/accuracies``
+    (``preference_accuracy``: a tie counts one half), ``logps/chosen``, ``logps/rejected``."""
+    return {"loss": losses.mean().item(), "rewards/chosen": chosen.mean().item(),
+            "rewards/rejected": rejected.mean().item(), "rewards/margins": (chosen - rejected).mean().item(),
             "rewards/accuracies": preference_accuracy(chosen, rejected),
-            "rewards/margins": (chosen - rejected).mean().item(),
             "logps/chosen": pol_c.detach().mean().item(), "logps/rejected": pol_r.detach().mean().item()}
 
 

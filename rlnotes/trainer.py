@@ -187,7 +187,7 @@ def make_config(cls, config=None, **overrides):
     """``cls(**overrides)``, or ``config`` with ``overrides`` replaced; unknown names raise TypeError."""
     if config is None:
         return cls(**overrides)
-    if not isinstance(config, cls):
+    if type(config) is not cls:
         raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
     return dataclasses.replace(config, **overrides)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import dpo, lm, pg, ppo, rlhf, trpo
+from rlnotes import dpo, grpo, ipo, lm, pg, ppo, rlhf, rloo, trpo
 from rlnotes.trainer import TrainResult
 
 # ------------------------------------------------------------------------- the vocabulary
@@ -47,6 +47,14 @@ VOCABULARY = {
                                 "logps/chosen", "logps/rejected", "seconds", "eval/step", "eval/loss",
                                 "eval/accuracy"}),
 }
+GROUPS = {"loss", "reward", "reward_std", "frac_reward_zero_std", "kl/exact_per_sequence", "entropy",
+          "completions/mean_length", "completions/clipped_ratio", "r_star", "seconds"}
+VOCABULARY.update({
+    "rloo.train": ("RLOOConfig", GROUPS | {"kl/k1_per_sequence"}),
+    "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean"}),
+    "ipo.train": ("IPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                                "logps/chosen", "logps/rejected", "seconds", "eval/epoch", "eval/loss", "eval/margin"}),
+})
 EVAL_CALLBACK = "eval/<callback keys>"  # how CONTRIBUTING.md writes dpo's callback keys
 KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_full_step)?$")
 
@@ -102,6 +110,16 @@ LM = [
     ("rlhf.train_ppo", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
      dict(steps=2, batch_size=4, minibatch_size=2), 2, rlhf.RLHFConfig),
     ("dpo.train", _dpo, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
+]
+LM += [
+    ("rloo.train", lambda prepared: (lambda kw: rloo.train(prepared, **kw)),
+     dict(steps=2.0, batch_size=2.0, k=2.0, seed=0), dict(steps=2, batch_size=2, k=2), 2, rloo.RLOOConfig),
+    ("grpo.train", lambda prepared: (lambda kw: grpo.train(prepared, **kw)),
+     dict(steps=2.0, batch_size=2, num_generations=2.0, seed=0), dict(steps=2, num_generations=2), 2,
+     grpo.GRPOConfig),
+    ("ipo.train", lambda prepared: (lambda kw: ipo.train(prepared.sft, prepared.train_prefs.encode(prepared.tokenizer),
+                                                         **kw)),
+     dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, ipo.IPOConfig),
 ]
 TRAINERS = CONTROL + LM
 
@@ -246,7 +264,7 @@ def test_the_table_names_every_trainer_of_the_package():
     import rlnotes.sft
 
     modules = {"pg": pg, "trpo": trpo, "ppo": ppo, "sft": rlnotes.sft, "reward": rlnotes.reward, "rlhf": rlhf,
-               "dpo": dpo}
+               "dpo": dpo, "rloo": rloo, "grpo": grpo, "ipo": ipo}
     found = {f"{m}.{n}" for m, mod in modules.items() for n, f in vars(mod).items()
              if inspect.isfunction(f) and f.__module__ == mod.__name__
              and (n.startswith("train") or n == "epochs_on_one_batch")}

@@ -1,0 +1,228 @@
+"""Chapter 6: Group Relative Policy Optimization (GRPO; Shao et al. 2024, "DeepSeekMath", eq. 3).
+
+GRPO drops PPO's value network: the G responses sampled for one prompt are each other's baseline,
+
+    A_i = (r_i - mean_j r_j) / (std_j r_j + eps)                                  (eq. grpo-adv)
+
+(``group_advantages``), the same advantage for every token of response i. The loss per token is
+PPO's clipped surrogate plus a KL penalty written as a LOSS term with the k3 estimator,
+
+    l_{i,t} = -min(rho_{i,t} A_i, clip(rho_{i,t}, 1-eps, 1+eps) A_i) + beta k3_{i,t},
+    rho_{i,t} = pi(y_t|s_t) / pi_old(y_t|s_t),  k3 = pi_ref/pi - 1 - log(pi_ref/pi)   (eq. grpo-loss)
+
+and ``loss_type`` says how the l_{i,t} are averaged (``grpo_loss``):
+
+- ``"grpo"`` (the paper): mean over each response's |y_i| tokens, then over the responses. A
+  token of a short response weighs more than one of a long response: with A_i < 0 a longer
+  response dilutes its penalty, so wrong answers drift longer (Liu et al. 2025, "Dr. GRPO").
+- ``"dr_grpo"``: sum over all tokens / (number of responses * a constant max length).
+- ``"dapo"`` (TRL 1.16's default): sum over all tokens / number of tokens in the batch.
+
+Dividing by the group's std (``scale_rewards``) is the second bias Dr. GRPO names: groups whose
+rewards barely differ get their differences blown up to unit scale. A group whose rewards are
+all equal has std 0 and carries no signal: its advantages are exactly 0 (the eps keeps the
+division finite; without it 0/0 would be NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import lm
+from .kl import k3
+from .ppo import clipped_surrogate
+from .rloo import _check_groups, group_metrics, new_policy, sample_groups
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
+                      run_guard)
+from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i - mean_j r_j) / (std_j r_j + eps) per group (eq. grpo-adv), [B, G] -> [B, G].
+
+    ``std`` is the unbiased sample std (as ``torch.std`` and TRL); ``scale=False`` keeps only the
+    centring (Dr. GRPO). A group with all rewards equal gets advantages exactly 0.
+    """
+    rewards = _check_groups("rewards", rewards)
+    eps = check_positive("eps", eps)
+    centred = rewards - rewards.mean(1, keepdim=True)
+    equal = (rewards == rewards[:, :1]).all(1, keepdim=True)
+    if scale:
+        centred = centred / (rewards.std(1, keepdim=True) + eps)
+    return torch.where(equal, torch.zeros_like(centred), centred)
+
+
+class GRPOLoss(NamedTuple):
+    """The loss to minimise and, detached, its parts: ``policy_loss`` (clipped surrogate term),
+    ``kl`` (mean k3 per token), ``clip_ratio`` (fraction of tokens whose ratio is clipped)."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    kl: torch.Tensor
+    clip_ratio: torch.Tensor
+
+
+def _aggregate(per_token, mask, loss_type, max_length):
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if loss_type == "dr_grpo":
+        return (per_token * mask).sum() / (per_token.shape[0] * max_length)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, beta: float = 0.04, eps: float = 0.2, loss_type: str = "grpo",
+              max_length: int | None = None) -> GRPOLoss:
+    """GRPO's loss (eq. grpo-loss) over a batch of responses, averaged as ``loss_type`` says.
+
+    ``logp`` (with gradient), ``logp_old`` and ``logp_ref`` are per-token log-probabilities [N, T],
+    ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
+    is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
+    KL term ``rlnotes.kl.k3``.
+    """
+    check_same_shape(logp=logp, logp_old=logp_old, logp_ref=logp_ref, mask=mask)
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [N] = [{logp.shape[0]}], got shape {tuple(advantages.shape)}")
+    beta = check_in_range("beta", beta, 0.0, math.inf)
+    eps = check_positive("eps", eps)
+    loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)
+    max_length = logp.shape[1] if max_length is None else check_positive_int("max_length", max_length)
+    return _grpo_loss(logp, logp_old, logp_ref, advantages, mask, beta, eps, loss_type, max_length)
+
+
+def _grpo_loss(logp, logp_old, logp_ref, advantages, mask, beta, eps, loss_type, max_length):
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - logp_old)
+    surrogate = clipped_surrogate(ratio, advantages[:, None].expand_as(ratio), eps)
+    kl = k3(logp, logp_ref)
+    loss = _aggregate(-surrogate + beta * kl, mask, loss_type, max_length)
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        policy_loss = _aggregate(-surrogate, mask, loss_type, max_length)
+        clipped = ((ratio - 1).abs() > eps).to(mask.dtype)
+        return GRPOLoss(loss, policy_loss, (kl * mask).sum() / n, (clipped * mask).sum() / n)
+
+
+def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
+    """Expected gradients w.r.t. the logits of pi = softmax(logits) of the ways to put a KL into training,
+    exact over the K outcomes (y ~ pi, one state):
+
+    ``k1_loss``: E[grad (log pi(y) - log pi_ref(y))] = 0 (a k1 LOSS term has no expected gradient);
+    ``k1_reward``: E[(log pi(y) - log pi_ref(y)) grad log pi(y)], k1 as a reward (score function);
+    ``k3_loss``: E[grad k3(y)], GRPO's loss term; and the gradients of the two KLs by autograd,
+    ``reverse`` = grad KL(pi || pi_ref) and ``forward`` = grad KL(pi_ref || pi). In exact
+    arithmetic k1_reward = reverse and k3_loss = forward.
+    """
+    check_same_shape(logits=logits, ref_logits=ref_logits)
+    theta = logits.detach().double().requires_grad_(True)
+    ref = torch.log_softmax(ref_logits.detach().double(), -1)
+    logp = torch.log_softmax(theta, -1)
+    p = logp.exp().detach()
+
+    def grad(f):
+        return torch.autograd.grad(f, theta, retain_graph=True)[0]
+
+    from .kl import exact_kl
+    return {"k1_loss": grad((p * (logp - ref)).sum()), "k1_reward": grad((p * (logp - ref).detach() * logp).sum()),
+            "k3_loss": grad((p * k3(logp, ref)).sum()), "reverse": grad(exact_kl(logp, ref)),
+            "forward": grad(exact_kl(ref, logp))}
+
+
+def check_choice(name: str, value, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` naming them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOConfig(Config):
+    """GRPO: ``steps`` updates, each on ``batch_size`` prompts with ``num_generations`` responses
+    each; ``epochs`` passes (TRL's ``num_iterations``) in minibatches of ``minibatch_size``
+    responses (None: the whole batch) of Adam at ``lr``; clip range ``eps``, KL coefficient
+    ``beta`` (a loss term, k3 per token), ``loss_type`` ("grpo", "dr_grpo", "dapo"),
+    ``scale_rewards`` (divide by the group's std), ``max_grad_norm``, ``seed``, ``progress``."""
+
+    seed: int = 0
+    steps: int = 30
+    batch_size: int = 8
+    num_generations: int = 4
+    epochs: int = 1
+    minibatch_size: int | None = None
+    lr: float = 2e-3
+    beta: float = 0.04
+    eps: float = 0.2
+    loss_type: str = "grpo"
+    scale_rewards: bool = True
+    max_grad_norm: float | None = 1.0
+    progress: bool = False
+
+    def __post_init__(self):
+        self.check("seed", check_positive_int, 0)
+        for name in ("steps", "batch_size", "epochs", "minibatch_size"):
+            self.check(name, check_positive_int)
+        self.check("num_generations", check_positive_int, 2)
+        self.check("lr", check_positive)
+        self.check("beta", check_in_range, 0.0, math.inf)
+        self.check("eps", check_positive)
+        self.check("loss_type", check_choice, LOSS_TYPES)
+        self.check("scale_rewards", check_bool)
+        self.check("max_grad_norm", check_positive)
+        self.check("progress", check_bool)
+
+
+def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) -> TrainResult:
+    """GRPO (DeepSeekMath, Algorithm 1 with one reference model) on ``prepared``'s task from pi_ref.
+
+    ``reward_fn(prompts, responses) -> [N]`` defaults to the verifiable reward r*
+    (``prepared.task.true_rewards``): no reward model, and no value network. Each step samples
+    ``num_generations`` responses per prompt, takes the group advantages (eq. grpo-adv) and runs
+    ``epochs`` passes of minibatch Adam steps on ``grpo_loss``. Dr. GRPO's max length is the
+    task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
+    ``frac_reward_zero_std``, ``kl/k3_per_token`` (the loss's KL term, last minibatch),
+    ``kl/exact_per_sequence``, ``entropy``, ``clip_ratio/region_mean``, ``completions/mean_length``,
+    ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+    """
+    cfg = make_config(GRPOConfig, config, **kwargs)
+    task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
+    reward_fn = task.true_rewards if reward_fn is None else reward_fn
+    G, n = cfg.num_generations, cfg.batch_size * cfg.num_generations
+    mb = n if cfg.minibatch_size is None else min(cfg.minibatch_size, n)
+    history = History()
+    with rng_scope(cfg.seed):
+        policy = new_policy(ref)
+        opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+        gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        result = TrainResult(policy, history, cfg)
+        with run_guard(lambda: result):
+            for step in progress(range(cfg.steps), cfg.progress, desc="grpo"):
+                with atomic():
+                    with Timer() as timer:
+                        prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                        g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen)
+                        reward = reward_fn(g.prompts, g.text).to(g.logp)
+                        adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
+                        for _ in range(cfg.epochs):
+                            order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
+                            for idx in order.to(g.ids.device).split(mb):
+                                logp = lm.token_logprobs(policy, *g.tensors(idx))
+                                out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
+                                                 cfg.eps, cfg.loss_type, task.max_response_tokens)
+                                opt.zero_grad()
+                                out.loss.backward()
+                                if cfg.max_grad_norm is not None:
+                                    nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                                opt.step()
+                    history.log({"loss": out.loss, **group_metrics(g, reward, task.true_rewards(g.prompts, g.text), G),
+                                 "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
+                                 "seconds": timer.seconds})
+    policy.eval()
+    return result

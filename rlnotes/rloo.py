@@ -1,0 +1,282 @@
+"""Chapter 6: REINFORCE Leave-One-Out (RLOO), and the group of samples it shares with GRPO.
+
+Sample k responses y_1..y_k ~ pi(.|x) per prompt. The baseline of sample i is the mean reward of
+the OTHER k - 1 samples (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!";
+Ahmadian et al. 2024, "Back to basics", eq. 7):
+
+    A_i = R_i - 1/(k-1) sum_{j != i} R_j = k/(k-1) (R_i - mean_j R_j)          (eq. rloo-adv)
+
+It does not depend on y_i, so E[A_i grad log pi(y_i|x)] = E[R_i grad log pi(y_i|x)]: the
+estimator stays unbiased. The plain group mean, which includes R_i, scales the expected
+gradient by (k-1)/k (``exact_estimator_moments`` computes both exactly on a softmax bandit).
+RLOO is REINFORCE on whole responses; the KL to pi_ref enters the reward as in chapter 4,
+R_i = r(x, y_i) - beta sum_t log(pi(y_t|s_t) / pi_ref(y_t|s_t)) (the k1 estimate per sequence).
+
+``sample_groups`` draws the k responses per prompt and scores them under pi and pi_ref; GRPO
+(``rlnotes.grpo``) uses it too. ``train`` is the RLOO trainer (TRL's ``RLOOTrainer`` with one
+update per batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import lm
+from .rlhf import kl_to_ref
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
+                      run_guard)
+from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
+
+
+def _check_groups(name: str, rewards: torch.Tensor) -> torch.Tensor:
+    rewards = torch.as_tensor(rewards, dtype=torch.float32) if not torch.is_tensor(rewards) else rewards
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"{name} must be [B, k] with k >= 2 samples per prompt, got shape {tuple(rewards.shape)}")
+    return rewards
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """A_i = R_i - mean_{j != i} R_j for each of the k samples of each prompt (eq. rloo-adv), [B, k] -> [B, k]."""
+    rewards = _check_groups("rewards", rewards)
+    k = rewards.shape[1]
+    return rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+
+
+def rloo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """-mean_i exp(log pi(y_i|x) - log pi_old(y_i|x)) A_i over whole responses, [N] each.
+
+    At pi = pi_old its value is -mean A and its gradient -mean A_i grad log pi(y_i|x): REINFORCE
+    with the leave-one-out baseline, written as TRL's RLOO writes it (a sequence-level ratio).
+    """
+    check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages)
+    return -(torch.exp(logp - logp_old) * advantages).mean()
+
+
+# ------------------------------------------------------------- the bias of a baseline, exactly
+
+def exact_estimator_moments(probs, rewards, k: int) -> dict:
+    """Mean and total variance of four policy-gradient estimators on a softmax bandit, exactly.
+
+    The policy is pi = softmax(theta) over K responses with rewards r; one estimate draws k
+    responses and averages A_i grad_theta log pi(y_i) with grad log pi(a) = e_a - pi, for A_i =
+    r_i (``none``), r_i - mean_j r_j (``group_mean``, the sample included), r_i - mean_{j != i} r_j
+    (``leave_one_out``) and (r_i - mean) / (std + 1e-4) (``group_std``, GRPO's). The expectation
+    is a sum over all K^k draws, so ``mean`` is exact; ``true`` is grad J = pi * (r - pi . r).
+    Returns ``true`` [K] and, per estimator, ``mean`` [K] and ``variance`` (E||g - E g||^2).
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    check_same_shape(probs=probs, rewards=rewards)
+    k = check_positive_int("k", k, 2)
+    K = len(probs)
+    draws = torch.tensor(list(itertools.product(range(K), repeat=k)))           # [K^k, k]
+    weight = probs[draws].prod(1)                                                # P(draw)
+    r = rewards[draws]
+    score = F.one_hot(draws, K).double() - probs                                 # grad log pi(y_i), [D, k, K]
+    centred = r - r.mean(1, keepdim=True)
+    from .grpo import group_advantages
+    adv = {"none": r, "group_mean": centred, "leave_one_out": rloo_advantages(r),
+           "group_std": group_advantages(r, scale=True)}
+    out = {"true": probs * (rewards - (probs * rewards).sum())}
+    for name, a in adv.items():
+        g = (a[..., None] * score).mean(1)                                       # one estimate per draw, [D, K]
+        mean = (weight[:, None] * g).sum(0)
+        out[name] = {"mean": mean, "variance": float((weight * ((g - mean) ** 2).sum(1)).sum())}
+    return out
+
+
+def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repeats: int = 16,
+                      value_samples: int = 64, shift: float = 2.0, seed: int = 0) -> dict:
+    """Spread of the policy-gradient estimate g = mean_i A_i grad log pi(y_i|x) of a causal LM, per baseline.
+
+    One estimate draws ``k`` responses for each of ``prompts`` from ``policy`` and scores them by
+    r*; ``repeats`` estimates on the same prompts give, per baseline, ``variance`` (the trace of
+    the covariance of g over all parameters, E||g - E g||^2, unbiased over the repeats) and
+    ``mean`` (the mean of g, flattened). The advantages: ``none`` (A = r*), ``none_shifted``
+    (A = r* + ``shift``: the same task with another zero of the reward), ``value`` (r* - V(x), with
+    V(x) the mean r* of ``value_samples`` separate samples per prompt: a per-prompt value fitted
+    on held-out samples, not a learned network), ``group_mean`` (the sample included) and
+    ``leave_one_out``. The baselined estimators are the same for r* and r* + shift.
+    """
+    check_positive_int("repeats", repeats, 2)
+    task, tok = prepared.task, prepared.tokenizer
+    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
+    held = sample_groups(policy, policy, tok, prompts, check_positive_int("value_samples", value_samples),
+                         task.max_response_tokens, gen)
+    value = task.true_rewards(held.prompts, held.text).view(len(prompts), value_samples).mean(1, keepdim=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads = {}
+    for _ in range(repeats):
+        g = sample_groups(policy, policy, tok, prompts, k, task.max_response_tokens, gen)
+        r = task.true_rewards(g.prompts, g.text).view(len(prompts), k)
+        advantages = {"none": r, "none_shifted": r + shift, "value": r - value,
+                      "group_mean": r - r.mean(1, keepdim=True), "leave_one_out": rloo_advantages(r)}
+        logp = lm.token_logprobs(policy, *g.tensors(slice(None))).sum(1)
+        for name, a in advantages.items():
+            grad = torch.autograd.grad((a.reshape(-1).to(logp) * logp).mean(), params, retain_graph=True)
+            grads.setdefault(name, []).append(torch.cat([x.flatten() for x in grad]))
+    out = {}
+    for name, gs in grads.items():
+        G = torch.stack(gs)
+        mean = G.mean(0)
+        out[name] = {"variance": float(((G - mean) ** 2).sum(1).sum() / (repeats - 1)), "mean": mean}
+    return out
+
+
+# ------------------------------------------------------------------------- groups of samples
+
+@dataclass
+class Groups:
+    """k responses for each of B prompts, in prompt-major order (x_1 k times, then x_2, ...).
+
+    ``logp`` / ``ref_logp``: log pi_old(y_t|s_t) and log pi_ref(y_t|s_t) per token, [B k, T], 0 on
+    padding; ``kl``: the exact per-token KL(pi_old || pi_ref) summed over each response, [B k]
+    (``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old.
+    """
+
+    prompts: list
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    text: list
+    logp: torch.Tensor
+    ref_logp: torch.Tensor
+    kl: torch.Tensor
+    entropy: float
+    finished: torch.Tensor
+
+    def tensors(self, idx):
+        """(prompt_ids, prompt_mask, response_ids, response_mask) of the samples at ``idx``."""
+        return self.prompt_ids[idx], self.prompt_mask[idx], self.ids[idx], self.mask[idx]
+
+
+@torch.no_grad()
+def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
+                  generator: torch.Generator | None = None) -> Groups:
+    """Draw k responses per prompt from ``policy`` and score them under it and under ``ref``."""
+    device = next(policy.parameters()).device
+    repeated = [x for x in prompts for _ in range(k)]
+    p, pm = lm.encode_prompts(tokenizer, repeated, device)
+    was_training = policy.training
+    policy.eval()
+    ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator)
+    logits = lm.response_logits(policy, p, pm, ids, mask)
+    logp = F.log_softmax(logits, -1)
+    entropy = (-(logp.exp() * logp).sum(-1) * mask).sum() / mask.sum()
+    policy.train(was_training)
+    finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
+    return Groups(repeated, p, pm, ids, mask, lm.decode_responses(tokenizer, ids, mask),
+                  lm.token_logprobs(policy, p, pm, ids, mask), lm.token_logprobs(ref, p, pm, ids, mask),
+                  kl_to_ref(policy, ref, p, pm, ids, mask), entropy.item(), finished)
+
+
+def group_metrics(g: Groups, rewards: torch.Tensor, r_star: torch.Tensor, k: int) -> dict:
+    """The per-update log entries both group trainers share (TRL's names where TRL has them)."""
+    grouped = rewards.view(-1, k)
+    return {"reward": rewards.mean(), "reward_std": grouped.std(1).mean(),
+            "frac_reward_zero_std": (grouped == grouped[:, :1]).all(1).float().mean(),
+            "kl/exact_per_sequence": g.kl.mean(), "entropy": g.entropy,
+            "completions/mean_length": g.mask.sum(1).float().mean(),
+            "completions/clipped_ratio": 1.0 - g.finished.float().mean(), "r_star": r_star.mean()}
+
+
+class VerifiableReward(nn.Module):
+    """A program as the reward model: r*(x, y) of ``task`` computed from token ids (no parameters).
+
+    It has the reward model's call signature, so chapter 4's PPO (``rlhf.train_ppo``) can
+    optimise the verifiable reward r* instead of a learned r_phi.
+    """
+
+    def __init__(self, task, tokenizer):
+        super().__init__()
+        self.task, self.tokenizer = task, tokenizer
+        self.register_buffer("offset", torch.zeros(()))
+
+    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        keep = [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(prompt_ids.tolist(), prompt_mask.tolist())]
+        prompts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in keep]
+        text = lm.decode_responses(self.tokenizer, response_ids, response_mask)
+        return self.task.true_rewards(prompts, text).to(response_ids.device)
+
+
+# ------------------------------------------------------------------------------- the trainer
+
+@dataclass(frozen=True, kw_only=True)
+class RLOOConfig(Config):
+    """RLOO: ``steps`` updates, each on ``batch_size`` prompts with ``k`` samples each (one Adam
+    step at ``lr`` on the whole batch), KL coefficient ``beta`` in the reward, gradient-norm
+    clipping ``max_grad_norm`` (None: none), ``seed``, ``progress``."""
+
+    seed: int = 0
+    steps: int = 30
+    batch_size: int = 8
+    k: int = 4
+    lr: float = 2e-3
+    beta: float = 0.05
+    max_grad_norm: float | None = 1.0
+    progress: bool = False
+
+    def __post_init__(self):
+        self.check("seed", check_positive_int, 0)
+        self.check("steps", check_positive_int)
+        self.check("batch_size", check_positive_int)
+        self.check("k", check_positive_int, 2)
+        self.check("lr", check_positive)
+        self.check("beta", check_in_range, 0.0, math.inf)
+        self.check("max_grad_norm", check_positive)
+        self.check("progress", check_bool)
+
+
+def new_policy(ref) -> nn.Module:
+    """A trainable copy of the frozen reference model pi_ref (the starting point of every trainer here)."""
+    return copy.deepcopy(ref).requires_grad_(True).train()
+
+
+def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) -> TrainResult:
+    """RLOO on ``prepared``'s task (``rlnotes.rlhf.Prepared``), starting from pi_ref = ``prepared.sft``.
+
+    ``reward_fn(prompts, responses) -> [N]`` is the reward (default: the verifiable r*,
+    ``prepared.task.true_rewards``). Each step samples ``k`` responses for each of ``batch_size``
+    train prompts, sets R_i = reward - beta * sum_t log(pi_old / pi_ref), takes the leave-one-out
+    advantages (eq. rloo-adv) and one Adam step on ``rloo_loss``. Logs ``loss``, ``reward``
+    (mean R before the KL term), ``reward_std`` (mean over groups), ``frac_reward_zero_std``,
+    ``kl/k1_per_sequence``, ``kl/exact_per_sequence``, ``entropy``, ``completions/mean_length``,
+    ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+    """
+    cfg = make_config(RLOOConfig, config, **kwargs)
+    task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
+    reward_fn = task.true_rewards if reward_fn is None else reward_fn
+    history = History()
+    with rng_scope(cfg.seed):
+        policy = new_policy(ref)
+        opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+        gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
+        result = TrainResult(policy, history, cfg)
+        with run_guard(lambda: result):
+            for step in progress(range(cfg.steps), cfg.progress, desc="rloo"):
+                with atomic():
+                    with Timer() as timer:
+                        prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                        g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen)
+                        reward = reward_fn(g.prompts, g.text).to(g.logp)
+                        k1 = (g.logp - g.ref_logp).sum(1)
+                        adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
+                        logp = lm.token_logprobs(policy, *g.tensors(slice(None))).sum(1)
+                        loss = rloo_loss(logp, g.logp.sum(1), adv)
+                        opt.zero_grad()
+                        loss.backward()
+                        if cfg.max_grad_norm is not None:
+                            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                        opt.step()
+                    history.log({"loss": loss, **group_metrics(g, reward, task.true_rewards(g.prompts, g.text), cfg.k),
+                                 "kl/k1_per_sequence": k1.mean(), "seconds": timer.seconds})
+    policy.eval()
+    return result

@@ -1,0 +1,128 @@
+"""rlnotes.grpo: group advantages (zero std included), the loss's three aggregations, the trainer."""
+
+import pytest
+import torch
+
+from rlnotes import grpo, rlhf
+from rlnotes.kl import k3
+
+
+def test_group_advantages_by_hand_and_zero_std():
+    r = torch.tensor([[1.0, 3.0], [0.1, 0.1], [0.0, 0.0]])
+    std = 2 ** 0.5                                   # unbiased std of (1, 3)
+    adv = grpo.group_advantages(r)
+    torch.testing.assert_close(adv[0], torch.tensor([-1.0, 1.0]) / (std + 1e-4))
+    assert torch.equal(adv[1:], torch.zeros(2, 2))   # equal rewards: exactly 0, not nan or inf
+    torch.testing.assert_close(grpo.group_advantages(r, scale=False)[0], torch.tensor([-1.0, 1.0]))
+    # a tiny difference is blown up to unit scale by the std (Dr. GRPO's second bias)
+    tiny = grpo.group_advantages(torch.tensor([[0.0, 0.0, 0.0, 1e-3]]))
+    assert tiny.abs().max() > 1.0
+
+
+def test_group_advantages_bad_arguments():
+    with pytest.raises(ValueError, match="rewards"):
+        grpo.group_advantages(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="eps"):
+        grpo.group_advantages(torch.zeros(3, 2), eps=0.0)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    logp_old = -torch.rand(3, 4, generator=g) - 0.1
+    logp = (logp_old + 0.3 * torch.randn(3, 4, generator=g)).requires_grad_(True)
+    logp_ref = logp_old - 0.2
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    return logp, logp_old, logp_ref, adv, mask
+
+
+def test_grpo_loss_by_hand_each_aggregation():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    beta, eps = 0.1, 0.2
+    rho = torch.exp(logp - logp_old)
+    A = adv[:, None].expand(3, 4)
+    per_token = -torch.min(rho * A, rho.clamp(0.8, 1.2) * A) + beta * k3(logp, logp_ref)
+    m = mask.float()
+    expected = {"grpo": sum((per_token[i] * m[i]).sum() / m[i].sum() for i in range(3)) / 3,
+                "dr_grpo": (per_token * m).sum() / (3 * 8), "dapo": (per_token * m).sum() / 7}
+    for loss_type, value in expected.items():
+        out = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, beta, eps, loss_type, max_length=8)
+        torch.testing.assert_close(out.loss, value)
+    out = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, beta, eps)
+    torch.testing.assert_close(out.kl, (k3(logp, logp_ref) * m).sum() / 7)
+    assert out.clip_ratio.item() == pytest.approx((((rho - 1).abs() > eps).float() * m).sum().item() / 7)
+
+
+def test_grpo_loss_gradient_at_old_policy_is_reinforce_plus_k3():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    logp = logp_old.clone().requires_grad_(True)
+    grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, beta=0.0, loss_type="dapo").loss.backward()
+    torch.testing.assert_close(logp.grad, -adv[:, None].expand(3, 4) * mask / 7)
+    # k3's gradient: d/dlogp [exp(ref - logp) - (ref - logp) - 1] = 1 - exp(ref - logp)
+    logp2 = logp_old.clone().requires_grad_(True)
+    grpo.grpo_loss(logp2, logp_old, logp_ref, torch.zeros(3), mask, beta=1.0, loss_type="dapo").loss.backward()
+    torch.testing.assert_close(logp2.grad, (1 - torch.exp(logp_ref - logp_old)) * mask / 7)
+
+
+def test_grpo_loss_bad_arguments_and_extreme_logits():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, loss_type="ppo")
+    with pytest.raises(ValueError, match="advantages"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv[:2], mask)
+    with pytest.raises(ValueError, match="beta"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, beta=-1)
+    with pytest.raises(ValueError, match="eps"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, eps=0)
+    with pytest.raises(ValueError, match="shapes"):
+        grpo.grpo_loss(logp, logp_old[:, :2], logp_ref, adv, mask)
+    out = grpo.grpo_loss(logp_old - 30, logp_old, logp_ref, adv, mask)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return rlhf.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
+
+
+def test_train_improves_r_star(prepared):
+    P = prepared
+    before = rlhf.evaluate(P.sft, P)["r_star"]
+    out = grpo.train(P, steps=25, batch_size=8, num_generations=4, lr=3e-3, beta=0.04, epochs=2, minibatch_size=16,
+                     seed=0)
+    after = rlhf.evaluate(out.model, P)["r_star"]
+    assert after > before + 0.3, (before, after)
+    h = out.history
+    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "kl/k3_per_token", "kl/exact_per_sequence",
+                "entropy", "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio",
+                "r_star", "seconds"):
+        assert len(h.update_array(key)) == 25
+    assert h.update_array("clip_ratio/region_mean").max() > 0   # a second epoch moves ratios out of the range
+    again = grpo.train(P, steps=2, batch_size=8, num_generations=4, lr=3e-3, beta=0.04, epochs=2, minibatch_size=16,
+                       seed=0)
+    assert again.history.updates["loss"] == h.updates["loss"][:2]
+
+
+@pytest.mark.parametrize("kwargs, name", [({"num_generations": 1}, "num_generations"),
+                                          ({"loss_type": "x"}, "loss_type"),
+                                          ({"scale_rewards": "yes"}, "scale_rewards"), ({"eps": 0}, "eps"),
+                                          ({"minibatch_size": 0}, "minibatch_size")])
+def test_train_bad_arguments(prepared, kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        grpo.train(prepared, **kwargs)
+
+
+def test_interrupt_gives_the_partial_result(prepared):
+    from rlnotes.trainer import TrainingInterrupted
+
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return prepared.task.true_rewards(prompts, responses)
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        grpo.train(prepared, reward, steps=5, batch_size=2, num_generations=2, seed=0)
+    assert len(stop.value.result.history) == 2 and stop.value.result.config.steps == 5
