@@ -12,7 +12,7 @@ module         chapter
 ``pg``         1: the score-function estimator and L^PG
 ``trpo``       2: conjugate gradient, Fisher-vector products, line search
 ``ppo``        3: the ratio r_t and L^CLIP
-``widgets``    3: the clip-plot widget (PPO paper, Figure 1)
+``widgets``    1-5: one interactive figure per chapter; the clip plot
 ``lm``         4, 5: a small causal LM, its tokenizer and the toy task
 ``rlhf``       4: SFT, Bradley-Terry reward model, KL-regularised PPO
 ``dpo``        5: the optimal policy, log Z and the DPO loss
