@@ -146,6 +146,7 @@ def test_ppo_page_shows_the_widget_and_the_static_clip_figure(server, browser):
         page.wait_for_load_state("networkidle")
         # the widget, rendered from the state saved in the page (no kernel): sliders for eps and A
         # (that it responds is checked by test_interactive_figures_respond_and_draw_the_package_numbers)
+        page.wait_for_function("document.querySelectorAll('.widget-slider').length >= 2", timeout=30_000)
         assert page.locator(".widget-slider").count() == 2
         # the static two-panel figure (the PPO paper's Figure 1) under it, for readers without a kernel
         cell = page.locator("div.cell", has_text="widgets.paper_figure(")
@@ -293,9 +294,9 @@ def _figure_checks():
     }
 
 
-FACTORY_OF = {"clip_plot": "clip_plot", "score_function_estimates": "score_function_estimates",
-              "trust_region_step": "trust_region_step", "kl_regularised_optimum": "kl_regularised_optimum",
-              "dpo_gradient_weight": "dpo_gradient_weight"}  # figure name (data-figure) -> rlnotes.widgets function
+# the interactive figures: each SVG's data-figure is the name of the rlnotes.widgets function that makes it
+FIGURE_FUNCTIONS = ("score_function_estimates", "trust_region_step", "clip_plot", "kl_regularised_optimum",
+                    "dpo_gradient_weight")
 
 
 def figures_in(name: str) -> list[str]:
@@ -304,7 +305,7 @@ def figures_in(name: str) -> list[str]:
 
     code = "\n".join("".join(c["source"]) for c in json.loads((ROOT / f"{name}.ipynb").read_text())["cells"]
                    if c["cell_type"] == "code")
-    return [fig for fig, fn in FACTORY_OF.items() if re.search(rf"\bwidgets\.{fn}\(", code)]
+    return [fn for fn in FIGURE_FUNCTIONS if re.search(rf"\bwidgets\.{fn}\(", code)]
 
 
 FIGURE_PAGES = [p for p in NOTEBOOKS if figures_in(p)]
@@ -375,6 +376,7 @@ def _set(page, box, description: str, value):
 @pytest.mark.parametrize("name", FIGURE_PAGES)
 def test_interactive_figures_respond_and_draw_the_package_numbers(base, browser, name):
     checks = _figure_checks()
+    assert set(checks) == set(FIGURE_FUNCTIONS)
     page, problems = open_page(browser, urljoin(base, f"{name}.html"))
     try:
         expected = figures_in(name)
