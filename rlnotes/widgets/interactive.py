@@ -3,8 +3,8 @@
 Each figure is an ``anywidget`` whose traits are the equation's parameters; its front end, an ES
 module (``common.js`` then ``<figure>.js``, package data beside this file, shipped in the widget's
 state), computes and draws the picture as SVG in the browser. The sliders are ordinary ipywidgets,
-linked to the traits both in the browser (``jslink``: works in the static HTML, where there is no
-kernel) and in Python (``traitlets.link``). So the same figure works in the static book, in
+driving the traits both in the browser (``jsdlink``: works in the static HTML, where there is no
+kernel) and in Python (``Explorer``). So the same figure works in the static book, in
 JupyterLab and on Colab.
 
 The browser code mirrors the package's formulas (rlnotes.bandits, rlnotes.trpo, rlnotes.ppo,
@@ -130,18 +130,38 @@ class SvgFigure(anywidget.AnyWidget):
 
 
 class Explorer(widgets.VBox):
-    """A figure under one control per parameter, each linked to the figure's trait in the browser
-    (``jslink``, for the static book) and in Python (``traitlets.link``). ``sliders[name]`` is the
-    control of the trait ``name``."""
+    """A figure under one control per parameter; ``sliders[name]`` controls the figure's trait ``name``.
+
+    Each control drives its trait one way, control -> figure, in two places: in the browser
+    (``jsdlink``; the static book has no kernel) and in Python (an observer), so the figure's
+    traits follow the sliders with or without a front end. When the move came from the browser,
+    the Python side does not send the value back, as the browser has it already: during a drag in
+    JupyterLab, late copies of older values would make the picture jump back. To change a
+    figure, move its slider (from Python: ``sliders[name].value = ...``).
+    """
 
     def __init__(self, figure: SvgFigure):
         self.figure = figure
         traits = figure.traits()
         self.sliders = {name: traits[name].slider(getattr(figure, name)) for name in figure.controls()}
-        self.links = [widgets.jslink((s, "value"), (figure, name)) for name, s in self.sliders.items()]
-        self._py_links = [traitlets.link((s, "value"), (figure, name)) for name, s in self.sliders.items()]
+        self.links = [widgets.jsdlink((s, "value"), (figure, name)) for name, s in self.sliders.items()]
+        for name, slider in self.sliders.items():
+            slider.observe(self._follow(name, slider), names="value")
         super().__init__([widgets.HBox(list(self.sliders.values()), layout={"flex_flow": "row wrap"}), figure])
         self.add_class("rlnotes-explorer")
+
+    def _follow(self, name: str, slider):
+        trait = self.figure.traits()[name]
+
+        def update(change):
+            value = trait.validate(self.figure, change["new"])
+            if "value" in slider._property_lock:  # moved in the browser, which updates the figure itself
+                with self.figure._lock_property(**{name: value}):  # as ipywidgets does for a browser's update
+                    setattr(self.figure, name, value)
+            else:
+                setattr(self.figure, name, value)
+
+        return update
 
     def __repr__(self):
         return f"Explorer({self.figure!r})"
