@@ -74,7 +74,7 @@ bench: setup
 # have), in a venv of their own, with the CPU build of torch 2.6 (the security floor);
 # run by hand when a lower bound in pyproject.toml changes.
 OLDEST := "numpy==1.26.*" "matplotlib==3.8.*" "gymnasium==1.4.*" "transformers==4.46.*" "tokenizers==0.20.*" \
-          "ipywidgets==8.1.*" "tqdm==4.60.*" pytest pyyaml
+          "ipywidgets==8.1.*" "anywidget==0.11.*" "tqdm==4.60.*" pytest pyyaml
 oldest:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install -q "torch==2.6.*" $(OLDEST) --extra-index-url https://download.pytorch.org/whl/cpu

@@ -2,10 +2,13 @@
 
 `make test` builds the book into ``_build/html`` (from the notebooks' stored outputs, which nbval
 has just checked against a fresh execution) before this runs. The test serves that folder on
-127.0.0.1 and checks every page in ``_toc.yml``: it loads without console errors or failed
-requests, its equations are typeset by MathJax, its images load, its internal links resolve,
-and each chapter has a Colab button pointing at its own notebook. It skips, saying why, when
-the built book, Playwright or Chromium is missing.
+127.0.0.1, and opens it from ``file://`` too, and checks every page in ``_toc.yml``: it loads
+without console errors or failed requests (any host but 127.0.0.1 is blocked), its equations
+are typeset by MathJax, its images load, its internal links resolve, and each chapter has a
+Colab button pointing at its own notebook. Every interactive figure (``rlnotes.widgets``) must
+respond, with no kernel, to each of its controls moved by the keyboard, carry an accessible
+name, and draw at two settings the numbers the package's Python functions compute. It skips,
+saying why, when the built book, Playwright or Chromium is missing.
 """
 
 from __future__ import annotations
@@ -69,6 +72,16 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="module", params=["http", "file"])
+def base(request):
+    """The book's root URL: served on 127.0.0.1, or the folder itself (file://, origin null)."""
+    if request.param == "http":
+        return request.getfixturevalue("server")
+    if not (HTML / "index.html").exists():
+        pytest.skip("no built book in _build/html: run `make test` (or `make book`) first")
+    return HTML.as_uri() + "/"
+
+
 def open_page(browser, url):
     """Open ``url``; return the page and the console errors and failed requests it produced."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -85,8 +98,8 @@ def open_page(browser, url):
 
 
 @pytest.mark.parametrize("name", PAGES)
-def test_page_renders(server, browser, name):
-    page, problems = open_page(browser, urljoin(server, f"{name}.html"))
+def test_page_renders(base, browser, name):
+    page, problems = open_page(browser, urljoin(base, f"{name}.html"))
     try:
         source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
         if "$" in source:
@@ -102,7 +115,7 @@ def test_page_renders(server, browser, name):
             want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{name}.ipynb"
             assert want in colab.first.get_attribute("href")
         assert not problems, "\n".join(problems)
-        if name in ("book/intro", "book/01_policy_gradient"):
+        if base.startswith("http") and name in ("book/intro", "book/01_policy_gradient"):
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / f"{Path(name).name}.png"))
     finally:
@@ -132,6 +145,8 @@ def test_ppo_page_shows_the_widget_and_the_static_clip_figure(server, browser):
     try:
         page.wait_for_load_state("networkidle")
         # the widget, rendered from the state saved in the page (no kernel): sliders for eps and A
+        # (that it responds is checked by test_interactive_figures_respond_and_draw_the_package_numbers)
+        page.wait_for_function("document.querySelectorAll('.widget-slider').length >= 2", timeout=30_000)
         assert page.locator(".widget-slider").count() == 2
         # the static two-panel figure (the PPO paper's Figure 1) under it, for readers without a kernel
         cell = page.locator("div.cell", has_text="widgets.paper_figure(")
@@ -176,3 +191,215 @@ def test_equations_link_to_code_and_back():
                 continue
             entry = api.split(f'id="{target}"', 1)[1].split('<dt class="sig', 1)[0]
             assert f'href="{chapter}.html#' in entry, f"the API entry of {target} does not link back to {chapter}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The interactive figures (rlnotes.widgets): drawn by the browser from the widget state saved in
+# the page, they must respond to their controls with no kernel and no network, served over http
+# and opened from file://, and draw the package's numbers.
+# ---------------------------------------------------------------------------------------------
+
+def _figure_checks():
+    """{figure name: (figure class, settings to try, check(values, figure) -> None)}."""
+    import numpy as np
+    import torch
+
+    from rlnotes import bandits, dpo, ppo, trpo, widgets
+
+    def clip(v, fig):
+        r, drawn = np.array(v["curve"]).T
+        r_t = torch.as_tensor(r)
+        expected = ppo.clipped_surrogate(r_t, torch.full_like(r_t, v["advantage"]), v["eps"])
+        np.testing.assert_allclose(drawn, expected.numpy(), atol=1e-12)
+        at = list(r).index(1.5)  # the example of the text: L^CLIP at r = 1.5
+        assert drawn[at] == pytest.approx(min(1.5 * v["advantage"], min(1.5, 1 + v["eps"]) * v["advantage"]), abs=1e-12)
+        flat = widgets.flat_region(v["eps"], v["advantage"])
+        assert v["flat"] == (None if flat is None else pytest.approx(list(flat), abs=1e-12))
+        assert v["at_one"] == v["advantage"]
+
+    def score(v, fig):
+        bandit = bandits.SoftmaxBandit(fig.means, fig.noise_std)
+        exact = bandit.exact_gradient(np.array(fig.theta))
+        np.testing.assert_allclose(v["exact"], exact, atol=1e-12)
+        b = bandit.expected_reward(np.array(fig.theta)) if v["baseline"] else 0.0
+        assert v["b"] == pytest.approx(b, abs=1e-12)
+        # the exact variance of one term grad log pi(a) (r - b), from rlnotes.bandits.score
+        pi, rows = bandits.softmax(np.array(fig.theta)), bandits.score(np.array(fig.theta), np.arange(3))
+        second = np.sum(pi * (rows ** 2).sum(1) * ((bandit.means - b) ** 2 + fig.noise_std ** 2))
+        theory = np.sqrt((second - exact @ exact) / v["n"])
+        assert v["theory"] == pytest.approx(theory, rel=1e-12)
+        estimates = np.array(v["estimates"])
+        assert estimates.shape == (fig.estimates, 3)
+        np.testing.assert_allclose(estimates.sum(1), 0.0, atol=1e-9)  # scores sum to 0 over the arms
+        np.testing.assert_allclose(estimates.mean(0), v["mean"], atol=1e-12)
+        # unbiased: the mean of the estimates within 4 standard errors of the exact gradient
+        assert np.linalg.norm(estimates.mean(0) - exact) < 4 * theory / np.sqrt(fig.estimates)
+        # and spread as the variance says
+        spread = np.sqrt(((estimates - exact) ** 2).sum(1).mean())
+        assert v["spread"] == pytest.approx(spread, rel=1e-9) and spread == pytest.approx(theory, rel=0.2)
+
+    def trust(v, fig):
+        bandit, theta_old = bandits.SoftmaxBandit(fig.means, 0.0), np.array(fig.theta_old)
+        g, F = bandit.exact_gradient(theta_old), bandits.fisher(theta_old)
+        s = np.linalg.pinv(F) @ g
+        beta = np.sqrt(2 * v["delta"] / (s @ F @ s))
+        J_old = bandit.expected_reward(theta_old)
+        result = trpo.line_search(lambda step: (bandit.expected_reward(theta_old + step) - J_old,
+                                                bandits.kl(theta_old, theta_old + step)),
+                                  beta * s, v["delta"], fig.max_backtracks, fig.shrink)
+        np.testing.assert_allclose(v["g"], g, atol=1e-12)
+        np.testing.assert_allclose(v["fisher"], F, atol=1e-12)
+        np.testing.assert_allclose(v["s"], s, atol=1e-9)
+        assert v["beta"] == pytest.approx(beta, rel=1e-9)
+        assert (v["accepted"], v["backtracks"]) == (result.accepted, result.backtracks)
+        np.testing.assert_allclose(v["step"], result.step, atol=1e-9)
+        assert v["kl"] == pytest.approx(result.kl, abs=1e-12) and v["kl"] <= v["delta"]
+        assert v["improvement"] == pytest.approx(result.improvement, abs=1e-12)
+        np.testing.assert_allclose(v["trials"], result.trials, atol=1e-12)
+        assert v["plain_kl"] == pytest.approx(bandits.kl(theta_old, theta_old + v["lr"] * g), abs=1e-12)
+        kls = [bandits.kl(theta_old, np.array(theta)) for theta in v["contour"]]
+        np.testing.assert_allclose(kls, v["delta"], rtol=1e-6)  # the drawn ball is the KL's level set
+
+    def optimum(v, fig):
+        ref, rewards = np.array(fig.ref_probs), np.array(fig.rewards)
+        pi = dpo.optimal_policy(ref, rewards, v["beta"])
+        np.testing.assert_allclose(v["pi"], pi, atol=1e-12)
+        assert v["log_z"] == pytest.approx(float(dpo.log_partition(ref, rewards, v["beta"])), abs=1e-12)
+        assert v["expected_reward"] == pytest.approx(float(pi @ rewards), abs=1e-12)
+        assert v["kl"] == pytest.approx(float(np.sum(pi * np.log(pi / ref))), abs=1e-9)
+        assert v["entropy"] == pytest.approx(float(-np.sum(pi * np.log(pi))), abs=1e-9)
+
+    def weight(v, fig):
+        t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+        zero = t(0.0)
+        w, l, beta = t(v["chosen_logratio"]), t(v["rejected_logratio"]), v["beta"]
+        losses, chosen, rejected = dpo.dpo_loss(w, l, zero, zero, beta)
+        assert v["chosen_reward"] == pytest.approx(dpo.implicit_reward(w, zero, beta).item(), abs=1e-12)
+        assert v["rejected_reward"] == pytest.approx(rejected.item(), abs=1e-12)
+        assert v["chosen_reward"] == pytest.approx(chosen.item(), abs=1e-12)
+        assert v["loss"] == pytest.approx(losses.item(), abs=1e-12)
+        assert v["weight"] == pytest.approx(torch.sigmoid(rejected - chosen).item(), abs=1e-12)  # as dpo_gradient
+        m, w = np.array(v["curve"]).T
+        np.testing.assert_allclose(w, torch.sigmoid(-v["beta"] * torch.as_tensor(m)).numpy(), atol=1e-12)
+
+    return {
+        "clip_plot": (widgets.ClipPlot, [{"eps": 0.3, "advantage": -1.0}, {"eps": 0.1, "advantage": 1.5}], clip),
+        "score_function_estimates": (widgets.ScoreFunctionEstimates,
+                                     [{"n": 50, "baseline": False}, {"n": 5, "baseline": True}], score),
+        "trust_region_step": (widgets.TrustRegionStep, [{"delta": 0.01, "lr": 5.0}, {"delta": 0.2, "lr": 20.0}], trust),
+        "kl_regularised_optimum": (widgets.KLRegularisedOptimum, [{"beta": 1.0}, {"beta": 0.05}], optimum),
+        "dpo_gradient_weight": (widgets.DPOGradientWeight,
+                                [{"beta": 0.1, "chosen_logratio": 0.5, "rejected_logratio": 1.0},
+                                 {"beta": 1.0, "chosen_logratio": 2.0, "rejected_logratio": -1.5}], weight),
+    }
+
+
+# the interactive figures: each SVG's data-figure is the name of the rlnotes.widgets function that makes it
+FIGURE_FUNCTIONS = ("score_function_estimates", "trust_region_step", "clip_plot", "kl_regularised_optimum",
+                    "dpo_gradient_weight")
+
+
+def figures_in(name: str) -> list[str]:
+    """The interactive figures a chapter's code cells make (``widgets.<function>(``)."""
+    import json
+
+    code = "\n".join("".join(c["source"]) for c in json.loads((ROOT / f"{name}.ipynb").read_text())["cells"]
+                   if c["cell_type"] == "code")
+    return [fn for fn in FIGURE_FUNCTIONS if re.search(rf"\bwidgets\.{fn}\(", code)]
+
+
+FIGURE_PAGES = [p for p in NOTEBOOKS if figures_in(p)]
+
+
+def _drawn(box) -> str:
+    return box.locator("svg[data-figure]").evaluate("svg => svg.innerHTML")
+
+
+def _values(box) -> dict:
+    import json
+
+    return json.loads(box.locator("svg[data-figure]").get_attribute("data-values"))
+
+
+def _wait_redrawn(page, box, before: str):
+    page.wait_for_function("([svg, before]) => svg.innerHTML !== before",
+                           arg=[box.locator("svg[data-figure]").element_handle(), before], timeout=5_000)
+
+
+def _check_accessible(box):
+    svg = box.locator("svg[data-figure]")
+    assert svg.get_attribute("role") == "img"
+    ids = svg.get_attribute("aria-labelledby").split()
+    texts = [box.locator(f"[id='{i}']").text_content().strip() for i in ids]
+    assert len(texts) == 2 and all(texts), "the figure needs a title and a description"
+    assert box.locator("figcaption[aria-live]").text_content().strip() == texts[1]
+    for handle in box.locator("[role=slider]").all():
+        assert handle.get_attribute("aria-label"), "a slider without an accessible name"
+        assert handle.get_attribute("tabindex") == "0", "a slider that the keyboard cannot reach"
+    for checkbox in box.locator("input[type=checkbox]").all():
+        assert checkbox.evaluate("c => c.closest('label').textContent.trim()"), "a checkbox without a label"
+
+
+def _move_every_control(page, box):
+    """Each slider by one arrow key, each checkbox by the space bar: the picture must change."""
+    controls = box.locator("[role=slider]").all() + box.locator("input[type=checkbox]").all()
+    assert controls, "a figure without controls"
+    for control in controls:
+        before = _drawn(box)
+        control.focus()
+        if control.get_attribute("role") == "slider":
+            at_max = control.get_attribute("aria-valuenow") == control.get_attribute("aria-valuemax")
+            page.keyboard.press("ArrowLeft" if at_max else "ArrowRight")
+        else:
+            page.keyboard.press("Space")
+        _wait_redrawn(page, box, before)
+
+
+def _set(page, box, description: str, value):
+    """Set a control by keyboard: type into a slider's readout, or toggle a checkbox with space."""
+    if isinstance(value, bool):
+        checkbox = box.locator(".widget-checkbox", has_text=description).locator("input")
+        if checkbox.is_checked() != value:
+            before = _drawn(box)
+            checkbox.focus()
+            page.keyboard.press("Space")
+            _wait_redrawn(page, box, before)
+        return
+    slider = box.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=description))
+    assert slider.count() == 1, description
+    slider.locator(".widget-readout").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(value))
+    page.keyboard.press("Enter")
+
+
+@pytest.mark.parametrize("name", FIGURE_PAGES)
+def test_interactive_figures_respond_and_draw_the_package_numbers(base, browser, name):
+    checks = _figure_checks()
+    assert set(checks) == set(FIGURE_FUNCTIONS)
+    page, problems = open_page(browser, urljoin(base, f"{name}.html"))
+    try:
+        expected = figures_in(name)
+        page.wait_for_function(f"document.querySelectorAll('svg[data-figure]').length >= {len(expected)}",
+                               timeout=30_000)
+        drawn = page.eval_on_selector_all("svg[data-figure]", "els => els.map(e => e.dataset.figure)")
+        assert sorted(drawn) == sorted(expected)
+        for figure in drawn:
+            cls, settings, check = checks[figure]
+            box = page.locator(".rlnotes-explorer").filter(has=page.locator(f"svg[data-figure='{figure}']"))
+            _check_accessible(box)
+            _move_every_control(page, box)
+            defaults = cls()
+            traits = cls.class_traits()
+            for setting in settings:
+                for param, value in setting.items():
+                    _set(page, box, traits[param].description, value)
+                page.wait_for_function(
+                    "([svg, want]) => { const v = JSON.parse(svg.getAttribute('data-values'));"
+                    " return Object.entries(want).every(([k, x]) => typeof x === 'boolean' ? v[k] === x"
+                    " : Math.abs(v[k] - x) <= 0.03 * Math.abs(x) + 1e-9); }",
+                    arg=[box.locator("svg[data-figure]").element_handle(), setting], timeout=5_000)
+                check(_values(box), defaults)
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()

@@ -9,6 +9,14 @@ the files into ``_build/html/_static/offline/`` (after the build, so that Jupyte
 inject every script into every page) and points Sphinx and MyST-NB at the copies; both settings
 take paths relative to ``_static``.
 
+The figures of ``rlnotes.widgets`` are anywidgets: the widget manager loads their front end, the
+AMD module ``anywidget`` (``anywidget/nbextension/index.js`` in the Python package), with
+require.js, which would look for it beside the page and then on a CDN. It is copied beside
+require.js, and a small script (``anywidget-path.js``, loaded between require.js and the widget
+manager) tells require.js where it is. The widget manager is loaded without
+``crossorigin="anonymous"``: opened from ``file://`` (origin null) Chromium refuses a script so
+marked, and the pages would show no widgets.
+
 3. Make the widget manager work beside MathJax 3: html-manager 1.x typesets widget labels with
 MathJax 2's ``MathJax.Hub.Queue``, which MathJax 3 does not have ("Cannot read properties of
 undefined (reading 'Queue')"); a small inline script gives MathJax 3 a ``Hub.Queue`` that calls
@@ -25,6 +33,7 @@ the labelled sections that refer to it, found by reading the chapters' markdown.
 in step with the chapters because they are derived from them.
 """
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -37,15 +46,29 @@ FILES = {
 }
 
 
+def _anywidget_amd() -> Path | None:
+    """The anywidget front end as an AMD module, shipped in the anywidget Python package."""
+    spec = importlib.util.find_spec("anywidget")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "nbextension" / "index.js"
+    return path if path.exists() else None
+
+
+# Run between require.js and the widget manager: where require.js finds the module "anywidget".
+ANYWIDGET_PATH = """requirejs.config({paths: {anywidget:
+  document.currentScript.src.replace(/anywidget-path\\.js(\\?.*)?$/, "anywidget")}});
+"""
+
+
 def _use_local_copies(app):
     if not all(path.exists() for path in FILES.values()):
         return
     out = Path(app.outdir) / "_static" / "offline"
     app.config.mathjax_path = "offline/mathjax/es5/tex-chtml.js"
-    app.config.nb_ipywidgets_js = {
-        "offline/require.js": {},
-        "offline/embed-amd.js": {"crossorigin": "anonymous"},
-    }
+    anywidget = {"offline/anywidget-path.js": {}} if _anywidget_amd() else {}
+    # no crossorigin attribute: from file:// (origin null) Chromium would refuse the script
+    app.config.nb_ipywidgets_js = {"offline/require.js": {}, **anywidget, "offline/embed-amd.js": {}}
     app.connect("build-finished", lambda app, exc: exc or _copy(out))
 
 
@@ -54,6 +77,9 @@ def _copy(out):
 
     shutil.copytree(VENDOR / "mathjax", out / "mathjax", dirs_exist_ok=True)
     shutil.copy2(FILES["require"], out / "require.js")
+    if _anywidget_amd():
+        shutil.copy2(_anywidget_amd(), out / "anywidget.js")
+        (out / "anywidget-path.js").write_text(ANYWIDGET_PATH)
     dist = VENDOR / "@jupyter-widgets" / "html-manager" / "dist"
     shutil.copytree(dist, out, dirs_exist_ok=True)
     fonts = [f for f in dist.iterdir() if f.suffix in {".woff", ".woff2", ".ttf", ".eot", ".svg"}]

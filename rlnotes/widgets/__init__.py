@@ -1,25 +1,44 @@
-"""Chapter 3: the clip plot, Figure 1 of the PPO paper, as a static figure and as a widget.
+"""The book's figures: chapter 3's clip plot as static matplotlib figures, and one interactive
+figure per chapter (``rlnotes.widgets.interactive``), which responds in the static book too.
+
+Interactive (ipywidgets, drawn in the browser; each returns an ``Explorer``, sliders above the figure):
+
+==================================  ==========  ===================================================
+function                            chapter     what moves
+==================================  ==========  ===================================================
+``score_function_estimates``        1           n and the baseline: estimates of grad J around it
+``trust_region_step``               2           delta: the KL ball, the natural and TRPO steps
+``clip_plot``                       3           eps and A: L^CLIP(r) (PPO paper, Figure 1)
+``kl_regularised_optimum``          4           beta: pi_beta, its reward, KL and entropy
+``dpo_gradient_weight``             5           beta and the log-ratios: the DPO gradient weight
+==================================  ==========  ===================================================
+
+Static, chapter 3: the clip plot, Figure 1 of the PPO paper.
 
 For one timestep, L^CLIP(r) = min(r A, clip(r, 1 - eps, 1 + eps) A) (eq. 7) as a function of
 the ratio r. For A > 0 it is flat (zero gradient) for r > 1 + eps; for A < 0 it is flat for
 r < 1 - eps; elsewhere it equals the unclipped r A, whose slope is A.
 
-``clip_plot_figure`` draws one panel (a pure function of eps and A), ``paper_figure`` draws the
-paper's two panels, and ``clip_plot`` wraps the first in an ipywidgets control with sliders.
+``clip_plot_figure`` draws one panel (a pure function of eps and A) and ``paper_figure`` the
+paper's two panels.
 """
 
 from __future__ import annotations
 
-import io
-
-import ipywidgets as widgets
 import numpy as np
 import torch
-from IPython.display import Image, display
-from matplotlib.figure import Figure
 
-from .ppo import clipped_surrogate
-from .utils import check_in_range, check_positive
+from ..ppo import clipped_surrogate
+from ..utils import check_in_range, check_positive
+from .interactive import (ClipPlot, DPOGradientWeight, Explorer, KLRegularisedOptimum, ScoreFunctionEstimates,
+                          TrustRegionStep, clip_plot, dpo_gradient_weight, kl_regularised_optimum,
+                          score_function_estimates, trust_region_step)
+
+# what the API page documents (the interactive figures are defined in .interactive)
+__all__ = ["flat_region", "clip_plot_figure", "paper_figure", "CLIP", "UNCLIPPED", "RATIO_ONE", "FLAT",
+           "score_function_estimates", "ScoreFunctionEstimates", "trust_region_step", "TrustRegionStep",
+           "clip_plot", "ClipPlot", "kl_regularised_optimum", "KLRegularisedOptimum",
+           "dpo_gradient_weight", "DPOGradientWeight", "Explorer"]
 
 R_MAX = 2.0  # the plots show r in [0, R_MAX]
 
@@ -94,45 +113,3 @@ def paper_figure(eps: float = 0.2):
     clip_plot_figure(eps, -1.0, ax=axes[1])
     fig.tight_layout()
     return fig
-
-
-def clip_plot(eps: float = 0.2, advantage: float = 1.0):
-    """An ipywidgets control: sliders for eps and A (both signs) above a live plot of L^CLIP(r).
-
-    Returns a ``ClipPlot`` (an ``ipywidgets.VBox``): display it in Jupyter or on Colab (where the
-    custom widget manager must be enabled, as the book's set-up cell does).
-    """
-    return ClipPlot(eps, advantage)
-
-
-class ClipPlot(widgets.VBox):
-    """Sliders ``eps_slider`` and ``advantage_slider`` above an ``Output`` showing ``figure``.
-
-    ``redraw`` is the sliders' callback: it replots ``ax`` with their current values.
-    """
-
-    def __init__(self, eps: float = 0.2, advantage: float = 1.0):
-        check_in_range("eps", eps, 0.01, 0.9)
-        check_in_range("advantage", advantage, -2.0, 2.0)
-        self.eps_slider = widgets.FloatSlider(value=eps, min=0.01, max=0.9, step=0.01, description="eps",
-                                              continuous_update=False)
-        self.advantage_slider = widgets.FloatSlider(value=advantage, min=-2.0, max=2.0, step=0.1,
-                                                    description="A", continuous_update=False)
-        self.output = widgets.Output()
-        self.figure = Figure(figsize=(5.5, 3.8))  # not managed by pyplot: shown only through the Output
-        self.ax = self.figure.add_subplot()
-        super().__init__([widgets.HBox([self.eps_slider, self.advantage_slider]), self.output])
-        self.eps_slider.observe(self.redraw, names="value")
-        self.advantage_slider.observe(self.redraw, names="value")
-        self.redraw()
-
-    def redraw(self, change=None):
-        """Replot L^CLIP with the sliders' current eps and A."""
-        self.ax.clear()
-        clip_plot_figure(self.eps_slider.value, self.advantage_slider.value, ax=self.ax)
-        self.figure.tight_layout()
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=100)  # a PNG works without any matplotlib backend set-up
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(Image(data=png.getvalue()))
