@@ -111,6 +111,16 @@ def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: f
     return beta * (policy_logps - ref_logps)
 
 
+def check_pair_logps(beta: float, **logps: torch.Tensor) -> float:
+    """The checks every pairwise preference loss makes (DPO, IPO): ``beta`` > 0, the four
+    log-probability tensors of one shape and finite. Returns ``beta`` as a float."""
+    beta = check_positive("beta", beta)
+    check_same_shape(**logps)
+    for name, t in logps.items():
+        check_finite(name, t.detach())
+    return beta
+
+
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float):
     """Per-example DPO losses and implicit rewards (DPO paper, Eq. 7).
@@ -120,12 +130,8 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     ``(losses, chosen_rewards, rejected_rewards)``, the rewards being the implicit rewards
     beta log(pi / pi_ref) of the chosen (y_w) and rejected (y_l) responses, detached.
     """
-    beta = check_positive("beta", beta)
-    check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                     ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
-    for name, t in (("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps),
-                    ("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
-        check_finite(name, t.detach())
+    beta = check_pair_logps(beta, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                            ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))

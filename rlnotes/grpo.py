@@ -12,7 +12,7 @@ PPO's clipped surrogate plus a KL penalty written as a LOSS term with the k3 est
 
 and ``loss_type`` says how the l_{i,t} are averaged (``grpo_loss``):
 
-- ``"grpo"`` (the paper): mean over each response's |y_i| tokens, then over the responses. A
+- ``"grpo"`` (the paper): mean over each response's ``|y_i|`` tokens, then over the responses. A
   token of a short response weighs more than one of a long response: with A_i < 0 a longer
   response dilutes its penalty, so wrong answers drift longer (Liu et al. 2025, "Dr. GRPO").
 - ``"dr_grpo"``: sum over all tokens / (number of responses * a constant max length).

@@ -29,7 +29,7 @@ from . import dpo
 from .kl import exact_kl
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_finite, check_positive, check_positive_int, check_same_shape
+from .utils import check_positive, check_positive_int, check_same_shape
 
 
 def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -39,12 +39,8 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     Same arguments and returns as ``rlnotes.dpo.dpo_loss``: ``(losses, chosen_rewards,
     rejected_rewards)``, the rewards detached.
     """
-    beta = check_positive("beta", beta)
-    check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                     ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
-    for name, t in (("policy_chosen_logps", policy_chosen_logps), ("policy_rejected_logps", policy_rejected_logps),
-                    ("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
-        check_finite(name, t.detach())
+    beta = dpo.check_pair_logps(beta, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                                ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
     chosen = policy_chosen_logps - ref_chosen_logps
     rejected = policy_rejected_logps - ref_rejected_logps
     losses = (chosen - rejected - 1.0 / (2.0 * beta)) ** 2
