@@ -55,7 +55,8 @@ def centring_variance(policy, reward_model, tokenizer, task, *, n_prompts: int =
     The g_i are independent, so the variance of a batch mean of B of them is ``variance[...] / B``.
     Returns ``variance`` (the total variance tr Cov(g_i) per sample, unbiased), ``mean_norm`` (the norm
     of each variant's mean), ``best_constant`` (the constant b minimising the variance) and
-    ``variance_best_constant``, ``offset``, the reward statistics ``reward_var`` (Var r_phi over
+    ``variance_best_constant``, ``constant_parabola`` (a2, a1, a0: the variance with any constant baseline c
+    is a2 c^2 + a1 c + a0), ``offset``, the reward statistics ``reward_var`` (Var r_phi over
     (x, y)) and ``reward_var_within`` (the mean over prompts of Var_y r_phi), and ``score_mean_ratio``:
     ``norm(mean g)^2 / (tr Cov(g) / N)`` for g = grad log pi, near 1 when E[grad log pi] = 0 (the reason
     every centring leaves the mean alone).
@@ -116,9 +117,13 @@ def centring_moments(grads, raw: torch.Tensor, b_prompt: torch.Tensor, offset: f
     # the best constant c: minimise sum_i |g_i|^2 (R_i - c)^2 - |sum_i g_i (R_i - c)|^2 / N, a parabola in c
     c_best = (((sq * raw).sum() - (A @ G) / N) / (sq.sum() - (G @ G) / N)).item()
     cov_g = (sq.sum().item() - (G @ G).item() / N) / (N - 1)
+    # the same variance for any constant c, as a parabola a2 c^2 + a1 c + a0
+    parabola = tuple(x / (N - 1) for x in ((sq.sum() - (G @ G) / N).item(),
+                                           (-2 * (sq * raw).sum() + 2 * (A @ G) / N).item(),
+                                           ((sq * raw ** 2).sum() - (A @ A) / N).item()))
     return {"variance": variance, "mean_norm": {k: v.norm().item() for k, v in means.items()},
             "best_constant": c_best, "variance_best_constant": total_var(raw - c_best, (A - c_best * G) / N),
-            "score_mean_ratio": (G @ G).item() / N ** 2 / (cov_g / N)}
+            "constant_parabola": parabola, "score_mean_ratio": (G @ G).item() / N ** 2 / (cov_g / N)}
 
 
 # ------------------------------------------------------------------ the post's DPO.png, drawn

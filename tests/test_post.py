@@ -35,6 +35,10 @@ def test_centring_moments_match_brute_force():
     assert out["variance_best_constant"] <= min(grid_vars) + 1e-9
     assert out["variance_best_constant"] == pytest.approx(brute_force(grads, raw, torch.full((N,), out["best_constant"],
                                                                                                   dtype=torch.float64))[0])
+    a2, a1, a0 = out["constant_parabola"]
+    for c in (-2.0, 0.0, offset, 4.0):
+        assert a2 * c ** 2 + a1 * c + a0 == pytest.approx(brute_force(grads, raw, torch.full((N,), c, dtype=torch.float64))[0])
+    assert -a1 / (2 * a2) == pytest.approx(out["best_constant"])
     # mean-zero random scores: |mean g|^2 is about tr Cov(g) / N
     assert 0.2 < out["score_mean_ratio"] < 5
 
