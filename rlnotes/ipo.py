@@ -59,7 +59,7 @@ def fit_bandit(loss: str, ref_probs, winners, losers, beta: float, *, steps: int
     The data are the pairs (y_w = ``winners[i]``, y_l = ``losers[i]``), every one labelled the
     same way every time (a deterministic preference); pi starts at ``ref_probs``. Adam on theta
     at ``lr``; every ``log_every`` steps logs ``step``, ``loss``, ``margin`` (mean log-ratio
-    margin h over the pairs) and ``kl`` (exact KL(pi || pi_ref)).
+    margin h over the pairs) and ``kl/exact_per_state`` (exact KL(pi || pi_ref)).
     """
     loss_fn = LOSSES[_choice("loss", loss, tuple(LOSSES))]
     ref_logp = torch.log(torch.as_tensor(ref_probs, dtype=torch.float64))
