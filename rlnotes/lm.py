@@ -30,8 +30,8 @@ Public API (stable; chapter 5 uses it):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,16 +149,34 @@ def build_tokenizer(task: SentimentTask):
 
 
 def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_positions: int = 32,
-              seed: int = 0):
-    """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+              seed: int = 0, activation: str = "gelu_pytorch_tanh"):
+    """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters).
 
-    torch.manual_seed(seed)
+    The weights come from ``seed`` alone and leave the global RNG untouched. ``activation`` is
+    the MLP's GELU: ``"gelu_pytorch_tanh"`` (default) is GPT-2's tanh approximation as one fused
+    kernel, several times faster than ``"gelu_new"`` (GPT-2's original, the same formula as a
+    composition of Python-level tensor operations), which agrees with it to float rounding.
+    Attention uses PyTorch's fused ``scaled_dot_product_attention`` (``"sdpa"``). Scaling up to
+    GPT-2 small: ``n_layer=12, n_embd=768, n_head=12``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import ACT2CLS
+
+    if activation not in ACT2CLS:
+        raise ValueError(f"activation must be one of {sorted(ACT2CLS)}, got {activation!r}")
+    for name, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head),
+                        ("n_positions", n_positions)):
+        check_positive_int(name, value)
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        activation_function=activation, attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):  # seed this initialisation only, not the caller's RNG
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
 
 
 def load_causal_lm(name_or_path: str | Path, device=None):
@@ -296,6 +314,12 @@ def _cache_kwargs(model, out) -> dict:
     return {"past_key_values": out.past_key_values}
 
 
+def _last_logits_kwargs(model) -> dict:
+    """Ask for the last position's logits only, where the model can (``logits_to_keep`` in
+    transformers >= 4.50): a prompt's other positions would cost B x P x V floats for nothing."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,31 +327,48 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
 
     Returns (response_ids [B, T], response_mask [B, T]): the mask covers the tokens up to and
     including the first EOS; after it come pad ids under mask 0. Seeded by ``generator``
-    (on the model's device), so the same generator state gives the same samples.
+    (on the model's device), so the same generator state gives the same samples. One forward
+    pass over the prompts, then one per new token but the last; stops as soon as every row has
+    emitted EOS (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run
+    under bf16 autocast (the softmax in float32).
     """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive("temperature", temperature)
-    B = prompt_ids.shape[0]
-    mask = prompt_mask.clone()
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    B, device = prompt_ids.shape[0], prompt_ids.device
+    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # grown in place
+    P = prompt_ids.shape[1]
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     next_pos = positions[:, -1:] + 1
-    done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    extra = _last_logits_kwargs(model)
+    with _autocast(device):
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                    **extra)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     ids, alive = [], []
-    for _ in range(max_new_tokens):
-        probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+    for t in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        token = token.masked_fill(done, tokenizer.pad_token_id)
         ids.append(token)
         alive.append(~done)
         done = done | (token == tokenizer.eos_token_id)
-        if bool(done.all()):
+        if t == max_new_tokens - 1 or bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-                    use_cache=True, **_cache_kwargs(model, out))
+        mask[:, P + t] = 1
+        with _autocast(device):
+            out = model(input_ids=token.unsqueeze(1), attention_mask=mask[:, :P + t + 1], position_ids=next_pos,
+                        use_cache=True, **_cache_kwargs(model, out), **extra)
         next_pos = next_pos + 1
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a CUDA GPU that supports it; a no-op context elsewhere (CPU runs in float32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def distinct_n(responses: list[str], n: int = 2) -> float:
