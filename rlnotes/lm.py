@@ -320,6 +320,14 @@ def _last_logits_kwargs(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
+def _select_rows(cache, rows: torch.Tensor):
+    """Keep only batch ``rows`` of a KV cache (a ``Cache`` object, or transformers 4's tuples)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(rows)
+        return cache
+    return tuple(tuple(t[rows] for t in layer) for layer in cache)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,40 +335,52 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
 
     Returns (response_ids [B, T], response_mask [B, T]): the mask covers the tokens up to and
     including the first EOS; after it come pad ids under mask 0. Seeded by ``generator``
-    (on the model's device), so the same generator state gives the same samples. One forward
-    pass over the prompts, then one per new token but the last; stops as soon as every row has
-    emitted EOS (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run
-    under bf16 autocast (the softmax in float32).
+    (on the model's device), so the same generator state gives the same samples.
+
+    Work: one forward pass over the prompts (last position's logits only), then one pass per new
+    token but the last, over the rows that have not emitted EOS yet (finished rows leave the batch
+    and the KV cache; at least two rows stay, so that the matrix products round as they do for
+    the whole batch and the samples do not depend on which rows finished). The draw itself
+    always covers all B rows, so the generator advances the same way whatever finished. Stops
+    when every row has emitted EOS (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support
+    the forward passes run under bf16 autocast (the softmax in float32).
     """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive("temperature", temperature)
-    B, device = prompt_ids.shape[0], prompt_ids.device
-    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # grown in place
-    P = prompt_ids.shape[1]
+    B, P, device = prompt_ids.shape[0], prompt_ids.shape[1], prompt_ids.device
+    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # filled in as tokens come
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     next_pos = positions[:, -1:] + 1
     extra = _last_logits_kwargs(model)
     with _autocast(device):
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                     **extra)
+    logits = out.logits[:, -1].float()                   # [B, V]; rows that finished keep stale values
+    rows = torch.arange(B, device=device)                # the rows in the forward batch
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ids, alive = [], []
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = token.masked_fill(done, tokenizer.pad_token_id)
         ids.append(token)
         alive.append(~done)
         done = done | (token == tokenizer.eos_token_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
+        cache = _cache_kwargs(model, out)
+        running = ~done[rows]
+        if len(rows) > 2 and not bool(running.all()):    # drop finished rows, keeping at least two
+            keep = running.nonzero().squeeze(1)
+            if len(keep) < 2:
+                keep = torch.cat([keep, (~running).nonzero().squeeze(1)[:2 - len(keep)]])
+            rows = rows[keep]
+            cache = {k: _select_rows(v, keep) for k, v in cache.items()}
         mask[:, P + t] = 1
         with _autocast(device):
-            out = model(input_ids=token.unsqueeze(1), attention_mask=mask[:, :P + t + 1], position_ids=next_pos,
-                        use_cache=True, **_cache_kwargs(model, out), **extra)
-        next_pos = next_pos + 1
+            out = model(input_ids=token[rows].unsqueeze(1), attention_mask=mask[rows, :P + t + 1],
+                        position_ids=next_pos[rows] + t, use_cache=True, **cache, **extra)
+        logits[rows] = out.logits[:, -1].float()
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
 
 

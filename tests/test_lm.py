@@ -1,4 +1,6 @@
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,3 +207,43 @@ def test_sample_runs_one_forward_per_token(tok, model):
         handle.remove()
     # the prompts' pass (last position's logits only), then one pass per new token but the last
     assert ids.shape[1] == 3 and calls == [1, 1, 1]
+
+
+def _sample_without_cache(model, tok, p, pm, max_new_tokens, generator):
+    """The definition: a full forward pass over [x; y_<t] for every row at every step, no cache."""
+    seq, seq_mask, done, ids, alive = p, pm, torch.zeros(len(p), dtype=torch.bool), [], []
+    for _ in range(max_new_tokens):
+        pos = (seq_mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, -1]
+        token = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(1)
+        token = token.masked_fill(done, tok.pad_token_id)
+        ids.append(token)
+        alive.append(~done)
+        done = done | (token == tok.eos_token_id)
+        if bool(done.all()):
+            break
+        seq = torch.cat([seq, token[:, None]], 1)
+        seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], 1)
+    return torch.stack(ids, 1), torch.stack(alive, 1).long()
+
+
+def test_sample_drops_finished_rows_and_matches_the_uncached_definition(task, tok, model):
+    from rlnotes import rlhf
+
+    trained = copy.deepcopy(model)
+    rlhf.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)  # now it ends responses with EOS
+    trained = trained.double().eval()  # float64: cached and uncached passes agree far below any draw's margin
+    p, pm = lm.encode_prompts(tok, task.prompts(24, 5))
+    sizes = []
+    handle = trained.register_forward_hook(lambda module, args, out: sizes.append(out.logits.shape[0]))
+    try:
+        ids, mask = lm.sample(trained, tok, p, pm, 8, generator=torch.Generator().manual_seed(3))
+    finally:
+        handle.remove()
+    ref_ids, ref_mask = _sample_without_cache(trained, tok, p, pm, 8, torch.Generator().manual_seed(3))
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    lengths = mask.sum(1)
+    assert lengths.min() < lengths.max()  # rows finished at different steps
+    # each pass runs only the rows still going (at least two): the batch shrinks as rows finish
+    assert sizes[0] == 24 and sizes == sorted(sizes, reverse=True) and sizes[-1] < 24
+    assert all(s == max(2, int((lengths > t + 1).sum())) for t, s in enumerate(sizes[1:]))
