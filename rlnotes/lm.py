@@ -338,12 +338,13 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     (on the model's device), so the same generator state gives the same samples.
 
     Work: one forward pass over the prompts (last position's logits only), then one pass per new
-    token but the last, over the rows that have not emitted EOS yet (finished rows leave the batch
-    and the KV cache; at least two rows stay, so that the matrix products round as they do for
-    the whole batch and the samples do not depend on which rows finished). The draw itself
-    always covers all B rows, so the generator advances the same way whatever finished. Stops
-    when every row has emitted EOS (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support
-    the forward passes run under bf16 autocast (the softmax in float32).
+    token but the last. Rows that have emitted EOS leave the forward batch and the KV cache once
+    they are a quarter of it (copying the cache costs more than a few rows' compute); at least
+    two rows stay, so that the matrix products round as they do for the whole batch and the
+    samples do not depend on which rows finished. The draw itself always covers all B rows, so
+    the generator advances the same way whatever finished. Stops when every row has emitted EOS
+    (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run under bf16
+    autocast (the softmax in float32).
     """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive("temperature", temperature)
@@ -370,17 +371,22 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
             break
         cache = _cache_kwargs(model, out)
         running = ~done[rows]
-        if len(rows) > 2 and not bool(running.all()):    # drop finished rows, keeping at least two
+        if len(rows) > 2 and 4 * int(running.sum()) <= 3 * len(rows):  # a quarter finished: drop them
             keep = running.nonzero().squeeze(1)
             if len(keep) < 2:
                 keep = torch.cat([keep, (~running).nonzero().squeeze(1)[:2 - len(keep)]])
             rows = rows[keep]
             cache = {k: _select_rows(v, keep) for k, v in cache.items()}
         mask[:, P + t] = 1
+        whole = len(rows) == B                           # no row dropped yet: no gathers needed
         with _autocast(device):
-            out = model(input_ids=token[rows].unsqueeze(1), attention_mask=mask[rows, :P + t + 1],
-                        position_ids=next_pos[rows] + t, use_cache=True, **cache, **extra)
-        logits[rows] = out.logits[:, -1].float()
+            out = model(input_ids=(token if whole else token[rows]).unsqueeze(1),
+                        attention_mask=mask[:, :P + t + 1] if whole else mask[rows, :P + t + 1],
+                        position_ids=(next_pos if whole else next_pos[rows]) + t, use_cache=True, **cache, **extra)
+        if whole:
+            logits = out.logits[:, -1].float()
+        else:
+            logits[rows] = out.logits[:, -1].float()
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
 
 
