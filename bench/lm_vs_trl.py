@@ -31,9 +31,12 @@ sequences or steps. Rows:
 Costs are per item so that the sizes compare: seconds per 1000 pairs (DPO, reward model), per
 1000 sequences (SFT, PPO / GRPO), per 1000 tokens (generation). Ratios are rlnotes / TRL (below 1:
 rlnotes faster). Growth: the cost at width 256 and 768 over the cost at width 64, and, for DPO,
-the cost per pair at 1500 pairs over that at 500 (width 64). Each run is repeated ``--repeats``
-times at widths 64 and 256 (once at 768), interleaved, and the fastest kept. Results also go to
-bench/results/lm_vs_trl.json.
+the cost per pair at 1536 pairs over that at 512 (width 64). Each run is repeated ``--repeats``
+times at widths 64 and 256 (once at 768), interleaved, and the fastest kept. Two clocks: the CPU
+seconds of this process (all its threads; what the code costs, and robust to other jobs on shared
+cores) and the wall clock; the ratios to trust on a busy machine are the CPU ones. The load
+average before and after is printed. Results also go to bench/results/lm_vs_trl.json. About
+10 minutes on 2 idle cores.
 
 Nothing is downloaded: models and tokenizer are built locally, TRL loads them from a temporary
 folder, ``report_to="none"``, ``use_cpu=True``, ``bf16=False``. Needs ``pip install -r bench/requirements.txt``.
