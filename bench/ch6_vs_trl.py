@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    torch.set_num_threads(1)  # both sides on one thread (rlnotes no longer sets it on import)
     quiet()
     import trl
 

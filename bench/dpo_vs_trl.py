@@ -34,11 +34,10 @@ from rlnotes import dpo, rlhf
 def rlnotes_run(sft, train_data, args):
     policy = copy.deepcopy(sft)
     t0 = time.perf_counter()
-    policy, history = dpo.train(policy, sft, train_data, beta=args.beta, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, max_grad_norm=1.0, shuffle=False,
-                                seed=0)
+    out = dpo.train(policy, sft, train_data, beta=args.beta, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, max_grad_norm=1.0, shuffle=False, seed=0)
     seconds = time.perf_counter() - t0
-    return policy, np.array(history.updates["loss"]), seconds
+    return out.model, out.history.update_array("loss"), seconds
 
 
 def trl_run(sft, tokenizer, prefs, args, precompute):

@@ -58,7 +58,7 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
                             model=lm.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd), tokenizer=tok, device=device)
     updates = max(2, steps // 10)
     t = time.perf_counter()
-    _, hist = rlhf.train_ppo(prepared, 0.1, updates=updates, batch_size=batch)
+    rlhf.train_ppo(prepared, beta=0.1, steps=updates, batch_size=batch)
     out["ppo_update"] = updates * batch * (seq_tokens / batch) / (time.perf_counter() - t)
     return out
 

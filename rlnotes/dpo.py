@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lm import sequence_logprob, stack_pairs
+from .lm import _autocast, sequence_logprob, stack_pairs
 from .reward import preference_accuracy
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
@@ -201,14 +201,31 @@ def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch
 
     Each is the sum of the response tokens' log-probabilities (``rlnotes.lm.sequence_logprob``:
     prompt and padding masked), the four numbers per pair that Eq. 7 needs (with the reference's).
+    On a CUDA GPU with bf16 support the pass runs under bf16 autocast, for the policy and the
+    reference alike (so that their log-ratio starts at exactly 0); the result is float32.
     """
-    return sequence_logprob(model, *stack_pairs(batch, pad_id)).chunk(2)
+    with _autocast(batch["prompt_ids"].device):
+        logps = sequence_logprob(model, *stack_pairs(batch, pad_id))
+    return logps.float().chunk(2)
+
+
+def _batch_size(device: torch.device, batch_size: int | None) -> int:
+    """``batch_size``, or the fastest default for scoring: 64 pairs on a CPU, 512 on an accelerator
+    (bench/ref_batch_size.py: 64 is within 10% of the fastest of 32..512 on a CPU from the book's
+    model to GPT-2 small, 512 up to 20% slower)."""
+    if batch_size is None:
+        return 64 if device.type == "cpu" else 512
+    return check_positive_int("batch_size", batch_size)
 
 
 @torch.no_grad()
-def reference_logps(ref, data: dict, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi_ref(y_w|x), log pi_ref(y_l|x)) for every pair of ``data``: computed once, the reference is frozen."""
+def reference_logps(ref, data: dict, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi_ref(y_w|x), log pi_ref(y_l|x)) for every pair of ``data``: computed once, the reference is frozen.
+
+    ``batch_size`` pairs per forward pass (None: the fastest default, ``_batch_size``).
+    """
     n = _check_pairs(data)
+    batch_size = _batch_size(data["prompt_ids"].device, batch_size)
     was_training = ref.training
     ref.eval()
     chosen, rejected = [], []
@@ -221,7 +238,7 @@ def reference_logps(ref, data: dict, batch_size: int = 512) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int = 512,
+def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int | None = None,
                        ref_logps: tuple | None = None) -> dict:
     """Mean DPO loss and the implicit reward's statistics on a set of pairs (e.g. held-out ones).
 
@@ -229,6 +246,7 @@ def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int = 5
     above y_l (ties count one half), the number to set beside a reward model's accuracy.
     """
     n = _check_pairs(data)
+    batch_size = _batch_size(data["prompt_ids"].device, batch_size)
     ref_c, ref_r = reference_logps(ref, data, batch_size) if ref_logps is None else ref_logps
     was_training = policy.training
     policy.eval()

@@ -33,6 +33,7 @@ Public API (stable; chapter 5 uses it):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -198,16 +199,33 @@ def build_tokenizer(task: SentimentTask):
 
 
 def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_positions: int = 32,
-              seed: int = 0):
-    """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters)."""
+              seed: int = 0, activation: str = "gelu_pytorch_tanh"):
+    """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters).
+
+    The weights come from ``seed`` alone and leave the global RNG untouched. ``activation`` is
+    the MLP's GELU: ``"gelu_pytorch_tanh"`` (default) is GPT-2's tanh approximation as one fused
+    kernel, several times faster than ``"gelu_new"`` (GPT-2's original, the same formula as a
+    composition of Python-level tensor operations), which agrees with it to float rounding.
+    Attention uses PyTorch's fused ``scaled_dot_product_attention`` (``"sdpa"``). Scaling up to
+    GPT-2 small: ``n_layer=12, n_embd=768, n_head=12``.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import ACT2CLS
 
-    from .trainer import rng_scope
-
+    if activation not in ACT2CLS:
+        raise ValueError(f"activation must be one of {sorted(ACT2CLS)}, got {activation!r}")
+    for name, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head),
+                        ("n_positions", n_positions)):
+        check_positive_int(name, value)
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        activation_function=activation, attn_implementation="sdpa")
+    from .trainer import rng_scope
+
     with rng_scope(seed):  # the weights from ``seed``; the caller's generator is left as it was
         return GPT2LMHeadModel(config)
 
@@ -481,6 +499,20 @@ def _cache_kwargs(model, out) -> dict:
     return {"past_key_values": out.past_key_values}
 
 
+def _last_logits_kwargs(model) -> dict:
+    """Ask for the last position's logits only, where the model can (``logits_to_keep`` in
+    transformers >= 4.50): a prompt's other positions would cost B x P x V floats for nothing."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _select_rows(cache, rows: torch.Tensor):
+    """Keep only batch ``rows`` of a KV cache (a ``Cache`` object, or transformers 4's tuples)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(rows)
+        return cache
+    return tuple(tuple(t[rows] for t in layer) for layer in cache)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -489,30 +521,67 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     Returns (response_ids [B, T], response_mask [B, T]): the mask covers the tokens up to and
     including the first EOS; after it come pad ids under mask 0. Seeded by ``generator``
     (on the model's device), so the same generator state gives the same samples.
+
+    Work: one forward pass over the prompts (last position's logits only), then one pass per new
+    token but the last. Rows that have emitted EOS leave the forward batch and the KV cache once
+    they are a quarter of it (copying the cache costs more than a few rows' compute); at least
+    two rows stay, so that the matrix products round as they do for the whole batch and the
+    samples do not depend on which rows finished. The draw itself always covers all B rows, so
+    the generator advances the same way whatever finished. Stops when every row has emitted EOS
+    (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run under bf16
+    autocast (the softmax in float32).
     """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive("temperature", temperature)
-    B = prompt_ids.shape[0]
-    mask = prompt_mask.clone()
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # every token but the last sampled one is fed back: the positions run to prompt + max_new_tokens - 1
+    check_context(model, int(prompt_mask.sum(1).max()) + max_new_tokens - 1)
+    B, P, device = prompt_ids.shape[0], prompt_ids.shape[1], prompt_ids.device
+    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # filled in as tokens come
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     next_pos = positions[:, -1:] + 1
-    done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+    extra = _last_logits_kwargs(model)
+    with _autocast(device):
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                    **extra)
+    logits = out.logits[:, -1].float()                   # [B, V]; rows that finished keep stale values
+    rows = torch.arange(B, device=device)                # the rows in the forward batch
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     ids, alive = [], []
-    for _ in range(max_new_tokens):
-        probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
+    for t in range(max_new_tokens):
+        probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+        token = token.masked_fill(done, tokenizer.pad_token_id)
         ids.append(token)
         alive.append(~done)
         done = done | (token == tokenizer.eos_token_id)
-        if bool(done.all()):
+        if t == max_new_tokens - 1 or bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-                    use_cache=True, **_cache_kwargs(model, out))
-        next_pos = next_pos + 1
+        cache = _cache_kwargs(model, out)
+        running = ~done[rows]
+        if len(rows) > 2 and 4 * int(running.sum()) <= 3 * len(rows):  # a quarter finished: drop them
+            keep = running.nonzero().squeeze(1)
+            if len(keep) < 2:
+                keep = torch.cat([keep, (~running).nonzero().squeeze(1)[:2 - len(keep)]])
+            rows = rows[keep]
+            cache = {k: _select_rows(v, keep) for k, v in cache.items()}
+        mask[:, P + t] = 1
+        whole = len(rows) == B                           # no row dropped yet: no gathers needed
+        with _autocast(device):
+            out = model(input_ids=(token if whole else token[rows]).unsqueeze(1),
+                        attention_mask=mask[:, :P + t + 1] if whole else mask[rows, :P + t + 1],
+                        position_ids=(next_pos if whole else next_pos[rows]) + t, use_cache=True, **cache, **extra)
+        if whole:
+            logits = out.logits[:, -1].float()
+        else:
+            logits[rows] = out.logits[:, -1].float()
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a CUDA GPU that supports it; a no-op context elsewhere (CPU runs in float32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def distinct_n(responses: list[str], n: int = 2) -> float:

@@ -200,6 +200,9 @@ def test_pair_logps_match_separate_sequence_logprobs(tiny):
     ref_small = dpo.reference_logps(model, data, batch_size=3)
     torch.testing.assert_close(ref_all[0], c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ref_small[1], ref_all[1], rtol=1e-5, atol=1e-5)
+    assert ref_all[0].dtype == torch.float32 and ref_all[0].shape == (8,)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        dpo.reference_logps(model, data, batch_size=0)
 
 
 def test_preference_metrics_at_reference(tiny):

@@ -1,4 +1,6 @@
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,3 +163,92 @@ def test_stack_pairs_pads_both_sides_to_one_width():
     assert p.tolist() == [[7, 8], [7, 8]] and pm.tolist() == [[1, 1], [1, 1]]
     assert r.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert rm.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_tiny_gpt2_seeds_only_its_own_weights(tok):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    torch.manual_seed(7)  # the former behaviour: reseed the global RNG, then build
+    before = GPT2LMHeadModel(model.config)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.state_dict().values()))
+    other = lm.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, seed=8)
+    assert not torch.equal(model.transformer.wte.weight, other.transformer.wte.weight)
+
+
+def test_tiny_gpt2_activation_and_attention(tok):
+    fused = lm.tiny_gpt2(tok, seed=0).eval()
+    python = lm.tiny_gpt2(tok, seed=0, activation="gelu_new").eval()
+    assert fused.config.activation_function == "gelu_pytorch_tanh"
+    assert fused.config._attn_implementation == "sdpa"
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), python.state_dict().values()))
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    r, rm = lm.encode_responses(tok, ["it was good .", "good ."])
+    a, b = lm.token_logprobs(fused, p, pm, r, rm), lm.token_logprobs(python, p, pm, r, rm)
+    assert torch.allclose(a, b, atol=1e-5)  # the same formula: equal to float rounding
+    with pytest.raises(ValueError, match="activation must be one of"):
+        lm.tiny_gpt2(tok, activation="gelu_fancy")
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        lm.tiny_gpt2(tok, n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="n_layer must be >= 1"):
+        lm.tiny_gpt2(tok, n_layer=0)
+
+
+def test_sample_runs_one_forward_per_token(tok, model):
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(out.logits.shape[1]))
+    try:
+        p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"] * 4)
+        ids, mask = lm.sample(model, tok, p, pm, 3, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    # the prompts' pass (last position's logits only), then one pass per new token but the last
+    assert ids.shape[1] == 3 and calls == [1, 1, 1]
+
+
+def _sample_without_cache(model, tok, p, pm, max_new_tokens, generator):
+    """The definition: a full forward pass over [x; y_<t] for every row at every step, no cache."""
+    seq, seq_mask, done, ids, alive = p, pm, torch.zeros(len(p), dtype=torch.bool), [], []
+    for _ in range(max_new_tokens):
+        pos = (seq_mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=seq, attention_mask=seq_mask, position_ids=pos).logits[:, -1]
+        token = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(1)
+        token = token.masked_fill(done, tok.pad_token_id)
+        ids.append(token)
+        alive.append(~done)
+        done = done | (token == tok.eos_token_id)
+        if bool(done.all()):
+            break
+        seq = torch.cat([seq, token[:, None]], 1)
+        seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], 1)
+    return torch.stack(ids, 1), torch.stack(alive, 1).long()
+
+
+def test_sample_drops_finished_rows_and_matches_the_uncached_definition(task, tok, model):
+    from rlnotes import rlhf
+
+    trained = copy.deepcopy(model)
+    rlhf.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)  # now it ends responses with EOS
+    trained = trained.double().eval()  # float64: cached and uncached passes agree far below any draw's margin
+    p, pm = lm.encode_prompts(tok, task.prompts(24, 5))
+    sizes = []
+    handle = trained.register_forward_hook(lambda module, args, out: sizes.append(out.logits.shape[0]))
+    try:
+        ids, mask = lm.sample(trained, tok, p, pm, 8, generator=torch.Generator().manual_seed(3))
+    finally:
+        handle.remove()
+    ref_ids, ref_mask = _sample_without_cache(trained, tok, p, pm, 8, torch.Generator().manual_seed(3))
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    lengths = mask.sum(1)
+    assert lengths.min() < lengths.max()  # rows finished at different steps
+    # the rows still going are always in the pass; finished ones leave once they are a quarter of it
+    assert sizes[0] == 24 and sizes == sorted(sizes, reverse=True) and sizes[-1] < 24
+    previous = 24
+    for t, size in enumerate(sizes[1:]):
+        going = int((lengths > t + 1).sum())
+        assert size >= going
+        assert size == (max(2, going) if 4 * going <= 3 * previous else previous)
+        previous = size
