@@ -45,13 +45,14 @@ def _runs(runs) -> dict[str, list]:
 
 def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None = None,
                     title: str | None = None, ylim: tuple[float, float] | None = None,
-                    legend_loc: str = "best"):
+                    legend_loc: str = "best", colors: Mapping[str, str] | None = None):
     """Mean over seeds of each learner's return curve (``History.curve(grid)``), with the
     min-max band over seeds.
 
     ``runs`` maps a label to the histories of that learner's seeds (a list, a {seed: History}
     dict or one History); ``baseline=(value, label)`` adds a dotted horizontal reference line
-    (a random policy, the "solved" threshold). One line and one band per learner.
+    (a random policy, the "solved" threshold). One line and one band per learner, in the colours
+    of ``colors`` ({label: colour}) or of matplotlib's cycle.
     """
     runs = _runs(runs)
     grid = np.asarray(grid, dtype=float)
@@ -61,7 +62,8 @@ def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None =
     for label, histories in runs.items():
         curves = np.stack([np.asarray(h.curve(grid), dtype=float) for h in histories])
         seeds = f" (mean of {len(histories)} seeds)" if len(histories) > 1 else ""
-        line, = ax.plot(grid, np.nanmean(curves, axis=0), label=label + seeds)
+        line, = ax.plot(grid, np.nanmean(curves, axis=0), label=label + seeds,
+                        color=(colors or {}).get(label))
         if len(histories) > 1:
             ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0),
                             color=line.get_color(), alpha=0.2, lw=0)
@@ -78,16 +80,18 @@ def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None =
 
 
 def kl_per_update(runs, *, ax=None, key: str = "kl/exact_per_state", floor: float = 1e-12,
-                  lines: Sequence[tuple[float, str]] = (), title: str | None = None):
+                  lines: Sequence[tuple[float, str]] = (), title: str | None = None,
+                  colors: Mapping[str, str] | None = None):
     """The KL divergence between consecutive policies at every update, on a log axis in nats.
 
     ``runs`` as in :func:`learning_curves`; every seed is drawn (thin lines, one colour per
-    learner, labelled once). Values below ``floor`` (an update that did not move the policy)
+    learner, from ``colors`` or the cycle, labelled once). Values below ``floor`` (an update that did not move the policy)
     are drawn at ``floor``, which the axis label says. ``lines`` adds dashed reference levels,
     e.g. ``[(0.01, "TRPO's delta = 0.01")]``. x is ``env_steps`` where the history logs it,
     the update number otherwise.
     """
     runs = _runs(runs)
+    colors = colors or {}
     if not floor > 0:
         raise ValueError(f"floor must be > 0 (a log axis), got {floor}")
     ax = _axes(ax, (6.5, 3.8))
@@ -96,7 +100,7 @@ def kl_per_update(runs, *, ax=None, key: str = "kl/exact_per_state", floor: floa
         for j, h in enumerate(histories):
             kl = np.maximum(np.asarray(h.update_array(key), dtype=float), floor)
             x = h.update_array("env_steps") if use_steps else np.arange(1, len(kl) + 1)
-            ax.plot(x, kl, color=f"C{i}", lw=0.8, alpha=0.8, label=label if j == 0 else None)
+            ax.plot(x, kl, color=colors.get(label, f"C{i}"), lw=0.8, alpha=0.8, label=label if j == 0 else None)
     for k, (value, label) in enumerate(lines):
         ax.axhline(value, color="k", ls=["--", ":", "-."][k % 3], lw=1, label=label)
     ax.set_yscale("log")
@@ -142,3 +146,106 @@ def reward_kl_frontier(points, *, ax=None, rewards: Mapping[str, str] | None = N
     ax.set_title(title or "Reward against KL to the reference policy")
     ax.legend(fontsize=8)
     return ax
+
+
+def trpo_line_search(runs, delta: float, *, axes=None):
+    """TRPO's trust region at work, over every update of every seed (chapter 2).
+
+    Left: the KL of the full natural-gradient step (the quadratic model's guess, crosses) and of
+    the step taken after the line search (dots), per update, against ``delta``: every dot is at
+    or under the line, and the crosses above it are the steps the line search shrank. Right: the
+    full step's KL in units of ``delta``, the distribution over updates, with the boundary at 1.
+    Reads the ``kl/exact_per_state``, ``kl/exact_per_state_full_step``, ``backtracks`` and
+    ``env_steps`` logs of ``rlnotes.trpo.train``. Returns the two axes.
+    """
+    runs = _runs(runs)
+    if not delta > 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})[1]
+    left, right = axes
+    full_all = []
+    for i, (label, histories) in enumerate(runs.items()):
+        for j, h in enumerate(histories):
+            steps = h.update_array("env_steps")
+            full, taken = h.update_array("kl/exact_per_state_full_step"), h.update_array("kl/exact_per_state")
+            full_all.append(full)
+            left.plot(steps, full, "x", ms=4, color=f"C{i}", alpha=0.5,
+                      label=f"{label}: full step" if j == 0 else None)
+            left.plot(steps, taken, ".", ms=4, color=f"C{i}", label=f"{label}: step taken" if j == 0 else None)
+    left.axhline(delta, color="k", ls="--", lw=1, label=rf"trust region $\delta$ = {delta:g}")
+    left.set_xlabel(STEPS_LABEL)
+    left.set_ylabel(r"KL($\pi_\mathrm{old}$ || $\pi_\mathrm{new}$) [nats]")
+    left.set_title("KL of each update: full step and step taken")
+    left.legend(fontsize=8, ncol=2)
+    ratio = np.concatenate(full_all) / delta
+    above = int(np.sum(ratio > 1))
+    right.hist(ratio, bins=np.linspace(0, max(1.5, float(ratio.max()) * 1.05), 31), color="C7")
+    right.axvline(1, color="k", ls="--", lw=1)
+    right.set_xlabel(r"full-step KL / $\delta$")
+    right.set_ylabel("updates")
+    right.set_title(f"{above} of {len(ratio)} full steps beyond $\\delta$,\nshrunk by the line search", fontsize=10)
+    return left, right
+
+
+def dpo_training(history, *, reference_accuracy: float | None = None, smooth: int = 6, axes=None):
+    """DPO's training logs in four panels, one quantity per axis (chapter 5).
+
+    ``history`` is ``rlnotes.dpo.train(...).history`` (or its ``updates`` dict) with TRL's keys:
+    the loss per batch and held-out (against log 2, the loss at the start); the implicit rewards
+    of chosen and rejected responses and their margin; the log-probabilities of both; the
+    preference accuracy on training batches and held out (against ``reference_accuracy``, e.g.
+    the reward model's), with the true reward of held-out samples on a second axis where it was
+    logged (``eval/r_star``). Batch-level curves are moving means over ``smooth`` batches.
+    Returns the 2 x 2 axes.
+    """
+    u = {k: np.asarray(v, dtype=float) for k, v in getattr(history, "updates", history).items()}
+    needed = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+              "logps/rejected", "rewards/accuracies"]
+    missing = [k for k in needed if k not in u]
+    if missing:
+        raise ValueError(f"history lacks the DPO log keys {missing}")
+    if not (isinstance(smooth, int) and 1 <= smooth <= len(u["loss"])):
+        raise ValueError(f"smooth must be an int in [1, {len(u['loss'])}], got {smooth!r}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(2, 2, figsize=(10, 6.5))[1]
+    steps = np.arange(1, len(u["loss"]) + 1)
+    s_steps = steps[smooth - 1:]
+    mean = lambda v: np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+    held_out = "eval/step" in u
+    (loss, rew), (logp, acc) = axes
+    loss.plot(steps, u["loss"], alpha=0.35, label="train loss (per batch)")
+    if held_out:
+        loss.plot(u["eval/step"], u["eval/loss"], "o-", label="held-out loss")
+    loss.axhline(np.log(2), color="k", ls="--", lw=1, label="log 2")
+    loss.set_ylabel("DPO loss")
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/margins"]:
+        rew.plot(s_steps, mean(u[key]), label=key)
+    rew.axhline(0, color="k", lw=0.8)
+    rew.set_ylabel("implicit reward\n" r"$\beta\log\pi_\theta/\pi_\mathrm{ref}$ (moving mean)")
+    for key in ["logps/chosen", "logps/rejected"]:
+        logp.plot(s_steps, mean(u[key]), label=key)
+    logp.set_ylabel(r"$\log\pi_\theta(y\mid x)$ [nats] (moving mean)")
+    acc.plot(s_steps, mean(u["rewards/accuracies"]), label="train accuracy (moving mean)")
+    if held_out:
+        acc.plot(u["eval/step"], u["eval/accuracy"], "o-", label="held-out accuracy")
+    if reference_accuracy is not None:
+        acc.axhline(reference_accuracy, color="gray", ls=":", label="reward model's held-out accuracy")
+    acc.set_ylabel("preference accuracy")
+    if held_out and "eval/r_star" in u:
+        twin = acc.twinx()
+        twin.plot(u["eval/step"], u["eval/r_star"], "s--", color="C3", label="r* of held-out samples")
+        twin.set_ylabel("mean true reward $r^*$", color="C3")
+        handles = [h for a in (acc, twin) for h in a.get_legend_handles_labels()[0]]
+        acc.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    else:
+        acc.legend(fontsize=8)
+    for ax in (loss, rew, logp):
+        ax.legend(fontsize=8)
+    for ax in (loss, rew, logp, acc):
+        ax.set_xlabel("step (batch of preference pairs)")
+    return axes

@@ -134,11 +134,17 @@ OVERFLOW_JS = """(width) => {
   const bad = [];
   const limit = column.getBoundingClientRect().right + 1;
   const blocks = 'mjx-container[display="true"], table, div.cell_output pre, div.cell_output img, .pst-scrollable-table-container';
+  const inScroller = (el) => {
+    for (let a = el.parentElement; a && a !== column; a = a.parentElement) {
+      if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true;
+    }
+    return false;
+  };
   for (const el of column.querySelectorAll(blocks)) {
     if (el.closest("div.cell_input")) continue;   // code scrolls in its block at any width
     const needsScroll = el.scrollWidth > el.clientWidth + 1;
     const outside = el.getBoundingClientRect().right > limit;
-    if (width >= 1000 ? (needsScroll || outside) : outside) bad.push("cut off: " + describe(el));
+    if (width >= 1000 ? (needsScroll || outside) : (outside && !inScroller(el))) bad.push("cut off: " + describe(el));
   }
   const doc = document.documentElement;
   if (doc.scrollWidth > window.innerWidth + 1) bad.push(`the page scrolls sideways: ${doc.scrollWidth}px in ${window.innerWidth}px`);

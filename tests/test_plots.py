@@ -51,8 +51,9 @@ def test_learning_curves_draws_a_mean_and_a_band_per_learner():
 
 def test_learning_curves_one_seed_has_no_band_and_uses_a_given_axes():
     fig, (left, right) = plt.subplots(1, 2)
-    assert plots.learning_curves({"PG": history(0)}, [1_000, 2_000, 3_000], ax=right) is right
+    assert plots.learning_curves({"PG": history(0)}, [1_000, 2_000, 3_000], ax=right, colors={"PG": "C2"}) is right
     assert len(right.get_lines()) == 1 and not bands(right) and not left.get_lines()
+    assert right.get_lines()[0].get_color() == "C2"
 
 
 def test_kl_per_update_is_a_log_axis_in_nats_with_every_seed():
@@ -66,6 +67,8 @@ def test_kl_per_update_is_a_log_axis_in_nats_with_every_seed():
     assert data[0].get_ydata().min() == 1e-6                          # the update with KL 0 at the floor
     np.testing.assert_array_equal(data[0].get_xdata(), history(0).update_array("env_steps"))
     assert ax.get_xlabel() == "environment steps"
+    ax = plots.kl_per_update(runs, colors={"TRPO": "C1", "PG": "C0"})
+    assert [l.get_color() for l in ax.get_lines()] == ["C0", "C0", "C1"]
 
 
 def test_kl_per_update_without_env_steps_counts_updates():
@@ -101,3 +104,57 @@ def test_bad_input_is_refused_with_the_argument_named():
         plots.reward_kl_frontier([("SFT", {"r_star": 0.0})])
     with pytest.raises(ValueError, match="runs\\['PG'\\]"):
         plots.learning_curves({"PG": []}, [1, 2])
+
+
+def trpo_history(seed: int, n: int = 30, delta: float = 0.01) -> History:
+    rng = np.random.default_rng(seed)
+    h = History()
+    for i in range(1, n + 1):
+        full = delta * rng.uniform(0.3, 1.3)
+        h.log({"env_steps": 512 * i, "kl/exact_per_state_full_step": full,
+               "kl/exact_per_state": min(full, delta * 0.95), "backtracks": float(full > delta)})
+    return h
+
+
+def test_trpo_line_search_shows_full_and_taken_steps_against_delta():
+    runs = {"TRPO": [trpo_history(0), trpo_history(1)]}
+    left, right = plots.trpo_line_search(runs, 0.01)
+    labels = [l.get_label() for l in left.get_lines()]
+    assert labels.count("TRPO: full step") == 1 and labels.count("TRPO: step taken") == 1
+    assert len(left.get_lines()) == 2 * 2 + 1                          # 2 seeds x (full, taken) + delta
+    assert any(l.get_ydata()[0] == 0.01 for l in left.get_lines() if "delta" in l.get_label())
+    assert "[nats]" in left.get_ylabel() and left.get_xlabel() == "environment steps"
+    full = np.concatenate([h.update_array("kl/exact_per_state_full_step") for h in runs["TRPO"]])
+    assert sum(p.get_height() for p in right.patches) == len(full)    # every update in the histogram
+    assert f"{np.sum(full > 0.01)} of {len(full)}" in right.get_title()
+    assert "delta" in right.get_xlabel()
+    with pytest.raises(ValueError, match="delta"):
+        plots.trpo_line_search(runs, 0)
+
+
+def dpo_updates(n: int = 30) -> dict:
+    rng = np.random.default_rng(0)
+    u = {k: rng.normal(size=n) for k in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                         "logps/chosen", "logps/rejected", "rewards/accuracies"]}
+    u |= {"eval/step": np.array([10, 20, 30]), "eval/loss": np.array([0.69, 0.65, 0.6]),
+          "eval/accuracy": np.array([0.5, 0.6, 0.65]), "eval/r_star": np.array([0.0, 0.4, 0.8])}
+    return u
+
+
+def test_dpo_training_puts_one_quantity_on_each_axis():
+    axes = plots.dpo_training(dpo_updates(), reference_accuracy=0.72, smooth=5)
+    (loss, rew), (logp, acc) = axes
+    assert [l.get_label() for l in loss.get_lines()] == ["train loss (per batch)", "held-out loss", "log 2"]
+    assert loss.get_lines()[2].get_ydata()[0] == pytest.approx(np.log(2))
+    assert [l.get_label() for l in rew.get_lines()][:3] == ["rewards/chosen", "rewards/rejected", "rewards/margins"]
+    assert len(rew.get_lines()[0].get_xdata()) == 30 - 5 + 1          # moving mean over 5 batches
+    assert "[nats]" in logp.get_ylabel()
+    assert acc.get_ylabel() == "preference accuracy"                   # accuracy alone on its axis ...
+    assert all("r*" not in l.get_label() for l in acc.get_lines())
+    twin = [a for a in acc.figure.axes if a is not acc and a.bbox.bounds == acc.bbox.bounds]
+    assert len(twin) == 1 and "r^*" in twin[0].get_ylabel()           # ... r* on its own axis
+    assert len(acc.get_legend().get_texts()) == 4
+    with pytest.raises(ValueError, match="lacks"):
+        plots.dpo_training({"loss": [1.0]})
+    with pytest.raises(ValueError, match="smooth"):
+        plots.dpo_training(dpo_updates(), smooth=0)
