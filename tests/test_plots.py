@@ -119,9 +119,9 @@ def trpo_history(seed: int, n: int = 30, delta: float = 0.01) -> History:
 def test_trpo_line_search_shows_full_and_taken_steps_against_delta():
     runs = {"TRPO": [trpo_history(0), trpo_history(1)]}
     left, right = plots.trpo_line_search(runs, 0.01)
-    labels = [l.get_label() for l in left.get_lines()]
-    assert labels.count("TRPO: full step") == 1 and labels.count("TRPO: step taken") == 1
-    assert len(left.get_lines()) == 2 * 2 + 1                          # 2 seeds x (full, taken) + delta
+    legend = [t.get_text() for t in left.get_legend().get_texts()]
+    assert legend == ["TRPO", "full step (before the line search)", "step taken", "trust region $\\delta$ = 0.01"]
+    assert len(left.get_lines()) == 2 * 2 + 2 + 1                      # 2 seeds x (full, taken), 2 keys, delta
     assert any(l.get_ydata()[0] == 0.01 for l in left.get_lines() if "delta" in l.get_label())
     assert "[nats]" in left.get_ylabel() and left.get_xlabel() == "environment steps"
     full = np.concatenate([h.update_array("kl/exact_per_state_full_step") for h in runs["TRPO"]])
