@@ -86,6 +86,7 @@ def browser():
 def open_page(browser, url, width=1280):
     """Open ``url``; return the page and the console errors and failed requests it produced."""
     page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(90_000)   # generous: on shared, busy cores a chapter's figures load slowly
     problems = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
