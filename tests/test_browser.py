@@ -123,8 +123,9 @@ def test_page_renders(server, browser, name):
         page.close()
 
 
-# What may be wider than its box: code cells scroll inside their own block, and at 400 px so may a
-# printed output or a display equation; anything else wider than the content column is cut off.
+# What may be wider than its box: code cells and wide tables scroll inside their own block, and at
+# 400 px so may a printed output or a display equation; anything else wider than the content column
+# is cut off (at 1280 px a display equation or a printed output must fit: split it, or wrap it).
 OVERFLOW_JS = """(width) => {
   const column = document.querySelector("article.bd-article");
   const describe = (el) => {
@@ -134,7 +135,7 @@ OVERFLOW_JS = """(width) => {
   };
   const bad = [];
   const limit = column.getBoundingClientRect().right + 1;
-  const blocks = 'mjx-container[display="true"], table, div.cell_output pre, div.cell_output img, .pst-scrollable-table-container';
+  const blocks = 'mjx-container[display="true"], table, div.cell_output pre, div.cell_output img';
   const inScroller = (el) => {
     for (let a = el.parentElement; a && a !== column; a = a.parentElement) {
       if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true;
@@ -143,6 +144,7 @@ OVERFLOW_JS = """(width) => {
   };
   for (const el of column.querySelectorAll(blocks)) {
     if (el.closest("div.cell_input")) continue;   // code scrolls in its block at any width
+    if (el.tagName === "TABLE" && inScroller(el)) continue;   // so does a wide table
     const needsScroll = el.scrollWidth > el.clientWidth + 1;
     const outside = el.getBoundingClientRect().right > limit;
     if (width >= 1000 ? (needsScroll || outside) : (outside && !inScroller(el))) bad.push("cut off: " + describe(el));
