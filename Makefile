@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench oldest clean
+.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench oldest clean repository
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,12 +51,16 @@ unit: setup
 nbval: setup
 	$(BIN)/python -m pytest $(NBVAL) book -q
 
-# Chromium from the system's packages, where we may install it (as root with apt, as in CI);
-# elsewhere the browser test skips and says why.
+# Chromium and a font that covers Hangul (the glossary's Korean terms) from the system's packages,
+# where we may install them (as root with apt, as in CI); elsewhere the browser test skips and says
+# why (and the Korean check fails, naming the missing font, if Chromium is there but no CJK font).
 chromium:
 	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "could not install chromium: the browser test will be skipped"; fi
+	@if ! fc-list 2>/dev/null | grep -qi "CJK KR" && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null) \
+	  || echo "could not install fonts-noto-cjk: Korean will show as empty boxes"; fi
 
 browser: book-stored chromium
 	$(BIN)/python -m pytest tests/test_browser.py -v -rs
@@ -80,6 +84,12 @@ oldest:
 	.venv-oldest/bin/python -m pip install -q "torch==2.6.*" $(OLDEST) --extra-index-url https://download.pytorch.org/whl/cpu
 	.venv-oldest/bin/python -m pip install -q --no-deps -e .
 	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py
+
+# Publish under another repository: `make repository URL=https://github.com/OWNER/NAME` rewrites
+# _config.yml's repository.url, the README and every set-up cell (tests/test_release.py checks them).
+repository:
+	@test -n "$(URL)" || (echo "usage: make repository URL=https://github.com/OWNER/NAME" && exit 2)
+	$(PYTHON) tools/set_repository.py $(URL)
 
 clean:
 	rm -rf _build

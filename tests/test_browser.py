@@ -9,6 +9,10 @@ Colab button pointing at its own notebook. Every interactive figure (``rlnotes.w
 respond, with no kernel, to each of its controls moved by the keyboard, carry an accessible
 name, and draw at two settings the numbers the package's Python functions compute. It skips,
 saying why, when the built book, Playwright or Chromium is missing.
+At 1280 and 400 px it checks that nothing is cut off (no display equation, table or output
+wider than the content column at 1280 px; no sideways scroll of the page at 400 px), that Korean
+renders with a font that has Hangul, and that a collapsed cell opens on click; it saves a
+full-page screenshot of every page at 1280 px into ``_build/screenshots/``.
 """
 
 from __future__ import annotations
@@ -31,8 +35,18 @@ REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
 
 
 def toc_pages() -> list[str]:
+    """Every page of _toc.yml in reading order, sections included."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                yield entry["file"]
+            yield from walk(entry.get("sections"))
+            for part in entry.get("parts", []) if isinstance(entry.get("parts"), list) else []:
+                yield from walk(part.get("chapters"))
+
+    return [toc["root"], *walk(toc.get("chapters")), *(f for part in toc.get("parts", []) for f in walk(part.get("chapters")))]
 
 
 PAGES = toc_pages()
@@ -82,9 +96,10 @@ def base(request):
     return HTML.as_uri() + "/"
 
 
-def open_page(browser, url):
+def open_page(browser, url, width=1280):
     """Open ``url``; return the page and the console errors and failed requests it produced."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(90_000)   # generous: on shared, busy cores a chapter's figures load slowly
     problems = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
@@ -115,9 +130,121 @@ def test_page_renders(base, browser, name):
             want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{name}.ipynb"
             assert want in colab.first.get_attribute("href")
         assert not problems, "\n".join(problems)
-        if base.startswith("http") and name in ("book/intro", "book/01_policy_gradient"):
+        if base.startswith("http"):  # full-page shots of every page, once
             SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOTS / f"{Path(name).name}.png"))
+            page.screenshot(path=str(SHOTS / f"{name.removeprefix('book/').replace('/', '-')}.png"), full_page=True)
+    finally:
+        page.close()
+
+
+# What may be wider than its box: code cells and wide tables scroll inside their own block, and at
+# 400 px so may a printed output or a display equation; anything else wider than the content column
+# is cut off (at 1280 px a display equation or a printed output must fit: split it, or wrap it).
+OVERFLOW_JS = """(width) => {
+  const column = document.querySelector("article.bd-article");
+  const describe = (el) => {
+    const tex = el.tagName === "MJX-CONTAINER" ? (el.querySelector("mjx-assistive-mml math")?.getAttribute("alttext") || "") : "";
+    const text = (tex || el.textContent || "").replace(/\\s+/g, " ").trim().slice(0, 100);
+    return `${el.tagName.toLowerCase()} ${el.scrollWidth}px in ${el.clientWidth}px: ${text}`;
+  };
+  const bad = [];
+  const limit = column.getBoundingClientRect().right + 1;
+  const blocks = 'mjx-container[display="true"], table, div.cell_output pre, div.cell_output img';
+  const inScroller = (el) => {
+    for (let a = el.parentElement; a && a !== column; a = a.parentElement) {
+      if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true;
+    }
+    return false;
+  };
+  for (const el of column.querySelectorAll(blocks)) {
+    if (el.closest("div.cell_input")) continue;   // code scrolls in its block at any width
+    if (el.tagName === "TABLE" && inScroller(el)) continue;   // so does a wide table
+    const needsScroll = el.scrollWidth > el.clientWidth + 1;
+    const outside = el.getBoundingClientRect().right > limit;
+    if (width >= 1000 ? (needsScroll || outside) : (outside && !inScroller(el))) bad.push("cut off: " + describe(el));
+  }
+  const doc = document.documentElement;
+  if (doc.scrollWidth > window.innerWidth + 1) bad.push(`the page scrolls sideways: ${doc.scrollWidth}px in ${window.innerWidth}px`);
+  if (column.scrollWidth > column.clientWidth + 1) bad.push(`the content column scrolls sideways: ${column.scrollWidth}px in ${column.clientWidth}px`);
+  return bad;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+@pytest.mark.parametrize("name", PAGES)
+def test_nothing_is_cut_off(server, browser, name, width):
+    """At 1280 px no display equation, table or printed output overflows the content column; at
+    400 px the page does not scroll sideways (code, outputs and equations scroll in their block)."""
+    page, _ = open_page(browser, urljoin(server, f"{name}.html"), width=width)
+    try:
+        page.wait_for_load_state("networkidle")
+        if page.locator("mjx-container").count() or "$" in page.content():
+            page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20_000)
+            page.evaluate("MathJax.startup.promise")
+        bad = page.evaluate(OVERFLOW_JS, width)
+        assert not bad, f"{name} at {width} px:\n" + "\n".join(bad)
+    finally:
+        page.close()
+
+
+HANGUL_JS = """(el) => {
+  // Draw the element's Hangul with its own font, and the same number of characters that no font
+  // has (U+10FFFD, drawn as the fallback box); a missing font draws Hangul as those same boxes.
+  const text = (el.textContent.match(/[\\uAC00-\\uD7A3]+/) || [""])[0].slice(0, 4);
+  const font = getComputedStyle(el).font;
+  const draw = (s) => {
+    const c = document.createElement("canvas"); c.width = 200; c.height = 40;
+    const g = c.getContext("2d"); g.font = font; g.textBaseline = "top"; g.fillText(s, 2, 2);
+    const px = g.getImageData(0, 0, 200, 40).data;
+    let ink = 0; for (let i = 3; i < px.length; i += 4) ink += px[i] > 0;
+    return {width: g.measureText(s).width, ink, data: c.toDataURL()};
+  };
+  const hangul = draw(text), boxes = draw("\\u{10FFFD}".repeat([...text].length));
+  return {text, font, family: getComputedStyle(el).fontFamily, width: hangul.width, ink: hangul.ink,
+          sameAsBoxes: hangul.data === boxes.data};
+}"""
+
+
+def test_korean_renders(server, browser):
+    """The glossary's Korean terms are drawn with a font that has Hangul, not as empty boxes."""
+    page, problems = open_page(browser, urljoin(server, "book/notation.html"))
+    try:
+        page.wait_for_load_state("networkidle")
+        cell = page.locator("td", has_text=re.compile("[\uac00-\ud7a3]")).first
+        result = cell.evaluate(HANGUL_JS)
+        assert result["text"], "no Korean on the notation page"
+        assert re.search(r"Noto Sans (CJK )?KR|Apple SD Gothic Neo|Malgun Gothic", result["family"]), \
+            f"the book's font stack names no font that covers Hangul: {result['family']}"
+        assert result["width"] > 0 and result["ink"] > 0 and not result["sameAsBoxes"], (
+            f"{result['text']!r} renders as empty boxes (install a CJK font: apt-get install fonts-noto-cjk)")
+        # and the font that actually drew it has Hangul glyphs (asked of Chromium itself)
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("DOM.enable"); cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "article.bd-article table td:nth-child(3)"})["nodeId"]
+        fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        assert any(re.search("CJK|KR|Gothic|Hangul|Nanum", f["familyName"]) and f["glyphCount"] > 0 for f in fonts), fonts
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()
+
+
+HIDDEN = [n for n in NOTEBOOKS if any("hide-input" in c.get("metadata", {}).get("tags", [])
+                                      for c in __import__("json").loads((ROOT / f"{n}.ipynb").read_text())["cells"])]
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_collapsed_cell_opens_on_click(server, browser, name):
+    """A cell tagged hide-input shows only its toggle; one click shows its code."""
+    page, problems = open_page(browser, urljoin(server, f"{name}.html"))
+    try:
+        cell = page.locator("div.cell.tag_hide-input").first
+        code = cell.locator("div.cell_input")
+        assert not code.is_visible(), "a hide-input cell shows its code before a click"
+        cell.locator("summary").first.click()
+        code.wait_for(state="visible", timeout=5_000)
+        assert code.locator("pre").first.bounding_box()["height"] > 0
+        assert not problems, "\n".join(problems)
     finally:
         page.close()
 
@@ -179,18 +306,19 @@ def test_equations_link_to_code_and_back():
         page = (HTML / f"{name}.html").read_text()
         # a resolved reference is <a ... href="...api.html#rlnotes..."><code class="xref py ...">
         for match in re.finditer(r'(.{0,300})<code class="xref py[^"]*"><span class="pre">([^<]*)', page):
-            if not re.search(r'<a class="reference internal" href="api\.html#(module-)?rlnotes[^"]*"[^>]*>$', match.group(1)):
+            if not re.search(r'<a class="reference internal" href="api/[\w-]+\.html#(module-)?rlnotes[^"]*"[^>]*>$', match.group(1)):
                 unresolved.append(f"{name}: {match.group(2)}")
     assert not unresolved, "references to the package that do not resolve:\n" + "\n".join(unresolved)
 
-    api = (HTML / "book" / "api.html").read_text()
+    api_pages = {p.stem: p.read_text() for p in (HTML / "book" / "api").glob("*.html")}
+    assert api_pages, "no API pages in _build/html/book/api/"
     for name in NOTEBOOKS:
         chapter = Path(name).name
-        for target in set(re.findall(r'href="api\.html#(rlnotes[\w.]+)"', (HTML / f"{name}.html").read_text())):
+        for page_name, target in set(re.findall(r'href="api/([\w-]+)\.html#(rlnotes[\w.]+)"', (HTML / f"{name}.html").read_text())):
             if target.count(".") < 2:  # a module, not a function
                 continue
-            entry = api.split(f'id="{target}"', 1)[1].split('<dt class="sig', 1)[0]
-            assert f'href="{chapter}.html#' in entry, f"the API entry of {target} does not link back to {chapter}"
+            entry = api_pages[page_name].split(f'id="{target}"', 1)[1].split('<dt class="sig', 1)[0]
+            assert f'href="../{chapter}.html#' in entry, f"the API entry of {target} does not link back to {chapter}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,3 +531,20 @@ def test_interactive_figures_respond_and_draw_the_package_numbers(base, browser,
         assert not problems, "\n".join(problems)
     finally:
         page.close()
+
+
+def test_symbols_render():
+    """No TeX source or label name where the reader expects a symbol: link text to a section with
+    maths in its title carries the maths, and no heading shows a raw {ref} label."""
+    if not (HTML / "index.html").exists():
+        pytest.skip("no built book in _build/html")
+    bad = []
+    for name in PAGES:
+        html = (HTML / f"{name}.html").read_text()
+        for text in re.findall(r'<span class="std std-ref">([^<]*)</span>', html):
+            if re.search(r"\\[a-zA-Z]+|\^\{|_\{", text):
+                bad.append(f"{name}: link text shows TeX: {text!r}")
+        for text in re.findall(r'<a class="reference internal nav-link" href="#[^"]*">([^<]*)</a>', html):
+            if re.search(r"\((ch\d|appendix)[\w-]*\)", text):
+                bad.append(f"{name}: contents entry shows a label: {text!r}")
+    assert not bad, "\n".join(bad)

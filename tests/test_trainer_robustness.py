@@ -146,6 +146,15 @@ def test_adaptive_kl_controller_refuses_what_would_break_beta():
 
 # ------------------------------------------------------------------- (10) Ctrl-C inside an update
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in an interactive session or a notebook (a job started in
+    the background, as CI may be, begins with SIGINT ignored, and a trainer respects that)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sigint_on_call(fn, when: int, calls: list):
     """``fn`` wrapped so that its ``when``-th call (from 1) first sends this process a real SIGINT."""
     def wrapped(*args, **kwargs):
@@ -159,7 +168,7 @@ def _sigint_on_call(fn, when: int, calls: list):
 PPO_RUN = dict(seed=3, epochs=2, minibatch_size=256, anneal_lr=False, anneal_eps=False)  # 4 Adam steps per update
 
 
-def test_ctrl_c_inside_a_ppo_update_finishes_it_then_stops_with_the_result(monkeypatch):
+def test_ctrl_c_inside_a_ppo_update_finishes_it_then_stops_with_the_result(monkeypatch, ctrl_c_raises):
     handler_before = signal.getsignal(signal.SIGINT)
     closed, steps = [], []
     original_close = rollout.Runner.close
@@ -201,7 +210,7 @@ def tiny_pairs():
     return ref, prefs.encode(tok)
 
 
-def test_ctrl_c_inside_a_dpo_step_finishes_it_then_stops_with_the_result(monkeypatch, tiny_pairs):
+def test_ctrl_c_inside_a_dpo_step_finishes_it_then_stops_with_the_result(monkeypatch, tiny_pairs, ctrl_c_raises):
     ref, data = tiny_pairs
     kw = dict(epochs=2, batch_size=4, lr=1e-2, seed=0)  # 8 steps
     # the weights after every step of an uninterrupted run

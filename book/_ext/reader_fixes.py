@@ -31,6 +31,18 @@ folder, so the fonts are copied beside each page that shows a widget.
 (``{py:func}`rlnotes.ppo.clipped_surrogate``` and friends) ends with "In the book:" and links to
 the labelled sections that refer to it, found by reading the chapters' markdown. The links stay
 in step with the chapters because they are derived from them.
+
+5. The book's stylesheet (``book/_ext/static/rlnotes.css``): a font stack that covers Hangul
+(the source's Korean terms), and display equations, outputs and tables that scroll inside their
+own block rather than being cut off.
+
+6. Maths in link text: a reference to a section whose title holds maths (``{ref}`ch1-lpg```)
+shows the title's maths, typeset, instead of its TeX source ("1.3 L^{PG}: ...").
+
+7. Docstring maths as maths on the API pages: the docstrings stay plain text (they are read in a
+terminal too); the key equations, written once in TeX below (``EQUATIONS``), are shown as a
+display equation under the first line of the entry, and ``$...$`` in a docstring becomes a
+``:math:`` role.
 """
 
 import importlib.util
@@ -144,13 +156,80 @@ def _link_back(app, what, name, obj, options, lines):
         lines += ["", "In the book: " + ", ".join(f":ref:`{label}`" for label in labels) + "."]
 
 
+EQUATIONS = {
+    "rlnotes.pg.pg_loss": r"L^{PG}(\theta) = \hat{\mathbb E}_t\big[\log \pi_\theta(a_t \mid s_t)\, \hat A_t\big]",
+    "rlnotes.returns.discounted_returns": r"G_t = \sum_{k \ge 0} \gamma^k r_{t+k}",
+    "rlnotes.returns.gae": r"\hat A_t = \sum_{l \ge 0} (\gamma\lambda)^l \delta_{t+l}, \quad "
+                           r"\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)",
+    "rlnotes.trpo.surrogate": r"L_{\theta_\text{old}}(\theta) = \hat{\mathbb E}_t\Big[\frac{\pi_\theta(a_t \mid s_t)}"
+                              r"{\pi_{\theta_\text{old}}(a_t \mid s_t)} \hat A_t\Big]",
+    "rlnotes.trpo.conjugate_gradient": r"\text{solve } A s = b \text{ using only products } v \mapsto A v",
+    "rlnotes.ppo.ratio": r"r_t(\theta) = \frac{\pi_\theta(a_t \mid s_t)}{\pi_{\theta_\text{old}}(a_t \mid s_t)}",
+    "rlnotes.ppo.clipped_surrogate": r"L^{CLIP}(\theta) = \hat{\mathbb E}_t\big[\min\big(r_t(\theta) \hat A_t,\ "
+                                     r"\operatorname{clip}(r_t(\theta), 1 - \epsilon, 1 + \epsilon) \hat A_t\big)\big]",
+    "rlnotes.kl.exact_kl": r"\mathrm{KL}[p \Vert q] = \sum_a p(a) \big(\log p(a) - \log q(a)\big)",
+    "rlnotes.kl.k3": r"k_3 = (\rho - 1) - \log \rho, \quad \rho = \frac{\pi_\text{ref}(y)}{\pi(y)}, \quad y \sim \pi",
+    "rlnotes.reward.bt_probability": r"p(y_1 \succ y_2 \mid x) = \sigma\big(r(x, y_1) - r(x, y_2)\big)",
+    "rlnotes.reward.reward_loss": r"\mathcal L_R(r_\phi) = -\mathbb E\big[\log \sigma\big(r_\phi(x, y_w) - r_\phi(x, y_l)\big)\big]",
+    "rlnotes.rlhf.token_rewards": r"r_t = -\beta \big(\log \pi_\theta(y_t) - \log \pi_\text{ref}(y_t)\big)"
+                                  r" + [t = T]\, r_\phi(x, y)",
+    "rlnotes.dpo.log_partition": r"\log Z(x) = \log \sum_y \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
+    "rlnotes.dpo.optimal_policy": r"\pi_r(y \mid x) = \frac{1}{Z(x)} \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
+    "rlnotes.dpo.implicit_reward": r"\hat r(x, y) = \beta \log \frac{\pi_\theta(y \mid x)}{\pi_\text{ref}(y \mid x)}",
+    "rlnotes.dpo.dpo_loss": r"\mathcal L_\text{DPO} = -\log \sigma\Big(\beta \log \frac{\pi_\theta(y_w \mid x)}"
+                            r"{\pi_\text{ref}(y_w \mid x)} - \beta \log \frac{\pi_\theta(y_l \mid x)}{\pi_\text{ref}(y_l \mid x)}\Big)",
+}
+DOLLARS = re.compile(r"(?<![\\$])\$([^$\n]+?)\$(?!\$)")
+
+
+def _docstring_maths(app, what, name, obj, options, lines):
+    """Show the entry's key equation (``EQUATIONS``) as maths and turn ``$...$`` into ``:math:``."""
+    lines[:] = [DOLLARS.sub(lambda m: f":math:`{m.group(1)}`", line) for line in lines]
+    if name in EQUATIONS and lines:
+        end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+        lines[end:end] = ["", ".. math::", "", "   " + EQUATIONS[name], ""]
+
+
 def _read_references(app):
     app.env.rlnotes_book_references = book_references(Path(__file__).resolve().parents[1])
 
 
 def _reread_api(app, env, added, changed, removed):
-    """The API page's back-links come from the chapters: rebuild it with them (incremental builds)."""
-    return [doc for doc in env.found_docs if doc.endswith("api")] if changed or added else []
+    """The API pages' back-links come from the chapters: rebuild them with them (incremental builds)."""
+    return [doc for doc in env.found_docs if doc.startswith("book/api")] if changed or added else []
+
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _add_static(app, config):
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
+
+
+def _maths_in_link_text(app, doctree, docname):
+    """Give a {ref} to a section whose title holds maths that title's nodes, maths included.
+
+    Sphinx fills such a link with the title's plain text, which shows TeX source ("L^{PG}").
+    """
+    from docutils import nodes
+
+    labels = app.env.domaindata["std"]["labels"]
+    with_maths = {}
+    for target_doc, label_id, title in labels.values():
+        if target_doc and title and any(c in title for c in "\\^_{"):
+            with_maths.setdefault(title, (target_doc, label_id))
+    if not with_maths:
+        return
+    for inline in list(doctree.findall(nodes.inline)):
+        if "std-ref" not in inline.get("classes", []) or inline.astext() not in with_maths:
+            continue
+        target_doc, label_id = with_maths[inline.astext()]
+        source = app.env.get_doctree(target_doc) if target_doc != docname else doctree
+        section = next((s for s in source.findall(nodes.section) if label_id in s["ids"]), None)
+        if section is None or not isinstance(section[0], nodes.title):
+            continue
+        inline.children = []
+        inline += [child.deepcopy() for child in section[0].children]
 
 
 def setup(app):
@@ -160,6 +239,10 @@ def setup(app):
     # before MyST-NB reads its configuration at the same event (default priority 500)
     app.connect("builder-inited", _use_local_copies, priority=100)
     app.connect("builder-inited", _read_references)
+    app.connect("autodoc-process-docstring", _docstring_maths)
     app.connect("autodoc-process-docstring", _link_back)
     app.connect("env-get-outdated", _reread_api)
+    app.connect("config-inited", _add_static)
+    app.add_css_file("rlnotes.css")
+    app.connect("doctree-resolved", _maths_in_link_text)
     return {"parallel_read_safe": True}

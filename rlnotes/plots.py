@@ -1,0 +1,252 @@
+"""The figures that recur across chapters, so that a notebook cell reads as one call.
+
+- :func:`learning_curves`: return against environment steps, the mean over seeds with the
+  min-max band (chapters 1-3);
+- :func:`kl_per_update`: how far each update moved the policy, on a log axis in nats
+  (chapters 1-3);
+- :func:`reward_kl_frontier`: reward against KL to the reference policy (chapters 4-5).
+
+Each takes an optional ``ax`` (a new figure otherwise), draws, labels the axes with their units,
+and returns the axes; the caller ends the cell with ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+RETURN_LABEL = "mean return, last 20 episodes"
+STEPS_LABEL = "environment steps"
+
+
+def _axes(ax, figsize):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)[1]
+
+
+def _runs(runs) -> dict[str, list]:
+    """{label: [History, ...]} from a mapping of label to one History or a sequence of them."""
+    if not isinstance(runs, Mapping) or not runs:
+        raise TypeError("runs must be a non-empty mapping {label: History or [History, ...]}, "
+                        f"got {type(runs).__name__}")
+    out = {}
+    for label, value in runs.items():
+        histories = list(value.values()) if isinstance(value, Mapping) else (
+            list(value) if isinstance(value, Sequence) else [value])
+        if not histories:
+            raise ValueError(f"runs[{label!r}] holds no History")
+        out[str(label)] = histories
+    return out
+
+
+def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None = None,
+                    title: str | None = None, ylim: tuple[float, float] | None = None,
+                    legend_loc: str = "best", colors: Mapping[str, str] | None = None):
+    """Mean over seeds of each learner's return curve (``History.curve(grid)``), with the
+    min-max band over seeds.
+
+    ``runs`` maps a label to the histories of that learner's seeds (a list, a {seed: History}
+    dict or one History); ``baseline=(value, label)`` adds a dotted horizontal reference line
+    (a random policy, the "solved" threshold). One line and one band per learner, in the colours
+    of ``colors`` ({label: colour}) or of matplotlib's cycle.
+    """
+    runs = _runs(runs)
+    grid = np.asarray(grid, dtype=float)
+    if grid.ndim != 1 or len(grid) < 2:
+        raise ValueError(f"grid must be a 1-D array of at least 2 environment-step counts, got shape {grid.shape}")
+    ax = _axes(ax, (6.5, 3.8))
+    for label, histories in runs.items():
+        curves = np.stack([np.asarray(h.curve(grid), dtype=float) for h in histories])
+        seeds = f" (mean of {len(histories)} seeds)" if len(histories) > 1 else ""
+        line, = ax.plot(grid, np.nanmean(curves, axis=0), label=label + seeds,
+                        color=(colors or {}).get(label))
+        if len(histories) > 1:
+            ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0),
+                            color=line.get_color(), alpha=0.2, lw=0)
+    if baseline is not None:
+        value, label = baseline
+        ax.axhline(value, color="k", ls=":", lw=1, label=label)
+    ax.set_xlabel(STEPS_LABEL)
+    ax.set_ylabel(RETURN_LABEL)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title or "Return: mean over seeds, band from min to max")
+    ax.legend(loc=legend_loc, fontsize=8)
+    return ax
+
+
+def kl_per_update(runs, *, ax=None, key: str = "kl/exact_per_state", floor: float = 1e-12,
+                  lines: Sequence[tuple[float, str]] = (), title: str | None = None,
+                  colors: Mapping[str, str] | None = None):
+    """The KL divergence between consecutive policies at every update, on a log axis in nats.
+
+    ``runs`` as in :func:`learning_curves`; every seed is drawn (thin lines, one colour per
+    learner, from ``colors`` or the cycle, labelled once). Values below ``floor`` (an update that did not move the policy)
+    are drawn at ``floor``, which the axis label says. ``lines`` adds dashed reference levels,
+    e.g. ``[(0.01, "TRPO's delta = 0.01")]``. x is ``env_steps`` where the history logs it,
+    the update number otherwise.
+    """
+    runs = _runs(runs)
+    colors = colors or {}
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0 (a log axis), got {floor}")
+    ax = _axes(ax, (6.5, 3.8))
+    use_steps = all("env_steps" in h.updates for hs in runs.values() for h in hs)
+    for i, (label, histories) in enumerate(runs.items()):
+        for j, h in enumerate(histories):
+            kl = np.maximum(np.asarray(h.update_array(key), dtype=float), floor)
+            x = h.update_array("env_steps") if use_steps else np.arange(1, len(kl) + 1)
+            ax.plot(x, kl, color=colors.get(label, f"C{i}"), lw=0.8, alpha=0.8, label=label if j == 0 else None)
+    for k, (value, label) in enumerate(lines):
+        ax.axhline(value, color="k", ls=["--", ":", "-."][k % 3], lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(STEPS_LABEL if use_steps else "update")
+    ax.set_ylabel(f"KL(old || new) per update [nats]\n(values below {floor:g} drawn at {floor:g})")
+    ax.set_title(title or "How far each update moves the policy")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def reward_kl_frontier(points, *, ax=None, rewards: Mapping[str, str] | None = None,
+                       kl_key: str = "kl/exact_per_sequence", annotate: bool = True,
+                       title: str | None = None, symlog: bool = True):
+    """Reward against KL to the reference policy: one marked line per reward, points in order.
+
+    ``points`` is a sequence of ``(name, metrics)`` with ``metrics[kl_key]`` and every key of
+    ``rewards`` ({metric key: legend label}; default: the true reward ``r_star`` and the reward
+    model ``r_phi``); the points are joined in order of KL and the first reward's points are
+    annotated with their names. The x axis is symlog (linear below 1 nat) unless ``symlog=False``.
+    """
+    rewards = dict(rewards or {"r_star": "true reward $r^*$", "r_phi": r"reward model $r_\phi$"})
+    points = [(str(n), m) for n, m in points]
+    if not points:
+        raise ValueError("points must hold at least one (name, metrics) pair")
+    for name, metrics in points:
+        missing = [k for k in [kl_key, *rewards] if k not in metrics]
+        if missing:
+            raise ValueError(f"points: the metrics of {name!r} lack {missing}")
+    points.sort(key=lambda p: p[1][kl_key])
+    ax = _axes(ax, (6, 3.8))
+    kls = [m[kl_key] for _, m in points]
+    for (key, label), marker in zip(rewards.items(), ["o-", "s--", "^:", "d-."]):
+        ax.plot(kls, [m[key] for _, m in points], marker, label=label)
+    if annotate:
+        first = next(iter(rewards))
+        for name, m in points:
+            ax.annotate(name, (m[kl_key], m[first]), textcoords="offset points", xytext=(0, -15),
+                        ha="center", fontsize=9)
+    if symlog:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(r"KL($\pi$ || $\pi_\mathrm{ref}$) [nats]" + (", symlog scale" if symlog else ""))
+    ax.set_ylabel("mean reward of samples")
+    ax.set_title(title or "Reward against KL to the reference policy")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def trpo_line_search(runs, delta: float, *, axes=None):
+    """TRPO's trust region at work, over every update of every seed (chapter 2).
+
+    Left: the KL of the full natural-gradient step (the quadratic model's guess, crosses) and of
+    the step taken after the line search (dots), per update, against ``delta``: every dot is at
+    or under the line, and the crosses above it are the steps the line search shrank. Right: the
+    full step's KL in units of ``delta``, the distribution over updates, with the boundary at 1.
+    Reads the ``kl/exact_per_state``, ``kl/exact_per_state_full_step``, ``backtracks`` and
+    ``env_steps`` logs of ``rlnotes.trpo.train``. Returns the two axes.
+    """
+    runs = _runs(runs)
+    if not delta > 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})[1]
+    left, right = axes
+    full_all = []
+    for i, (label, histories) in enumerate(runs.items()):
+        for j, h in enumerate(histories):
+            steps = h.update_array("env_steps")
+            full, taken = h.update_array("kl/exact_per_state_full_step"), h.update_array("kl/exact_per_state")
+            full_all.append(full)
+            left.plot(steps, full, "x", ms=4, color=f"C{i}", alpha=0.5)
+            left.plot(steps, taken, ".", ms=4, color=f"C{i}", label=label if j == 0 else None)
+    left.plot([], [], "x", color="gray", label="full step (before the line search)")
+    left.plot([], [], ".", color="gray", label="step taken")
+    left.axhline(delta, color="k", ls="--", lw=1, label=rf"trust region $\delta$ = {delta:g}")
+    left.set_xlabel(STEPS_LABEL)
+    left.set_ylabel(r"KL($\pi_\mathrm{old}$ || $\pi_\mathrm{new}$) [nats]")
+    left.set_title("KL of each update: full step and step taken")
+    left.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    ratio = np.concatenate(full_all) / delta
+    above = int(np.sum(ratio > 1))
+    right.hist(ratio, bins=np.linspace(0, max(1.5, float(ratio.max()) * 1.05), 31), color="C7")
+    right.axvline(1, color="k", ls="--", lw=1)
+    right.set_xlabel(r"full-step KL / $\delta$")
+    right.set_ylabel("updates")
+    right.set_title(f"{above} of {len(ratio)} full steps beyond $\\delta$,\nshrunk by the line search", fontsize=10)
+    return left, right
+
+
+def dpo_training(history, *, reference_accuracy: float | None = None, smooth: int = 6, axes=None):
+    """DPO's training logs in four panels, one quantity per axis (chapter 5).
+
+    ``history`` is ``rlnotes.dpo.train(...).history`` (or its ``updates`` dict) with TRL's keys:
+    the loss per batch and held-out (against log 2, the loss at the start); the implicit rewards
+    of chosen and rejected responses and their margin; the log-probabilities of both; the
+    preference accuracy on training batches and held out (against ``reference_accuracy``, e.g.
+    the reward model's), with the true reward of held-out samples on a second axis where it was
+    logged (``eval/r_star``). Batch-level curves are moving means over ``smooth`` batches.
+    Returns the 2 x 2 axes.
+    """
+    u = {k: np.asarray(v, dtype=float) for k, v in getattr(history, "updates", history).items()}
+    needed = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+              "logps/rejected", "rewards/accuracies"]
+    missing = [k for k in needed if k not in u]
+    if missing:
+        raise ValueError(f"history lacks the DPO log keys {missing}")
+    if not (isinstance(smooth, int) and 1 <= smooth <= len(u["loss"])):
+        raise ValueError(f"smooth must be an int in [1, {len(u['loss'])}], got {smooth!r}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(2, 2, figsize=(10, 6.5))[1]
+    steps = np.arange(1, len(u["loss"]) + 1)
+    s_steps = steps[smooth - 1:]
+    mean = lambda v: np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+    held_out = "eval/step" in u
+    (loss, rew), (logp, acc) = axes
+    loss.plot(steps, u["loss"], alpha=0.35, label="train loss (per batch)")
+    if held_out:
+        loss.plot(u["eval/step"], u["eval/loss"], "o-", label="held-out loss")
+    loss.axhline(np.log(2), color="k", ls="--", lw=1, label="log 2")
+    loss.set_ylabel("DPO loss")
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/margins"]:
+        rew.plot(s_steps, mean(u[key]), label=key)
+    rew.axhline(0, color="k", lw=0.8)
+    rew.set_ylabel("implicit reward\n" r"$\beta\log\pi_\theta/\pi_\mathrm{ref}$ (moving mean)")
+    for key in ["logps/chosen", "logps/rejected"]:
+        logp.plot(s_steps, mean(u[key]), label=key)
+    logp.set_ylabel(r"$\log\pi_\theta(y\mid x)$ [nats] (moving mean)")
+    acc.plot(s_steps, mean(u["rewards/accuracies"]), label="train accuracy (moving mean)")
+    if held_out:
+        acc.plot(u["eval/step"], u["eval/accuracy"], "o-", label="held-out accuracy")
+    if reference_accuracy is not None:
+        acc.axhline(reference_accuracy, color="gray", ls=":", label="reward model's held-out accuracy")
+    acc.set_ylabel("preference accuracy")
+    if held_out and "eval/r_star" in u:
+        twin = acc.twinx()
+        twin.plot(u["eval/step"], u["eval/r_star"], "s--", color="C3", label="r* of held-out samples")
+        twin.set_ylabel("mean true reward $r^*$", color="C3")
+        handles = [h for a in (acc, twin) for h in a.get_legend_handles_labels()[0]]
+        acc.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    else:
+        acc.legend(fontsize=8)
+    for ax in (loss, rew, logp):
+        ax.legend(fontsize=8)
+    for ax in (loss, rew, logp, acc):
+        ax.set_xlabel("step (batch of preference pairs)")
+    return axes

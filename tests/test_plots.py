@@ -1,0 +1,160 @@
+"""rlnotes.plots: each figure function draws what it says, labels its axes with units, returns the axes."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+
+from rlnotes import plots
+from rlnotes.trainer import History
+
+
+def history(seed: int, n_updates: int = 20) -> History:
+    rng = np.random.default_rng(seed)
+    h = History()
+    for i in range(1, 200):
+        h.add_episode(250 * i, float(min(500, 2 * i + rng.integers(0, 20))))
+    for i in range(1, n_updates + 1):
+        h.log({"env_steps": 512 * i, "kl/exact_per_state": 10.0 ** rng.uniform(-4, -1) if i != 3 else 0.0})
+    return h
+
+
+def bands(ax):
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_learning_curves_draws_a_mean_and_a_band_per_learner():
+    runs = {"PG": [history(0), history(1), history(2)], "PPO": {0: history(3), 1: history(4)}}
+    grid = np.arange(2_000, 40_001, 1_000)
+    ax = plots.learning_curves(runs, grid, baseline=(22.7, "random policy"), title="CartPole")
+    assert isinstance(ax, plt.Axes)
+    means = [l for l in ax.get_lines() if l.get_label() != "random policy"]
+    assert len(means) == 2 and len(bands(ax)) == 2
+    assert [l.get_label() for l in means] == ["PG (mean of 3 seeds)", "PPO (mean of 2 seeds)"]
+    curves = np.stack([h.curve(grid) for h in runs["PG"]])
+    np.testing.assert_allclose(means[0].get_ydata(), np.nanmean(curves, axis=0))
+    band = bands(ax)[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(np.nanmin(curves)) and band.max() == pytest.approx(np.nanmax(curves))
+    assert ax.get_xlabel() == "environment steps" and "return" in ax.get_ylabel()
+    assert ax.get_title() == "CartPole" and ax.get_legend() is not None
+    assert any(l.get_label() == "random policy" and l.get_ydata()[0] == 22.7 for l in ax.get_lines())
+
+
+def test_learning_curves_one_seed_has_no_band_and_uses_a_given_axes():
+    fig, (left, right) = plt.subplots(1, 2)
+    assert plots.learning_curves({"PG": history(0)}, [1_000, 2_000, 3_000], ax=right, colors={"PG": "C2"}) is right
+    assert len(right.get_lines()) == 1 and not bands(right) and not left.get_lines()
+    assert right.get_lines()[0].get_color() == "C2"
+
+
+def test_kl_per_update_is_a_log_axis_in_nats_with_every_seed():
+    runs = {"PG": [history(0), history(1)], "TRPO": [history(2)]}
+    ax = plots.kl_per_update(runs, floor=1e-6, lines=[(0.01, "delta = 0.01")])
+    assert ax.get_yscale() == "log" and "[nats]" in ax.get_ylabel() and "1e-06" in ax.get_ylabel()
+    data = [l for l in ax.get_lines() if l.get_label() != "delta = 0.01"]
+    assert len(data) == 3                                            # every seed
+    assert len({l.get_color() for l in data}) == 2                   # one colour per learner
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["PG", "TRPO", "delta = 0.01"]
+    assert data[0].get_ydata().min() == 1e-6                          # the update with KL 0 at the floor
+    np.testing.assert_array_equal(data[0].get_xdata(), history(0).update_array("env_steps"))
+    assert ax.get_xlabel() == "environment steps"
+    ax = plots.kl_per_update(runs, colors={"TRPO": "C1", "PG": "C0"})
+    assert [l.get_color() for l in ax.get_lines()] == ["C0", "C0", "C1"]
+
+
+def test_kl_per_update_without_env_steps_counts_updates():
+    h = History()
+    for kl in [0.1, 0.2, 0.05]:
+        h.log(kl_seq=kl)
+    ax = plots.kl_per_update({"LM": h}, key="kl_seq")
+    assert ax.get_xlabel() == "update" and list(ax.get_lines()[0].get_xdata()) == [1, 2, 3]
+
+
+def test_reward_kl_frontier_orders_points_by_kl_and_labels_them():
+    points = [("beta=0.1", {"kl/exact_per_sequence": 5.0, "r_star": 1.0, "r_phi": 2.0}),
+              ("SFT", {"kl/exact_per_sequence": 0.0, "r_star": 0.0, "r_phi": 0.1}),
+              ("beta=1", {"kl/exact_per_sequence": 1.0, "r_star": 0.5, "r_phi": 0.6})]
+    ax = plots.reward_kl_frontier(points)
+    true, model = ax.get_lines()
+    assert list(true.get_xdata()) == [0.0, 1.0, 5.0] and list(true.get_ydata()) == [0.0, 0.5, 1.0]
+    assert list(model.get_ydata()) == [0.1, 0.6, 2.0]
+    assert [t.get_text() for t in ax.texts] == ["SFT", "beta=1", "beta=0.1"]
+    assert "[nats]" in ax.get_xlabel() and ax.get_xscale() == "symlog" and ax.get_ylabel()
+    ax2 = plots.reward_kl_frontier(points, rewards={"r_star": "r*"}, annotate=False, symlog=False)
+    assert len(ax2.get_lines()) == 1 and not ax2.texts and ax2.get_xscale() == "linear"
+
+
+def test_bad_input_is_refused_with_the_argument_named():
+    with pytest.raises(TypeError, match="runs"):
+        plots.learning_curves([history(0)], [1, 2])
+    with pytest.raises(ValueError, match="grid"):
+        plots.learning_curves({"PG": history(0)}, [5])
+    with pytest.raises(ValueError, match="floor"):
+        plots.kl_per_update({"PG": history(0)}, floor=0)
+    with pytest.raises(ValueError, match="lack"):
+        plots.reward_kl_frontier([("SFT", {"r_star": 0.0})])
+    with pytest.raises(ValueError, match="runs\\['PG'\\]"):
+        plots.learning_curves({"PG": []}, [1, 2])
+
+
+def trpo_history(seed: int, n: int = 30, delta: float = 0.01) -> History:
+    rng = np.random.default_rng(seed)
+    h = History()
+    for i in range(1, n + 1):
+        full = delta * rng.uniform(0.3, 1.3)
+        h.log({"env_steps": 512 * i, "kl/exact_per_state_full_step": full,
+               "kl/exact_per_state": min(full, delta * 0.95), "backtracks": float(full > delta)})
+    return h
+
+
+def test_trpo_line_search_shows_full_and_taken_steps_against_delta():
+    runs = {"TRPO": [trpo_history(0), trpo_history(1)]}
+    left, right = plots.trpo_line_search(runs, 0.01)
+    legend = [t.get_text() for t in left.get_legend().get_texts()]
+    assert legend == ["TRPO", "full step (before the line search)", "step taken", "trust region $\\delta$ = 0.01"]
+    assert len(left.get_lines()) == 2 * 2 + 2 + 1                      # 2 seeds x (full, taken), 2 keys, delta
+    assert any(l.get_ydata()[0] == 0.01 for l in left.get_lines() if "delta" in l.get_label())
+    assert "[nats]" in left.get_ylabel() and left.get_xlabel() == "environment steps"
+    full = np.concatenate([h.update_array("kl/exact_per_state_full_step") for h in runs["TRPO"]])
+    assert sum(p.get_height() for p in right.patches) == len(full)    # every update in the histogram
+    assert f"{np.sum(full > 0.01)} of {len(full)}" in right.get_title()
+    assert "delta" in right.get_xlabel()
+    with pytest.raises(ValueError, match="delta"):
+        plots.trpo_line_search(runs, 0)
+
+
+def dpo_updates(n: int = 30) -> dict:
+    rng = np.random.default_rng(0)
+    u = {k: rng.normal(size=n) for k in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                         "logps/chosen", "logps/rejected", "rewards/accuracies"]}
+    u |= {"eval/step": np.array([10, 20, 30]), "eval/loss": np.array([0.69, 0.65, 0.6]),
+          "eval/accuracy": np.array([0.5, 0.6, 0.65]), "eval/r_star": np.array([0.0, 0.4, 0.8])}
+    return u
+
+
+def test_dpo_training_puts_one_quantity_on_each_axis():
+    axes = plots.dpo_training(dpo_updates(), reference_accuracy=0.72, smooth=5)
+    (loss, rew), (logp, acc) = axes
+    assert [l.get_label() for l in loss.get_lines()] == ["train loss (per batch)", "held-out loss", "log 2"]
+    assert loss.get_lines()[2].get_ydata()[0] == pytest.approx(np.log(2))
+    assert [l.get_label() for l in rew.get_lines()][:3] == ["rewards/chosen", "rewards/rejected", "rewards/margins"]
+    assert len(rew.get_lines()[0].get_xdata()) == 30 - 5 + 1          # moving mean over 5 batches
+    assert "[nats]" in logp.get_ylabel()
+    assert acc.get_ylabel() == "preference accuracy"                   # accuracy alone on its axis ...
+    assert all("r*" not in l.get_label() for l in acc.get_lines())
+    twin = [a for a in acc.figure.axes if a is not acc and a.bbox.bounds == acc.bbox.bounds]
+    assert len(twin) == 1 and "r^*" in twin[0].get_ylabel()           # ... r* on its own axis
+    assert len(acc.get_legend().get_texts()) == 4
+    with pytest.raises(ValueError, match="lacks"):
+        plots.dpo_training({"loss": [1.0]})
+    with pytest.raises(ValueError, match="smooth"):
+        plots.dpo_training(dpo_updates(), smooth=0)
