@@ -1,10 +1,55 @@
 """The unit tests run torch on one thread, as the book does: the networks are tiny, one thread is
 as fast as several and repeats bit for bit. (``import rlnotes`` itself leaves the count alone.)"""
 
+import shutil
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------- the toy task's tokenizer and model
+
+@pytest.fixture(scope="module")
+def task():
+    from rlnotes import lm
+
+    return lm.SentimentTask()
+
+
+@pytest.fixture(scope="module")
+def tok(task):
+    from rlnotes import lm
+
+    return lm.build_tokenizer(task)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from rlnotes import lm
+
+    return lm.tiny_gpt2(tok, seed=0).eval()
+
+
+# ------------------------------------------------------------- a headless Chromium (browser tests)
+
+def find_chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("no Chromium on this machine: `apt-get install chromium` (make test does it where it can)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -53,10 +52,6 @@ PAGES = toc_pages()
 NOTEBOOKS = [p for p in PAGES if (ROOT / f"{p}.ipynb").exists()]
 
 
-def find_chromium() -> str | None:
-    return next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
-
-
 @pytest.fixture(scope="module")
 def server():
     if not (HTML / "index.html").exists():
@@ -70,20 +65,6 @@ def server():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip("no Chromium on this machine: `apt-get install chromium` (make test does it where it can)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module", params=["http", "file"])

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,10 +54,6 @@ def cells_to_run(notebook: Path) -> tuple[list[int], int]:
     assert len(widget) == 1, f"expected one cell calling {WIDGET_CALL!r} in {notebook}, found {len(widget)}"
     setup = [i for i in code if i < widget[0] and (i == code[0] or re.search(r"^\s*(import|from)\s", source[i], re.M))]
     return setup, widget[0]
-
-
-def find_chromium() -> str | None:
-    return next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
 
 
 def private_jupyter_env(home: Path) -> dict[str, str]:
@@ -165,20 +160,6 @@ def server(tmp_path_factory):
             except ProcessLookupError:
                 pass
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip("no Chromium on this machine: `apt-get install chromium` (make test does it where it can)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 # The figure of a widget view, whatever draws it: an <img> (today's PNG in an Output widget), an

@@ -8,21 +8,6 @@ import torch.nn.functional as F
 from rlnotes import lm
 
 
-@pytest.fixture(scope="module")
-def task():
-    return lm.SentimentTask()
-
-
-@pytest.fixture(scope="module")
-def tok(task):
-    return lm.build_tokenizer(task)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return lm.tiny_gpt2(tok, seed=0).eval()
-
-
 def test_true_reward_closed_forms(task):
     assert task.true_reward("x", "it was great .") == 1.0
     assert task.true_reward("x", "it was great and bad .") == 0.0

@@ -22,21 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def task():
-    return lm.SentimentTask()
-
-
-@pytest.fixture(scope="module")
-def tok(task):
-    return lm.build_tokenizer(task)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return lm.tiny_gpt2(tok, seed=0).eval()
-
-
-@pytest.fixture(scope="module")
 def batch(tok):
     p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
     r, rm = lm.encode_responses(tok, ["it was good .", "good ."])
