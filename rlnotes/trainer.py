@@ -169,8 +169,9 @@ class Config:
 
     def check(self, name: str, checker, *args) -> None:
         value = getattr(self, name)
-        if value is not None or checker is check_bool:
-            object.__setattr__(self, name, checker(name, value, *args))
+        if value is None and "None" in str(self.__dataclass_fields__[name].type):
+            return  # a field typed ``X | None``: None means "off" (no clipping, no target, ...)
+        object.__setattr__(self, name, checker(name, value, *args))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

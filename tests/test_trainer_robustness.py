@@ -282,3 +282,12 @@ def test_whole_floats_are_accepted_where_counts_are_expected(tiny_prepared):
     assert sft.config.steps == 300 and type(sft.config.steps) is int and len(sft.history) == 300
     with pytest.raises(TypeError, match="steps must be an integer, got 300.5"):
         rlhf.train_sft(model, tok, xs, ys, steps=300.5)
+
+
+def test_none_is_refused_where_a_field_is_not_optional():
+    # seed, total_steps ... must be given; only fields typed ``X | None`` take None ("off")
+    with pytest.raises(TypeError, match="seed must be an integer, got None"):
+        pg.train("CartPole-v1", total_steps=512, seed=None)
+    with pytest.raises(TypeError, match="lr must be a number, got None"):
+        ppo.train("CartPole-v1", total_steps=512, seed=0, lr=None)
+    assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None
