@@ -13,8 +13,6 @@ Two pieces, both used by the chapters' "post, sentence by sentence" tables:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import lm
