@@ -128,6 +128,12 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     mean changes: it runs over the response tokens under ``mask``.
     """
     check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    return _ppo_token_loss(logp, old_logp, advantages, mask, eps)
+
+
+def _ppo_token_loss(logp, old_logp, advantages, mask, eps):
+    """``ppo_token_loss`` without its shape check (``update`` calls it once per minibatch on tensors of
+    one ``TokenBatch``, whose shapes ``collect`` made equal)."""
     surrogate = clipped_surrogate(ppo_ratio(logp, old_logp), advantages, eps)
     m = mask.to(surrogate.dtype)
     return -(surrogate * m).sum() / m.sum()
@@ -327,18 +333,35 @@ class TokenBatch:
     advantages: torch.Tensor
     returns: torch.Tensor
     stats: dict
+    first_pass: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _reuses_first_pass(policy: nn.Module, cfg: RLHFConfig) -> bool:
+    """Whether ``collect``'s forward pass can serve as the first minibatch's: one minibatch holds the
+    whole batch (so epoch 0's forward sees the very parameters ``collect`` saw) and no dropout is
+    active (so the pass in train mode equals the one in eval mode)."""
+    one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
+    return one_minibatch and not any(isinstance(m, nn.Dropout) and m.p > 0 for m in policy.modules())
 
 
 @torch.no_grad()
 def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], beta: float, cfg: RLHFConfig,
             generator: torch.Generator) -> TokenBatch:
     """Sample y ~ pi(.|x), score it (r_phi, minus ``missing_eos_penalty`` if unfinished), give each token
-    the reward of eq. (rlhf-token-reward) and compute GAE advantages (normalised over the tokens)."""
+    the reward of eq. (rlhf-token-reward) and compute GAE advantages (normalised over the tokens).
+
+    When ``update``'s first minibatch is the whole batch, the policy's forward pass here keeps its
+    graph (``TokenBatch.first_pass``) and ``update`` back-propagates through it instead of running the
+    same forward again (what TRL's trainers do when they take one step per batch)."""
     tok, ref, device = prepared.tokenizer, prepared.sft, prepared.device
     p, pm = lm.encode_prompts(tok, prompts, device)
     policy.eval()
     ids, mask = lm.sample(policy.lm, tok, p, pm, prepared.task.max_response_tokens, generator=generator)
-    logits, old_logp, values = policy(p, pm, ids, mask)
+    reuse = _reuses_first_pass(policy, cfg)
+    with torch.set_grad_enabled(reuse):
+        logits, logp, values = policy(p, pm, ids, mask)
+    first_pass = (logp, values) if reuse else None
+    logits, old_logp, values = logits.detach(), logp.detach(), values.detach()
     logits_ref = lm.response_logits(ref, p, pm, ids, mask)
     ref_logp = lm.logprobs_from_logits(logits_ref, ids, mask)
     r_phi = prepared.reward_model(p, pm, ids, mask)
@@ -360,19 +383,25 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
              "entropy": ((ent * mask).sum() / mask.sum()).item(),
              "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
              "completions/clipped_ratio": (~finished).float().mean()}
-    return TokenBatch(p, pm, ids, mask, old_logp, adv, ret, stats)
+    return TokenBatch(p, pm, ids, mask, old_logp, adv, ret, stats, first_pass)
 
 
 def update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: TokenBatch, cfg: RLHFConfig,
            generator: torch.Generator) -> float:
-    """``epochs`` passes of minibatch Adam steps on -L^CLIP over tokens + c_1 L^VF; returns the last value loss."""
+    """``epochs`` passes of minibatch Adam steps on -L^CLIP over tokens + c_1 L^VF; returns the last value loss.
+    The first minibatch uses ``batch.first_pass`` when ``collect`` kept it."""
     policy.train()
     n = len(batch.ids)
+    first_pass, batch.first_pass = batch.first_pass, None
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator).to(batch.ids.device)
         for idx in order.split(cfg.minibatch_size or n):
-            _, logp, values = policy(batch.prompt_ids[idx], batch.prompt_mask[idx], batch.ids[idx], batch.mask[idx])
-            pg = ppo_token_loss(logp, batch.old_logp[idx], batch.advantages[idx], batch.mask[idx], cfg.eps)
+            if first_pass is not None:
+                logp, values = first_pass[0][idx], first_pass[1][idx]
+                first_pass = None
+            else:
+                _, logp, values = policy(batch.prompt_ids[idx], batch.prompt_mask[idx], batch.ids[idx], batch.mask[idx])
+            pg = _ppo_token_loss(logp, batch.old_logp[idx], batch.advantages[idx], batch.mask[idx], cfg.eps)
             v_loss = value_loss(values, batch.returns[idx], batch.mask[idx])
             loss = pg + cfg.vf_coef * v_loss
             optimizer.zero_grad()

@@ -229,3 +229,28 @@ def test_compare_kl_estimators(prepared):
     assert res["exact"] > 0.1
     assert abs(res["k1"]["bias"]) < 0.1 * res["exact"] and abs(res["k3"]["bias"]) < 0.1 * res["exact"]
     assert res["k2"]["negative"] == 0 and res["k3"]["negative"] == 0 and res["k1"]["negative"] > 0
+
+
+def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
+    """One minibatch per epoch: collect's forward pass serves epoch 0 (one policy forward fewer per
+    step) and training follows the same path as recomputing it; with minibatches it is recomputed."""
+    calls = []
+    forward = rlhf.PolicyWithValue.forward
+    monkeypatch.setattr(rlhf.PolicyWithValue, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    kw = dict(beta=0.1, steps=2, batch_size=8, epochs=2, seed=0)
+    reused = rlhf.train_ppo(prepared, **kw)
+    assert len(calls) == 2 * 2  # per step: collect's pass (kept for epoch 0), epoch 1's pass
+    calls.clear()
+    monkeypatch.setattr(rlhf, "_reuses_first_pass", lambda policy, cfg: False)
+    recomputed = rlhf.train_ppo(prepared, **kw)
+    assert len(calls) == 2 * 3
+    for key in ("r_phi", "kl/exact_per_sequence", "loss/value"):
+        np.testing.assert_allclose(reused.history.update_array(key), recomputed.history.update_array(key),
+                                   rtol=1e-4, atol=1e-6)
+    for a, b in zip(reused.model.parameters(), recomputed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    monkeypatch.undo()
+    cfg = rlhf.RLHFConfig(batch_size=8, minibatch_size=4)
+    assert not rlhf._reuses_first_pass(reused.value_fn, cfg)
+    assert rlhf._reuses_first_pass(reused.value_fn, rlhf.RLHFConfig(batch_size=8, minibatch_size=8))
+    assert not rlhf._reuses_first_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)), rlhf.RLHFConfig(batch_size=8))
