@@ -34,6 +34,7 @@ Public API (stable; chapter 5 uses it):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import numbers
@@ -425,13 +426,17 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     bfloat16 logits are returned as float32, float32 and float64 as they are.
     With ``output_hidden_states`` also returns the last layer's hidden states at those
     positions, [B, T, H] (the value head's input), as a pair (logits, hidden).
+    The output layer runs on the last T + 1 positions only (``logits_to_keep``, where the model
+    takes it), and on a CUDA GPU with bf16 support the pass runs under bf16 autocast.
     """
     _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask)
     ids, mask, positions = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                output_hidden_states=output_hidden_states)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    logits = out.logits[:, P - 1:P + T - 1]
+    keep = {"logits_to_keep": T + 1} if _takes_logits_to_keep(type(model)) else {}
+    with _autocast(ids.device):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    output_hidden_states=output_hidden_states, **keep)
+    logits = out.logits[:, -(T + 1):-1]  # positions P-1 .. P+T-2, whether or not the model kept only T + 1
     if logits.dtype != torch.float64:
         logits = logits.float()  # half and bfloat16 upcast; float32 unchanged
     if output_hidden_states:
@@ -575,6 +580,12 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
         else:
             logits[rows] = out.logits[:, -1].float()
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(model_class) -> bool:
+    """Whether a model class's forward computes its output layer on the last k positions only."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _autocast(device: torch.device):

@@ -128,7 +128,8 @@ class RewardModel(nn.Module):
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
         ids, mask, positions = lm._joint(prompt_ids, prompt_mask, response_ids, response_mask)
-        hidden = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        with lm._autocast(ids.device):
+            hidden = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         last = prompt_ids.shape[1] + response_mask.sum(dim=1) - 1  # the EOS (or last response) token
         h = hidden[torch.arange(len(ids), device=ids.device), last]
         return self.head(h.float()).squeeze(-1) - self.offset

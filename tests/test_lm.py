@@ -237,3 +237,26 @@ def test_sample_drops_finished_rows_and_matches_the_uncached_definition(task, to
         assert size >= going
         assert size == (max(2, going) if 4 * going <= 3 * previous else previous)
         previous = size
+
+
+def test_response_logits_keeps_only_the_response_positions(tok, model):
+    """The output layer runs on the last T + 1 positions only; the logits equal the full forward's
+    slice at positions P-1 .. P+T-2, and a model whose forward lacks logits_to_keep gets the slice."""
+    p, pm = lm.encode_prompts(tok, ["phone review :", "review of the movie :"])
+    r, rm = lm.encode_responses(tok, ["it was good .", "bad ."])
+    ids, mask, positions = lm._joint(p, pm, r, rm)
+    full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    P, T = p.shape[1], r.shape[1]
+    torch.testing.assert_close(lm.response_logits(model, p, pm, r, rm), full[:, P - 1:P + T - 1])
+    assert lm._takes_logits_to_keep(type(model))
+
+    class Plain(torch.nn.Module):  # a forward with no logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask, position_ids, output_hidden_states=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    assert not lm._takes_logits_to_keep(Plain)
+    torch.testing.assert_close(lm.response_logits(Plain(model), p, pm, r, rm), full[:, P - 1:P + T - 1])
