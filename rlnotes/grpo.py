@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from . import lm
-from .kl import k3
+from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
-from .rloo import _check_groups, group_metrics, new_policy, sample_groups
+from .rloo import _check_groups, group_metrics, new_policy, sample_groups, score_groups
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
 from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
@@ -129,7 +129,6 @@ def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     def grad(f):
         return torch.autograd.grad(f, theta, retain_graph=True)[0]
 
-    from .kl import exact_kl
     return {"k1_loss": grad((p * (logp - ref)).sum()), "k1_reward": grad((p * (logp - ref).detach() * logp).sum()),
             "k3_loss": grad((p * k3(logp, ref)).sum()), "reverse": grad(exact_kl(logp, ref)),
             "forward": grad(exact_kl(ref, logp))}
@@ -192,7 +191,6 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
     """
     cfg = make_config(GRPOConfig, config, **kwargs)
     task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
-    reward_fn = task.true_rewards if reward_fn is None else reward_fn
     G, n = cfg.num_generations, cfg.batch_size * cfg.num_generations
     mb = n if cfg.minibatch_size is None else min(cfg.minibatch_size, n)
     history = History()
@@ -208,7 +206,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
                     with Timer() as timer:
                         prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
                         g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen)
-                        reward = reward_fn(g.prompts, g.text).to(g.logp)
+                        reward, r_star = score_groups(task, reward_fn, g)
                         adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
                         for _ in range(cfg.epochs):
                             order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
@@ -221,7 +219,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
                                 if cfg.max_grad_norm is not None:
                                     nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                                 opt.step()
-                    history.log({"loss": out.loss, **group_metrics(g, reward, task.true_rewards(g.prompts, g.text), G),
+                    history.log({"loss": out.loss, **group_metrics(g, reward, r_star, G),
                                  "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
                                  "seconds": timer.seconds})
     policy.eval()

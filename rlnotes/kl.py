@@ -27,6 +27,13 @@ def exact_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return terms.sum(-1)
 
 
+def sequence_kl(logits: torch.Tensor, logits_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_t KL(pi(.|s_t) || pi_ref(.|s_t)) over each sequence's unmasked positions, [B], from the
+    logits [B, T, V] of pi and of pi_ref (``exact_kl`` per token, summed under ``mask`` [B, T])."""
+    logp, logq = torch.log_softmax(logits, -1), torch.log_softmax(logits_ref, -1)
+    return (exact_kl(logp, logq) * mask).sum(dim=1)
+
+
 def mean_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tensor:
     """E_s[ KL[pi_old(.|s) || pi_new(.|s)] ]: the exact KL per state, averaged over the states.
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .kl import exact_kl, kl_estimators
+from .kl import exact_kl, kl_estimators, sequence_kl
 from .nets import value_loss
 from .ppo import clipped_surrogate
 from .ppo import ratio as ppo_ratio
@@ -218,7 +218,7 @@ def kl_to_ref(policy, ref, prompt_ids, prompt_mask, response_ids, response_mask)
     """
     logits = lm.response_logits(_lm(policy), prompt_ids, prompt_mask, response_ids, response_mask)
     logits_ref = lm.response_logits(ref, prompt_ids, prompt_mask, response_ids, response_mask)
-    return (exact_kl(F.log_softmax(logits, -1), F.log_softmax(logits_ref, -1)) * response_mask).sum(dim=1)
+    return sequence_kl(logits, logits_ref, response_mask)
 
 
 @torch.no_grad()
@@ -374,11 +374,10 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
     m = mask.bool()
     adv = torch.where(m, adv, torch.zeros_like(adv))
     adv[m] = normalize(adv[m])
-    logp_all, logq_all = F.log_softmax(logits, -1), F.log_softmax(logits_ref, -1)
-    ent = -(F.softmax(logits, -1) * logp_all).sum(-1)
+    ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)
     text = lm.decode_responses(tok, ids, mask)
     stats = {"r_phi": r_phi.mean(), "r_star": prepared.task.true_rewards(prompts, text).mean(),
-             "kl/exact_per_sequence": (exact_kl(logp_all, logq_all) * mask).sum(1).mean().item(),
+             "kl/exact_per_sequence": sequence_kl(logits, logits_ref, mask).mean().item(),
              "kl/k1_per_sequence": ((old_logp - ref_logp) * mask).sum(1).mean(),
              "entropy": ((ent * mask).sum() / mask.sum()).item(),
              "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),

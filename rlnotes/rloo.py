@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .rlhf import kl_to_ref
+from .kl import sequence_kl
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
 from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
@@ -138,7 +138,7 @@ class Groups:
 
     ``logp`` / ``ref_logp``: log pi_old(y_t|s_t) and log pi_ref(y_t|s_t) per token, [B k, T], 0 on
     padding; ``kl``: the exact per-token KL(pi_old || pi_ref) summed over each response, [B k]
-    (``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old.
+    (``rlnotes.kl.sequence_kl``, as ``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old.
     """
 
     prompts: list
@@ -161,7 +161,8 @@ class Groups:
 @torch.no_grad()
 def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
                   generator: torch.Generator | None = None) -> Groups:
-    """Draw k responses per prompt from ``policy`` and score them under it and under ``ref``."""
+    """Draw k responses per prompt from ``policy`` and score them under it and under ``ref`` (one
+    forward pass of each)."""
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
     p, pm = lm.encode_prompts(tokenizer, repeated, device)
@@ -169,13 +170,22 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     policy.eval()
     ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator)
     logits = lm.response_logits(policy, p, pm, ids, mask)
-    logp = F.log_softmax(logits, -1)
-    entropy = (-(logp.exp() * logp).sum(-1) * mask).sum() / mask.sum()
     policy.train(was_training)
+    logits_ref = lm.response_logits(ref, p, pm, ids, mask)
+    logq = F.log_softmax(logits, -1)
+    entropy = (-(logq.exp() * logq).sum(-1) * mask).sum() / mask.sum()
     finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
     return Groups(repeated, p, pm, ids, mask, lm.decode_responses(tokenizer, ids, mask),
-                  lm.token_logprobs(policy, p, pm, ids, mask), lm.token_logprobs(ref, p, pm, ids, mask),
-                  kl_to_ref(policy, ref, p, pm, ids, mask), entropy.item(), finished)
+                  lm.logprobs_from_logits(logits, ids, mask), lm.logprobs_from_logits(logits_ref, ids, mask),
+                  sequence_kl(logits, logits_ref, mask), entropy.item(), finished)
+
+
+def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reward, r*) of every sampled response: ``reward_fn``'s score (None: r* itself, computed once)
+    and the verifiable r* logged beside it."""
+    r_star = task.true_rewards(g.prompts, g.text)
+    reward = r_star if reward_fn is None else reward_fn(g.prompts, g.text)
+    return reward.to(g.logp), r_star
 
 
 def group_metrics(g: Groups, rewards: torch.Tensor, r_star: torch.Tensor, k: int) -> dict:
@@ -253,7 +263,6 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
     """
     cfg = make_config(RLOOConfig, config, **kwargs)
     task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
-    reward_fn = task.true_rewards if reward_fn is None else reward_fn
     history = History()
     with rng_scope(cfg.seed):
         policy = new_policy(ref)
@@ -266,7 +275,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                     with Timer() as timer:
                         prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
                         g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen)
-                        reward = reward_fn(g.prompts, g.text).to(g.logp)
+                        reward, r_star = score_groups(task, reward_fn, g)
                         k1 = (g.logp - g.ref_logp).sum(1)
                         adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
                         logp = lm.token_logprobs(policy, *g.tensors(slice(None))).sum(1)
@@ -276,7 +285,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                         if cfg.max_grad_norm is not None:
                             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                         opt.step()
-                    history.log({"loss": loss, **group_metrics(g, reward, task.true_rewards(g.prompts, g.text), cfg.k),
+                    history.log({"loss": loss, **group_metrics(g, reward, r_star, cfg.k),
                                  "kl/k1_per_sequence": k1.mean(), "seconds": timer.seconds})
     policy.eval()
     return result

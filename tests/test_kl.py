@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlnotes.kl import exact_kl, k3, kl_estimators, mean_kl
+from rlnotes.kl import exact_kl, k3, kl_estimators, mean_kl, sequence_kl
 
 
 def test_exact_kl_matches_torch_on_log_probabilities():
@@ -62,3 +62,13 @@ def test_k3_is_never_negative_and_finite_at_large_log_ratios():
     logq = torch.tensor([-30.0, 0.0, -1e-3, -0.0])
     out = k3(logp, logq)
     assert torch.isfinite(out).all() and (out >= 0).all() and out[2] == 0
+
+
+def test_sequence_kl_sums_exact_token_kl_under_the_mask():
+    g = torch.Generator().manual_seed(0)
+    logits, logits_ref = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float32)
+    p, q = torch.softmax(logits, -1), torch.softmax(logits_ref, -1)
+    per_token = (p * (p.log() - q.log())).sum(-1)
+    torch.testing.assert_close(sequence_kl(logits, logits_ref, mask), (per_token * mask).sum(1))
+    assert torch.all(sequence_kl(logits, logits, mask) == 0)
