@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lm import _autocast, sequence_logprob, stack_pairs
+from .lm import group_response_logits, logprobs_from_logits, stack_pairs
 from .reward import preference_accuracy
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
@@ -197,16 +197,17 @@ def _trim(data: dict, idx) -> dict:
 
 
 def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi(y_w|x), log pi(y_l|x)), each [B], in ONE forward pass over the 2B sequences [x; y_w] and [x; y_l].
+    """(log pi(y_w|x), log pi(y_l|x)), each [B], in one pass over the 2B sequences [x; y_w] and [x; y_l],
+    each prompt run once (``rlnotes.lm.group_response_logits``).
 
-    Each is the sum of the response tokens' log-probabilities (``rlnotes.lm.sequence_logprob``:
-    prompt and padding masked), the four numbers per pair that Eq. 7 needs (with the reference's).
-    On a CUDA GPU with bf16 support the pass runs under bf16 autocast, for the policy and the
-    reference alike (so that their log-ratio starts at exactly 0); the result is float32.
+    Each is the sum of the response tokens' log-probabilities (prompt and padding masked), the four
+    numbers per pair that Eq. 7 needs (with the reference's). On a CUDA GPU with bf16 support the
+    pass runs under bf16 autocast, for the policy and the reference alike (so that their log-ratio
+    starts at exactly 0); the result is float32.
     """
-    with _autocast(batch["prompt_ids"].device):
-        logps = sequence_logprob(model, *stack_pairs(batch, pad_id))
-    return logps.float().chunk(2)
+    p, pm, ids, mask = stack_pairs(batch, pad_id)
+    logps = logprobs_from_logits(group_response_logits(model, p, pm, ids, mask), ids, mask).sum(dim=1)
+    return logps.float().view(-1, 2).unbind(1)
 
 
 def _batch_size(device: torch.device, batch_size: int | None) -> int:

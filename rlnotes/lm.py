@@ -474,21 +474,87 @@ def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
 
 
 def stack_pairs(batch: dict, pad_id: int):
-    """A batch of B preference pairs as ONE batch of 2B sequences, [x; y_w] then [x; y_l].
+    """A batch of B preference pairs as B prompts and 2B responses, y_w then y_l for each prompt.
 
     ``batch`` holds ``prompt_ids/prompt_mask`` and ``chosen_ids/chosen_mask``,
     ``rejected_ids/rejected_mask``; the two response sides are right-padded to a common width.
-    Returns (prompt_ids, prompt_mask, response_ids, response_mask), so that one forward pass
+    Returns (prompt_ids [B, P], prompt_mask, response_ids [2B, T], response_mask) in the
+    prompt-major order of ``group_response_logits``, so that one pass, with each prompt run once,
     scores both responses of every pair (the reward model of chapter 4, DPO in chapter 5).
     """
     width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
 
-    def pad(x, value):
-        return F.pad(x, (0, width - x.shape[1]), value=value)
+    def pairs(side: str, value):  # [B, 2, T] -> [2B, T]: row 2i is pair i's y_w, row 2i + 1 its y_l
+        chosen, rejected = (F.pad(batch[f"{s}_{side}"], (0, width - batch[f"{s}_{side}"].shape[1]), value=value)
+                            for s in ("chosen", "rejected"))
+        return torch.stack([chosen, rejected], dim=1).flatten(0, 1)
 
-    return (batch["prompt_ids"].repeat(2, 1), batch["prompt_mask"].repeat(2, 1),
-            torch.cat([pad(batch["chosen_ids"], pad_id), pad(batch["rejected_ids"], pad_id)]),
-            torch.cat([pad(batch["chosen_mask"], 0), pad(batch["rejected_mask"], 0)]))
+    return batch["prompt_ids"], batch["prompt_mask"], pairs("ids", pad_id), pairs("mask", 0)
+
+
+def group_size(prompt_ids: torch.Tensor, response_ids: torch.Tensor) -> int:
+    """k, the number of responses per prompt in a prompt-major batch of B prompts and k B responses."""
+    k, rest = divmod(len(response_ids), max(len(prompt_ids), 1))
+    if rest or k < 1 or len(prompt_ids) == 0:
+        raise ValueError(f"response_ids must hold k >= 1 responses per prompt ({len(prompt_ids)} prompts), "
+                         f"got {len(response_ids)}")
+    return k
+
+
+def _repeat_rows(cache, k: int):
+    """Each batch row of a KV cache k times in a row (a ``Cache`` object, or transformers 4's tuples)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(k)
+        return cache
+    return tuple(tuple(t.repeat_interleave(k, 0) for t in layer) for layer in cache)
+
+
+def _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, **first_kwargs):
+    """(prompt_out, response_out): ``model`` run once on the B prompts, keeping their KV cache, then
+    on the k B responses (prompt-major) with each prompt's cache repeated for its k responses."""
+    k = len(response_ids) // len(prompt_ids)
+    with _autocast(prompt_ids.device):
+        first = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                      position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **first_kwargs)
+        cache = {name: _repeat_rows(c, k) for name, c in _cache_kwargs(model, first).items()}
+        n_prompt = prompt_mask.sum(1, keepdim=True).repeat_interleave(k, 0)
+        rest = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1),
+                     position_ids=n_prompt + (response_mask.cumsum(1) - 1).clamp(min=0), **cache)
+    return first, rest
+
+
+def group_response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """``response_logits`` for k responses per prompt, prompt-major (x_1's k responses, then x_2's, ...),
+    with each prompt run once: its KV cache serves its k responses. [k B, T, V], equal to
+    ``response_logits`` on the prompts repeated k times (``repeat_interleave``), with (k - 1) / k of
+    the prompt tokens' cost saved (DPO's and the reward model's pairs: k = 2)."""
+    k = group_size(prompt_ids, response_ids)
+    if k == 1:
+        return response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    _check_pair(model, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0), response_ids,
+                response_mask)
+    first, rest = _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                   **_last_logits_kwargs(model))
+    logits = torch.cat([first.logits[:, -1:].repeat_interleave(k, 0), rest.logits[:, :-1]], dim=1)
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def last_hidden(body, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """The last layer's hidden state at each sequence's last token (the response's last, or the
+    prompt's last where a response is empty), [k B, H], for k responses per prompt (prompt-major,
+    each prompt run once when k > 1). ``body`` is a transformer without its output layer (the
+    reward model's ``base_model``)."""
+    k = group_size(prompt_ids, response_ids)
+    rows = torch.arange(len(response_ids), device=response_ids.device)
+    n = response_mask.sum(dim=1)
+    if k == 1:
+        ids, mask, positions = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
+        with _autocast(ids.device):
+            hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        return hidden[rows, prompt_ids.shape[1] + n - 1]
+    first, rest = _grouped_forward(body, prompt_ids, prompt_mask, response_ids, response_mask)
+    at_prompt = first.last_hidden_state[:, -1].repeat_interleave(k, 0)
+    return torch.where((n > 0)[:, None], rest.last_hidden_state[rows, (n - 1).clamp(min=0)], at_prompt)
 
 
 def sequence_logprob(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
@@ -507,7 +573,7 @@ def _cache_kwargs(model, out) -> dict:
 def _last_logits_kwargs(model) -> dict:
     """Ask for the last position's logits only, where the model can (``logits_to_keep`` in
     transformers >= 4.50): a prompt's other positions would cost B x P x V floats for nothing."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
 
 
 def _select_rows(cache, rows: torch.Tensor):

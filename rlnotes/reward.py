@@ -127,11 +127,8 @@ class RewardModel(nn.Module):
         self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-        ids, mask, positions = lm._joint(prompt_ids, prompt_mask, response_ids, response_mask)
-        with lm._autocast(ids.device):
-            hidden = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-        last = prompt_ids.shape[1] + response_mask.sum(dim=1) - 1  # the EOS (or last response) token
-        h = hidden[torch.arange(len(ids), device=ids.device), last]
+        """r_phi(x, y), [k B], for k responses per prompt (prompt-major; k = 1: one each)."""
+        h = lm.last_hidden(self.lm.base_model, prompt_ids, prompt_mask, response_ids, response_mask)  # at EOS
         return self.head(h.float()).squeeze(-1) - self.offset
 
     @torch.no_grad()
@@ -192,7 +189,7 @@ def train_reward_model(sft, tokenizer, prefs: Preferences, config: RewardConfig 
                     with Timer() as timer:
                         idx = torch.randint(len(prefs), (cfg.batch_size,), generator=gen).to(device)
                         pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, tokenizer.pad_token_id)
-                        rc, rr = rm(*pairs).chunk(2)  # one forward pass for the chosen and the rejected responses
+                        rc, rr = rm(*pairs).view(-1, 2).unbind(1)  # one pass, each prompt run once
                         loss = reward_loss(rc, rr)
                         opt.zero_grad()
                         loss.backward()

@@ -145,7 +145,7 @@ def test_stack_pairs_pads_both_sides_to_one_width():
                  chosen_ids=torch.tensor([[1, 2, 3]]), chosen_mask=torch.tensor([[1, 1, 1]]),
                  rejected_ids=torch.tensor([[4]]), rejected_mask=torch.tensor([[1]]))
     p, pm, r, rm = stack_pairs(batch, pad_id=0)
-    assert p.tolist() == [[7, 8], [7, 8]] and pm.tolist() == [[1, 1], [1, 1]]
+    assert p.tolist() == [[7, 8]] and pm.tolist() == [[1, 1]]
     assert r.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert rm.tolist() == [[1, 1, 1], [1, 0, 0]]
 
@@ -260,3 +260,24 @@ def test_response_logits_keeps_only_the_response_positions(tok, model):
 
     assert not lm._takes_logits_to_keep(Plain)
     torch.testing.assert_close(lm.response_logits(Plain(model), p, pm, r, rm), full[:, P - 1:P + T - 1])
+
+
+def test_group_response_logits_and_last_hidden_run_each_prompt_once(tok, model):
+    """k responses per prompt, prompt-major: the same logits and last hidden states as the joint pass
+    on the prompts repeated k times, from one pass over the prompts (one forward call for B rows)."""
+    p, pm = lm.encode_prompts(tok, ["phone review :", "review of the movie :"])
+    r, rm = lm.encode_responses(tok, ["it was good .", "bad .", "good .", "it was bad movie ."])
+    rp, rpm = p.repeat_interleave(2, 0), pm.repeat_interleave(2, 0)
+    torch.testing.assert_close(lm.group_response_logits(model, p, pm, r, rm), lm.response_logits(model, rp, rpm, r, rm))
+    torch.testing.assert_close(lm.last_hidden(model.base_model, p, pm, r, rm),
+                               lm.last_hidden(model.base_model, rp, rpm, r, rm))
+    rows = []
+    hook = model.base_model.register_forward_pre_hook(lambda m, a, kw: rows.append(len(a[0] if a else kw["input_ids"])), with_kwargs=True)
+    lm.group_response_logits(model, p, pm, r, rm)
+    hook.remove()
+    assert rows == [2, 4]  # the 2 prompts once, then the 4 responses on their cache
+    empty = torch.zeros_like(rm)  # an empty response: the hidden state at the prompt's last token
+    torch.testing.assert_close(lm.last_hidden(model.base_model, p, pm, r, empty),
+                               lm.last_hidden(model.base_model, rp, rpm, r[:, :1], empty[:, :1]))
+    with pytest.raises(ValueError, match="k >= 1 responses per prompt"):
+        lm.group_response_logits(model, p, pm, r[:3], rm[:3])
