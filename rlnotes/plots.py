@@ -4,7 +4,10 @@
   min-max band (chapters 1-3);
 - :func:`kl_per_update`: how far each update moved the policy, on a log axis in nats
   (chapters 1-3);
-- :func:`reward_kl_frontier`: reward against KL to the reference policy (chapters 4-5).
+- :func:`reward_kl_frontier`: reward against KL to the reference policy (chapters 4-5);
+- :func:`ppo_one_batch`: PPO's loss optimised for many epochs on one batch, clipped or not
+  (chapter 3);
+- :func:`passes_per_update`: what one update computes, TRPO against PPO (chapter 3).
 
 Each takes an optional ``ax`` (a new figure otherwise), draws, labels the axes with their units,
 and returns the axes; the caller ends the cell with ``plt.show()``.
@@ -250,3 +253,81 @@ def dpo_training(history, *, reference_accuracy: float | None = None, smooth: in
     for ax in (loss, rew, logp, acc):
         ax.set_xlabel("step (batch of preference pairs)")
     return axes
+
+
+# --- ch3 ---
+
+def ppo_one_batch(clipped, unclipped, *, eps: float, bound: float | None = None, axes=None):
+    """PPO's loss optimised for many epochs on one batch (chapter 3), clipped against not clipped.
+
+    ``clipped`` and ``unclipped`` are the per-epoch logs of ``rlnotes.ppo.epochs_on_one_batch``
+    (a ``History`` or its ``updates`` dict) with clip range ``eps`` and with the clip removed.
+    Left: the exact mean KL[old || new] after each epoch, on a log axis in nats, for both runs,
+    with ``bound`` (the KL the clip range alone would allow, ``ppo.kl_bound_inside_clip``) as a
+    dotted line. Right: the fraction of the clipped run's ratios outside [1 - eps, 1 + eps].
+    Returns the two axes.
+    """
+    logs = []
+    for name, run in (("clipped", clipped), ("unclipped", unclipped)):
+        u = getattr(run, "updates", run)
+        if not isinstance(u, Mapping) or "kl/exact_per_state" not in u:
+            raise ValueError(f"{name} must be an epochs_on_one_batch history (with kl/exact_per_state per epoch)")
+        logs.append({k: np.asarray(v, dtype=float) for k, v in u.items()})
+    clipped, unclipped = logs
+    if "outside" not in clipped:
+        raise ValueError("clipped lacks the log key 'outside' (fraction of ratios outside the clip range)")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(10, 3.6))[1]
+    left, right = axes
+    band = f"$[{1 - eps:g}, {1 + eps:g}]$"
+    left.plot(np.arange(1, len(clipped["kl/exact_per_state"]) + 1), clipped["kl/exact_per_state"], color="C2",
+              label=rf"clipped, $\epsilon$ = {eps:g}")
+    left.plot(np.arange(1, len(unclipped["kl/exact_per_state"]) + 1), unclipped["kl/exact_per_state"], color="C3",
+              label="not clipped")
+    if bound is not None:
+        left.axhline(bound, color="C2", ls=":", label=f"KL if all ratios stay in {band}")
+    left.set_yscale("log")
+    left.set_xlabel("epochs on the same batch")
+    left.set_ylabel(r"mean KL($\pi_\mathrm{old}$ || $\pi$) [nats]")
+    left.set_title("How far the policy moves")
+    left.legend(fontsize=8)
+    right.plot(np.arange(1, len(clipped["outside"]) + 1), clipped["outside"], color="C2",
+               label=rf"clipped, $\epsilon$ = {eps:g}")
+    right.set_xlabel("epochs on the same batch")
+    right.set_ylabel(f"fraction of ratios outside {band}")
+    right.set_title("Ratios that left the clip range")
+    right.legend(fontsize=8)
+    return left, right
+
+
+def passes_per_update(costs: Mapping[str, Mapping[str, float]], *, ax=None, title: str | None = None):
+    """What one update computes, as stacked horizontal bars: one bar per algorithm (chapter 3).
+
+    ``costs`` maps an algorithm to {kind of pass: passes per update}, e.g. {"TRPO":
+    {"forward + backward": 2, "Hessian-vector products": 11, ...}, "PPO": {...}}; the same kind
+    gets the same colour in every bar, and each segment is labelled with its count.
+    Returns the axes.
+    """
+    if not isinstance(costs, Mapping) or not costs:
+        raise TypeError(f"costs must be a non-empty mapping {{algorithm: {{kind: passes}}}}, got {type(costs).__name__}")
+    kinds = list(dict.fromkeys(k for parts in costs.values() for k in parts))
+    for name, parts in costs.items():
+        bad = {k: v for k, v in parts.items() if not (np.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"costs[{name!r}] must hold finite counts >= 0, got {bad}")
+    ax = _axes(ax, (7.5, 0.9 + 0.7 * len(costs)))
+    names = list(costs)
+    for i, kind in enumerate(kinds):
+        left = [sum(costs[n].get(k, 0) for k in kinds[:i]) for n in names]
+        width = [costs[n].get(kind, 0) for n in names]
+        bars = ax.barh(names, width, left=left, color=f"C{i}", label=kind, height=0.6)
+        ax.bar_label(bars, labels=[f"{w:g}" if w else "" for w in width], label_type="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("passes through the networks per update (batch of 512 steps)")
+    ax.set_title(title or "What one update computes")
+    ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    return ax

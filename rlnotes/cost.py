@@ -1,0 +1,141 @@
+"""Chapter 3: what one update computes, TRPO against PPO, counted in passes through the networks.
+
+A TRPO update (the TRPO paper's Appendix C; ``rlnotes.trpo.trpo_step``) on a batch needs
+
+- the policy gradient g: one forward and one backward pass;
+- the gradient of the mean KL, kept for double backprop: one forward and one backward pass;
+- k conjugate-gradient iterations, each a Fisher-vector product F v (a second backward pass
+  through the first one's graph: a Hessian-vector product), plus one more for s^T F s;
+- a backtracking line search of m trials, each a forward pass for the surrogate and the KL;
+- then ``vf_iters`` Adam steps (forward and backward) that fit the value network V.
+
+A PPO update (``rlnotes.ppo.update``) is E epochs of M minibatches, each one forward and one
+first-order backward pass of L^{CLIP+VF+S} (eq. 9 of the PPO paper) through the policy and the
+value network together, and an Adam step: no Hessian-vector product, no solver, no line search.
+
+``trpo_passes`` reads k and m from a TRPO run's log, ``ppo_passes`` computes E x M from a
+configuration, and ``one_update_each`` counts both with hooks (``rlnotes.trpo.count_passes``) on
+one shared batch and times them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from . import ppo, trpo
+from .actor_critic import ActorCritic, make_optimizer
+from .nets import CategoricalPolicy, ValueNet, fit_value
+from .returns import advantage_batch, normalize
+from .rollout import Runner
+from .trainer import History, rng_scope
+from .utils import check_positive_int
+
+
+def trpo_passes(history: History, vf_iters: int = 20) -> dict[str, np.ndarray]:
+    """Passes through the networks in each update of a TRPO run, from its log (one entry per update).
+
+    With k = ``cg_iters`` and m line-search trials (``backtracks`` + ``accepted``: the accepted
+    trial's index plus one, or all ``max_backtracks`` when every trial failed), returns arrays of
+    ``cg_iters`` (k), ``line_search`` (m), ``forward`` (policy: 2 + m), ``backward`` (policy,
+    first-order: 2, for g and for the KL's gradient), ``hvp`` (policy, Fisher-vector products by
+    double backprop: k + 1, the last for s^T F s) and ``value`` (forward and backward passes of
+    the value network: ``vf_iters``).
+    """
+    vf_iters = check_positive_int("vf_iters", vf_iters)
+    try:
+        k = history.update_array("cg_iters").astype(int)
+        m = (history.update_array("backtracks") + history.update_array("accepted")).astype(int)
+    except KeyError as missing:
+        raise ValueError(f"history must be a TRPO run's (it logs cg_iters, backtracks, accepted); "
+                         f"missing {missing}") from None
+    ones = np.ones_like(k)
+    return {"cg_iters": k, "line_search": m, "forward": 2 + m, "backward": 2 * ones, "hvp": k + 1,
+            "value": vf_iters * ones}
+
+
+def ppo_passes(config: ppo.PPOConfig) -> dict[str, int]:
+    """Passes through the networks in each update of ``ppo.train(config=config)``.
+
+    E = ``epochs`` passes over the batch of ``num_envs * num_steps`` samples in M = ceil(batch /
+    ``minibatch_size``) minibatches: E x M forward and E x M first-order backward passes of
+    L^{CLIP+VF+S} through the policy and the value network together (one ``ActorCritic`` call
+    serves both), 0 Hessian-vector products, no line search, and no separate value fit
+    (``value`` is 0: the value network is inside the E x M passes).
+    """
+    if not isinstance(config, ppo.PPOConfig):
+        raise TypeError(f"config must be a ppo.PPOConfig, got {type(config).__name__}")
+    minibatches = -(-config.batch_steps // config.minibatch_size)
+    steps = config.epochs * minibatches
+    return {"epochs": config.epochs, "minibatches": minibatches, "forward": steps, "backward": steps, "hvp": 0,
+            "line_search": 0, "value": 0}
+
+
+def _batch(env_id, seed, trpo_cfg, ppo_cfg):
+    """One batch of ``num_envs * num_steps`` steps, collected by a fresh policy; the networks too."""
+    with rng_scope(seed):
+        runner = Runner(env_id, ppo_cfg.num_envs, seed, ppo_cfg.gamma, History())
+        policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, ppo_cfg.hidden)
+        value_fn = ValueNet(runner.obs_dim, ppo_cfg.hidden)
+        try:
+            batch = runner.rollout(policy, value_fn, ppo_cfg.num_steps)
+        finally:
+            runner.close()
+    obs, actions, adv, ret = advantage_batch(batch, trpo_cfg.gamma, trpo_cfg.lam, False)
+    logp_old = batch.flat(batch.logp)[0]
+    return policy, value_fn, obs, actions, logp_old, adv, ret
+
+
+def one_update_each(env_id: str = "CartPole-v1", seed: int = 0, repeats: int = 5) -> dict[str, dict]:
+    """One TRPO update and one PPO update at their trainers' defaults, on the same batch, counted and timed.
+
+    A fresh policy collects one batch (8 x 64 steps); from the same initial networks, the TRPO
+    update is ``trpo.trpo_step`` and ``vf_iters`` steps of ``fit_value``, the PPO update is
+    ``ppo.update`` on the two networks packed (``ActorCritic``). ``trpo.count_passes`` counts the
+    passes of the first run of each; the update is then run ``repeats`` times more, alternating
+    TRPO and PPO so that both see the same machine load, and ``seconds`` is the median wall time.
+    Returns {"TRPO": {...}, "PPO": {...}} with ``forward``, ``backward`` (every backward pass,
+    Hessian-vector products included), ``value_forward``, ``value_backward`` (TRPO's value network,
+    separate; PPO's is inside its own passes) and ``seconds``; TRPO's also has ``cg_iters`` and
+    ``line_search`` (trials) from ``trpo_step``'s result.
+    """
+    repeats = check_positive_int("repeats", repeats)
+    seed = check_positive_int("seed", seed, 0)
+    trpo_cfg = trpo.TRPOConfig(total_steps=1, seed=seed)
+    ppo_cfg = ppo.PPOConfig(total_steps=1, seed=seed)
+    policy, value_fn, obs, actions, logp_old, adv, ret = _batch(env_id, seed, trpo_cfg, ppo_cfg)
+    generator = torch.Generator().manual_seed(seed)
+
+    def trpo_update(counts):
+        pi, v = copy.deepcopy(policy), copy.deepcopy(value_fn)
+        with trpo.count_passes(pi) as p, trpo.count_passes(v) as pv:
+            info = trpo._trpo_step(pi, obs, actions, normalize(adv), trpo_cfg.delta,
+                                   trpo_cfg.cg_iters, trpo_cfg.damping, trpo_cfg.max_backtracks, trpo_cfg.shrink)
+            fit_value(v, torch.optim.Adam(v.parameters(), lr=trpo_cfg.vf_lr), obs, ret, trpo_cfg.vf_iters)
+        counts.update(p, value_forward=pv["forward"], value_backward=pv["backward"], cg_iters=int(info["cg_iters"]),
+                      line_search=int(info["backtracks"] + info["accepted"]))
+
+    def ppo_update(counts):
+        net = ActorCritic(copy.deepcopy(policy), copy.deepcopy(value_fn))
+        optimizer = make_optimizer(net, ppo_cfg.lr)
+        with trpo.count_passes(net) as p:
+            ppo._update(net, optimizer, obs, actions, logp_old, adv, ret, ppo_cfg.update_config(1.0), generator)
+        counts.update(p, value_forward=0, value_backward=0)
+
+    out = {"TRPO": {}, "PPO": {}}
+    seconds = {"TRPO": [], "PPO": []}
+    for i in range(repeats + 1):
+        for name, fn in (("TRPO", trpo_update), ("PPO", ppo_update)):
+            counts = {}
+            start = time.perf_counter()
+            fn(counts)
+            if i == 0:
+                out[name] = counts   # the first run is counted; the others are timed
+            else:
+                seconds[name].append(time.perf_counter() - start)
+    for name in out:
+        out[name]["seconds"] = float(np.median(seconds[name]))
+    return out
