@@ -33,7 +33,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import lm
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
 from .rloo import _check_groups, group_metrics, new_policy, sample_groups, score_groups
@@ -211,7 +210,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
                         for _ in range(cfg.epochs):
                             order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
                             for idx in order.to(g.ids.device).split(mb):
-                                logp = lm.token_logprobs(policy, *g.tensors(idx))
+                                logp = g.token_logprobs(policy, idx if mb < n else None)
                                 out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
                                                  cfg.eps, cfg.loss_type, task.max_response_tokens)
                                 opt.zero_grad()

@@ -509,13 +509,14 @@ def _repeat_rows(cache, k: int):
     return tuple(tuple(t.repeat_interleave(k, 0) for t in layer) for layer in cache)
 
 
-def _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, **first_kwargs):
-    """(prompt_out, response_out): ``model`` run once on the B prompts, keeping their KV cache, then
-    on the k B responses (prompt-major) with each prompt's cache repeated for its k responses."""
+def _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, prefill=None):
+    """(prompt_out, response_out): ``prefill`` (default ``model``; an LM's body to skip its output
+    layer) run once on the B prompts, keeping their KV cache, then ``model`` on the k B responses
+    (prompt-major) with each prompt's cache repeated for its k responses."""
     k = len(response_ids) // len(prompt_ids)
     with _autocast(prompt_ids.device):
-        first = model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                      position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **first_kwargs)
+        first = (prefill or model)(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                   position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
         cache = {name: _repeat_rows(c, k) for name, c in _cache_kwargs(model, first).items()}
         n_prompt = prompt_mask.sum(1, keepdim=True).repeat_interleave(k, 0)
         rest = model(input_ids=response_ids, attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1),
@@ -529,13 +530,17 @@ def group_response_logits(model, prompt_ids, prompt_mask, response_ids, response
     ``response_logits`` on the prompts repeated k times (``repeat_interleave``), with (k - 1) / k of
     the prompt tokens' cost saved (DPO's and the reward model's pairs: k = 2)."""
     k = group_size(prompt_ids, response_ids)
-    if k == 1:
-        return response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    body = getattr(model, "base_model", model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if k == 1 or body is model or head is None:  # nothing to share, or no body and head to call apart
+        return response_logits(model, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0),
+                               response_ids, response_mask)
     _check_pair(model, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0), response_ids,
                 response_mask)
-    first, rest = _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                   **_last_logits_kwargs(model))
-    logits = torch.cat([first.logits[:, -1:].repeat_interleave(k, 0), rest.logits[:, :-1]], dim=1)
+    first, rest = _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, prefill=body)
+    with _autocast(prompt_ids.device):  # the output layer on [B, H], 2-D: a [B, 1, H] view would round
+        at_prompt = head(first.last_hidden_state[:, -1].contiguous())  # differently when its weight needs grad
+    logits = torch.cat([at_prompt.repeat_interleave(k, 0)[:, None], rest.logits[:, :-1].to(at_prompt.dtype)], dim=1)
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
@@ -586,8 +591,10 @@ def _select_rows(cache, rows: torch.Tensor):
 
 @torch.no_grad()
 def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample y ~ pi(.|x)^(1/temperature) for a batch of left-padded prompts, with the KV cache.
+           generator: torch.Generator | None = None, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample y ~ pi(.|x)^(1/temperature) for a batch of left-padded prompts, with the KV cache;
+    ``k`` samples per prompt, prompt-major (x_1's k samples, then x_2's, ...; B below is then k
+    times the number of prompts), each prompt's pass run once and its cache repeated.
 
     Returns (response_ids [B, T], response_mask [B, T]): the mask covers the tokens up to and
     including the first EOS; after it come pad ids under mask 0. Seeded by ``generator``
@@ -604,17 +611,20 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     """
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive("temperature", temperature)
+    k = check_positive_int("k", k)
     # every token but the last sampled one is fed back: the positions run to prompt + max_new_tokens - 1
     check_context(model, int(prompt_mask.sum(1).max()) + max_new_tokens - 1)
-    B, P, device = prompt_ids.shape[0], prompt_ids.shape[1], prompt_ids.device
-    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # filled in as tokens come
+    P, device = prompt_ids.shape[1], prompt_ids.device
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    next_pos = positions[:, -1:] + 1
     extra = _last_logits_kwargs(model)
     with _autocast(device):
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                     **extra)
-    logits = out.logits[:, -1].float()                   # [B, V]; rows that finished keep stale values
+    cache = {name: _repeat_rows(c, k) if k > 1 else c for name, c in _cache_kwargs(model, out).items()}
+    logits = out.logits[:, -1].float().repeat_interleave(k, 0)  # [B, V]; rows that finished keep stale values
+    prompt_mask, next_pos = prompt_mask.repeat_interleave(k, 0), positions[:, -1:].repeat_interleave(k, 0) + 1
+    B = prompt_mask.shape[0]
+    mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, max_new_tokens)], dim=1)  # filled in as tokens come
     rows = torch.arange(B, device=device)                # the rows in the forward batch
     done = torch.zeros(B, dtype=torch.bool, device=device)
     ids, alive = [], []
@@ -627,7 +637,6 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
         done = done | (token == tokenizer.eos_token_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
-        cache = _cache_kwargs(model, out)
         running = ~done[rows]
         if len(rows) > 2 and 4 * int(running.sum()) <= 3 * len(rows):  # a quarter finished: drop them
             keep = running.nonzero().squeeze(1)
@@ -645,6 +654,7 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
             logits = out.logits[:, -1].float()
         else:
             logits[rows] = out.logits[:, -1].float()
+        cache = _cache_kwargs(model, out)
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
 
 

@@ -152,32 +152,42 @@ class Groups:
     kl: torch.Tensor
     entropy: float
     finished: torch.Tensor
+    k: int
 
     def tensors(self, idx):
         """(prompt_ids, prompt_mask, response_ids, response_mask) of the samples at ``idx``."""
         return self.prompt_ids[idx], self.prompt_mask[idx], self.ids[idx], self.mask[idx]
+
+    def token_logprobs(self, model, idx=None) -> torch.Tensor:
+        """log pi(y_t|s_t) of the samples at ``idx``, [n, T] (0 on padding); ``idx`` None: all of them,
+        each prompt run once for its k responses (``lm.group_response_logits``)."""
+        if idx is not None:
+            return lm.token_logprobs(model, *self.tensors(idx))
+        p, pm = self.prompt_ids[::self.k], self.prompt_mask[::self.k]
+        return lm.logprobs_from_logits(lm.group_response_logits(model, p, pm, self.ids, self.mask), self.ids, self.mask)
 
 
 @torch.no_grad()
 def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
                   generator: torch.Generator | None = None) -> Groups:
     """Draw k responses per prompt from ``policy`` and score them under it and under ``ref`` (one
-    forward pass of each)."""
+    pass of each, every prompt run once for its k responses)."""
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
-    p, pm = lm.encode_prompts(tokenizer, repeated, device)
+    p, pm = lm.encode_prompts(tokenizer, prompts, device)
     was_training = policy.training
     policy.eval()
-    ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator)
-    logits = lm.response_logits(policy, p, pm, ids, mask)
+    ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
+    logits = lm.group_response_logits(policy, p, pm, ids, mask)
     policy.train(was_training)
-    logits_ref = lm.response_logits(ref, p, pm, ids, mask)
+    logits_ref = lm.group_response_logits(ref, p, pm, ids, mask)
     logq = F.log_softmax(logits, -1)
     entropy = (-(logq.exp() * logq).sum(-1) * mask).sum() / mask.sum()
     finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
-    return Groups(repeated, p, pm, ids, mask, lm.decode_responses(tokenizer, ids, mask),
-                  lm.logprobs_from_logits(logits, ids, mask), lm.logprobs_from_logits(logits_ref, ids, mask),
-                  sequence_kl(logits, logits_ref, mask), entropy.item(), finished)
+    return Groups(repeated, p.repeat_interleave(k, 0), pm.repeat_interleave(k, 0), ids, mask,
+                  lm.decode_responses(tokenizer, ids, mask), lm.logprobs_from_logits(logits, ids, mask),
+                  lm.logprobs_from_logits(logits_ref, ids, mask), sequence_kl(logits, logits_ref, mask),
+                  entropy.item(), finished, k)
 
 
 def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,7 +288,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                         reward, r_star = score_groups(task, reward_fn, g)
                         k1 = (g.logp - g.ref_logp).sum(1)
                         adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
-                        logp = lm.token_logprobs(policy, *g.tensors(slice(None))).sum(1)
+                        logp = g.token_logprobs(policy).sum(1)
                         loss = rloo_loss(logp, g.logp.sum(1), adv)
                         opt.zero_grad()
                         loss.backward()

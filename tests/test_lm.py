@@ -281,3 +281,20 @@ def test_group_response_logits_and_last_hidden_run_each_prompt_once(tok, model):
                                lm.last_hidden(model.base_model, rp, rpm, r[:, :1], empty[:, :1]))
     with pytest.raises(ValueError, match="k >= 1 responses per prompt"):
         lm.group_response_logits(model, p, pm, r[:3], rm[:3])
+
+
+def test_sample_k_per_prompt_runs_each_prompt_once(tok, model):
+    """k samples per prompt: the same draws as sampling the prompts repeated k times, with one
+    prompt pass over B rows, not k B."""
+    p, pm = lm.encode_prompts(tok, ["phone review :", "review of the movie :", "book review :"])
+    repeated = lm.sample(model, tok, p.repeat_interleave(4, 0), pm.repeat_interleave(4, 0), 6,
+                         generator=torch.Generator().manual_seed(3))
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(len(kw["input_ids"])), with_kwargs=True)
+    grouped = lm.sample(model, tok, p, pm, 6, generator=torch.Generator().manual_seed(3), k=4)
+    hook.remove()
+    assert rows[0] == 3 and all(r <= 12 for r in rows[1:])
+    for a, b in zip(repeated, grouped):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="k must be"):
+        lm.sample(model, tok, p, pm, 6, k=0)
