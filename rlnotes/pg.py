@@ -5,12 +5,16 @@ of the loss L^PG(theta) = E_t[ log pi_theta(a_t|s_t) A_t ] with the advantages h
 ``pg_loss`` is its negative, so that an optimiser that *minimises* ascends L^PG.
 ``train`` is vanilla policy gradient (REINFORCE with a learned baseline): one gradient step
 on L^PG per batch, advantages from GAE with a value function fitted by regression.
+``random_policy_returns``, ``seed_summary``, ``largest_drop`` and ``collapse_update`` measure what
+runs achieved (sections 1.4-1.5): the reference to beat, and each learner's spread over seeds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .kl import mean_kl
@@ -77,3 +81,81 @@ def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs)
                     history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
                                  "loss/value": v_loss, "seconds": timer.seconds})
     return result
+
+
+# --- ch1: what a run of section 1.4-1.5 achieved, over seeds ---------------------------------
+
+def random_policy_returns(env_id: str = "CartPole-v1", episodes: int = 200, seed: int = 0) -> np.ndarray:
+    """Returns G(tau) (undiscounted) of ``episodes`` episodes of the uniformly random policy: the
+    reference a learner must beat. Episode i is reset with seed ``seed + i``; the actions come from
+    the environment's action space seeded with ``seed``, so the result repeats exactly."""
+    import gymnasium as gym
+
+    episodes = check_positive_int("episodes", episodes)
+    seed = check_positive_int("seed", seed, 0)
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    out = np.empty(episodes)
+    try:
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            done, total = False, 0.0
+            while not done:
+                _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+                total, done = total + float(r), terminated or truncated
+            out[i] = total
+    finally:
+        env.close()
+    return out
+
+
+def _histories(histories) -> list[History]:
+    if isinstance(histories, Mapping):
+        histories = list(histories.values())
+    elif isinstance(histories, History):
+        histories = [histories]
+    else:
+        histories = list(histories)
+    if not histories or not all(isinstance(h, History) for h in histories):
+        raise TypeError("histories must be a non-empty {seed: History} mapping or sequence of History")
+    return histories
+
+
+def largest_drop(history: History, window: int = 20) -> float:
+    """The largest fall of the ``window``-episode mean return below its running best (0 if it never fell)."""
+    m = history.moving_mean(check_positive_int("window", window))
+    if not len(m):
+        raise ValueError("history holds no finished episode")
+    return float(np.max(np.maximum.accumulate(m) - m))
+
+
+def seed_summary(histories, window: int = 20, kl_key: str = "kl/exact_per_state") -> dict:
+    """How one learner fared over its seeds (``histories``: {seed: History} or a sequence).
+
+    Arrays with one entry per seed, in the order given: ``final`` the mean return of the last
+    ``window`` episodes; ``best`` the best ``window``-episode mean; ``kept`` = final / best;
+    ``drop`` :func:`largest_drop`; ``max_kl`` the largest KL[pi_old || pi_new] of one update;
+    ``entropy`` the policy's entropy at the last update. Pooled over every update of every seed:
+    ``median_kl`` and ``max_kl_all``.
+    """
+    hs = _histories(histories)
+    window = check_positive_int("window", window)
+    kls = [h.update_array(kl_key) for h in hs]
+    drop = np.array([largest_drop(h, window) for h in hs])  # first: it names a run without episodes
+    final = np.array([h.final_mean_return(window) for h in hs])
+    best = np.array([h.moving_mean(window).max() for h in hs])
+    return dict(final=final, best=best, kept=final / best, drop=drop,
+                max_kl=np.array([k.max() for k in kls]), entropy=np.array([h.update_array("entropy")[-1] for h in hs]),
+                median_kl=float(np.median(np.concatenate(kls))), max_kl_all=float(max(k.max() for k in kls)))
+
+
+def collapse_update(history: History, threshold: float = 0.01) -> int | None:
+    """The first update (0-based) from which the policy's entropy stays below ``threshold`` nats
+    to the end of the run: a policy that has become nearly deterministic. ``None`` if the entropy
+    of the last update is at or above ``threshold``."""
+    threshold = check_positive("threshold", threshold)
+    entropy = history.update_array("entropy")
+    above = np.nonzero(entropy >= threshold)[0]
+    if len(above) and above[-1] == len(entropy) - 1:
+        return None
+    return int(above[-1] + 1) if len(above) else 0
