@@ -203,11 +203,11 @@ class TabularMDP:
         return (torch.linalg.pinv(self.fisher(theta)) @ g.flatten()).reshape(self.shape)
 
     def surrogate_gap_bound(self, theta: torch.Tensor, theta_old: torch.Tensor) -> torch.Tensor:
-        """TRPO's bound on |J(theta) - L_{theta_old}(theta)| (Schulman et al. 2015, Theorem 1 with
+        """TRPO's bound on the gap between J(theta) and L_{theta_old}(theta), in absolute value (Schulman et al. 2015, Theorem 1 with
         alpha^2 <= max-KL, eq. 9), in its finite-horizon form: C * max_s KL[pi_old(. | s) || pi_theta(. | s)] with
 
         C = 4 eps sum_{t<H} t gamma^t   (<= 4 eps gamma / (1 - gamma)^2, the paper's C),
-        eps = max_{t,s,a} |A_t^old(s, a)|.
+        eps = max_{t,s,a} abs(A_t^old(s, a)).
 
         Each step t adds at most 4 eps alpha (1 - (1 - alpha)^t) <= 4 eps alpha^2 t, alpha the largest
         total-variation distance between the two policies, and alpha^2 <= KL by Pinsker's inequality.
