@@ -92,6 +92,21 @@ class TabularMDP:
         R = torch.randn(S, A, generator=g, dtype=torch.float64)
         return cls(P / P.sum(-1, keepdim=True), R, mu0 / mu0.sum(), horizon, gamma)
 
+    @classmethod
+    def cash_in_trap(cls, horizon: int = 5, wait: float = 0.6, cash: float = 4.0, gamma: float = 1.0) -> "TabularMDP":
+        """Chapter 2's MDP where the surrogate and J part ways: 3 states, 2 actions, start in state 0.
+
+        State 0 (A): action 0 "wait" earns ``wait`` and stays in A, action 1 "go" earns 0 and moves to B.
+        State 1 (B): action 0 "keep" earns 1 and stays in B, action 1 "cash in" earns ``cash`` and
+        moves to the trap. State 2 (trap): absorbing, -1 per step whatever the action.
+        Cashing in pays only close to the horizon, when few steps in the trap remain.
+        """
+        S, A = 3, 2
+        P = torch.zeros(S, A, S, dtype=torch.float64)
+        P[0, 0, 0] = P[0, 1, 1] = P[1, 0, 1] = P[1, 1, 2] = P[2, 0, 2] = P[2, 1, 2] = 1.0
+        R = torch.tensor([[float(wait), 0.0], [1.0, float(cash)], [-1.0, -1.0]], dtype=torch.float64)
+        return cls(P, R, torch.tensor([1.0, 0.0, 0.0]), horizon, gamma)
+
     @property
     def shape(self) -> tuple[int, int]:
         """(S, A): the number of states and of actions."""
@@ -123,6 +138,86 @@ class TabularMDP:
             Q[t] = self.R + self.gamma * self.P @ V[t + 1]
             V[t] = (pi * Q[t]).sum(-1)
         return V, Q
+
+    def state_distributions(self, theta: torch.Tensor) -> torch.Tensor:
+        """d[t, s] = Pr(s_t = s) under pi_theta, shape [H, S]: d_0 = mu0 and
+        d_{t+1}(s') = sum_{s,a} d_t(s) pi(a | s) P(s' | s,a) (the propagation of ``exact_return``)."""
+        pi = self.policy(theta)
+        d = [self.mu0]
+        for _ in range(self.horizon - 1):
+            d.append(torch.einsum("s,sa,sax->x", d[-1], pi, self.P))
+        return torch.stack(d)
+
+    def kl_per_state(self, theta_old: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """KL[pi_old(. | s) || pi_theta(. | s)] for every state s, shape [S], from log-softmax
+        (finite on extreme logits). Differentiable in ``theta``."""
+        _check_theta(theta_old, self.shape)
+        _check_theta(theta, self.shape)
+        log_old = torch.log_softmax(theta_old.detach().to(torch.float64), -1)
+        log_new = torch.log_softmax(theta.to(torch.float64), -1)
+        return (log_old.exp() * (log_old - log_new)).sum(-1)
+
+    def mean_kl(self, theta_old: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """TRPO's constraint, the mean KL over the old policy's states (Schulman et al. 2015, eq. 12):
+        (1/H) sum_t sum_s d_t^old(s) KL[pi_old(. | s) || pi_theta(. | s)], what a batch mean of the
+        per-state KL on trajectories of pi_old estimates."""
+        d_old = self.state_distributions(theta_old).detach()
+        return (d_old * self.kl_per_state(theta_old, theta)).sum() / self.horizon
+
+    def surrogate(self, theta: torch.Tensor, theta_old: torch.Tensor) -> torch.Tensor:
+        """The local approximation of J around theta_old (Kakade & Langford 2002; Schulman et al. 2015, eq. 3),
+
+        L_{theta_old}(theta) = J(theta_old) + sum_t gamma^t sum_s d_t^old(s) sum_a pi_theta(a | s) A_t^old(s, a),
+
+        with the state distributions d_t^old and the advantages A_t^old = Q_t - V_t of the OLD policy.
+        J(theta) itself is the same sum with d_t of the NEW policy (the performance-difference
+        lemma), so L = J at theta_old, with the same gradient, and they part as pi_theta moves the
+        states it visits. Differentiable in ``theta``; nothing flows into ``theta_old``.
+        """
+        _check_theta(theta_old, self.shape)
+        theta_old = theta_old.detach()
+        V, Q = self.values(theta_old)
+        A_old = Q - V[:-1, :, None]                                        # [H, S, A]
+        d_old = self.state_distributions(theta_old)                        # [H, S]
+        discount = self.gamma ** torch.arange(self.horizon, dtype=torch.float64)
+        gain = torch.einsum("t,ts,sa,tsa->", discount, d_old, self.policy(theta), A_old)
+        return (self.mu0 * V[0]).sum() + gain
+
+    def fisher(self, theta: torch.Tensor) -> torch.Tensor:
+        """F, the Hessian of ``mean_kl(theta, .)`` at theta, shape [S A, S A] (rows and columns in the
+        order of theta.flatten()), in closed form: block-diagonal, the block of state s is
+        (1/H) sum_t d_t(s) (diag(pi_s) - pi_s pi_s^T), the softmax Fisher matrix weighted by how
+        often the policy is in s (Kakade 2002, the metric of the natural policy gradient)."""
+        pi = self.policy(theta).detach()
+        w = self.state_distributions(theta).detach().sum(0) / self.horizon          # [S]
+        blocks = [w[s] * (torch.diag(pi[s]) - torch.outer(pi[s], pi[s])) for s in range(self.shape[0])]
+        return torch.block_diag(*blocks)
+
+    def natural_gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        """The natural gradient F^+ grad J(theta) (Kakade 2002), shape [S, A]: the minimum-norm
+        solution of F s = g with ``fisher`` (singular: adding a constant to a state's logits changes
+        nothing), the direction of TRPO's step (Schulman et al. 2015, Appendix C)."""
+        _check_theta(theta, self.shape)
+        th = theta.detach().to(torch.float64).clone().requires_grad_(True)
+        g, = torch.autograd.grad(self.exact_return(th), th)
+        return (torch.linalg.pinv(self.fisher(theta)) @ g.flatten()).reshape(self.shape)
+
+    def surrogate_gap_bound(self, theta: torch.Tensor, theta_old: torch.Tensor) -> torch.Tensor:
+        """TRPO's bound on the gap between J(theta) and L_{theta_old}(theta), in absolute value (Schulman et al. 2015, Theorem 1 with
+        alpha^2 <= max-KL, eq. 9), in its finite-horizon form: C * max_s KL[pi_old(. | s) || pi_theta(. | s)] with
+
+        C = 4 eps sum_{t<H} t gamma^t   (<= 4 eps gamma / (1 - gamma)^2, the paper's C),
+        eps = max_{t,s,a} abs(A_t^old(s, a)).
+
+        Each step t adds at most 4 eps alpha (1 - (1 - alpha)^t) <= 4 eps alpha^2 t, alpha the largest
+        total-variation distance between the two policies, and alpha^2 <= KL by Pinsker's inequality.
+        """
+        _check_theta(theta_old, self.shape)
+        V, Q = self.values(theta_old.detach())
+        eps = (Q - V[:-1, :, None]).abs().max()
+        t = torch.arange(self.horizon, dtype=torch.float64)
+        C = 4 * eps * (t * self.gamma ** t).sum()
+        return C * self.kl_per_state(theta_old, theta).max()
 
     def enumerate_trajectories(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every trajectory tau = (s_0, a_0, ..., s_{H-1}, a_{H-1}): its probability
