@@ -331,3 +331,151 @@ def passes_per_update(costs: Mapping[str, Mapping[str, float]], *, ax=None, titl
     ax.set_title(title or "What one update computes")
     ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     return ax
+
+
+# --- ch4 ---
+
+def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each run of ``window`` consecutive values (len - window + 1 of them)."""
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def _panels(axes, n: int, width: float = 4.2):
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, n, figsize=(width * n + 0.5, 3.4), squeeze=False)[1][0]
+    axes = list(np.atleast_1d(axes))
+    if len(axes) != n:
+        raise ValueError(f"axes must hold one axes per panel ({n}), got {len(axes)}")
+    return axes
+
+
+def batch_curves(history, panels: Mapping[str, str], *, smooth: int = 10,
+                 lines: Mapping[str, Sequence[tuple[float, str]]] | None = None, axes=None,
+                 xlabel: str = "step (mini-batch)", title: str | None = None):
+    """A supervised run's logs, one panel per key: the value of every mini-batch (faint) and its
+    moving mean over ``smooth`` batches (chapter 4's SFT and reward model).
+
+    ``history`` is a ``TrainResult.history``; ``panels`` maps a logged key to its y label;
+    ``lines`` maps a key to dotted reference levels ``[(value, label), ...]`` drawn in its panel
+    (log |V| for the SFT loss, log 2 and chance for the reward model). Returns the axes.
+    """
+    if not isinstance(panels, Mapping) or not panels:
+        raise TypeError(f"panels must be a non-empty mapping {{logged key: y label}}, got {panels!r}")
+    values = {key: history.update_array(key) for key in panels}
+    n = len(next(iter(values.values())))
+    if not (isinstance(smooth, int) and 1 <= smooth <= n):
+        raise ValueError(f"smooth must be an int in [1, {n}] (the steps logged), got {smooth!r}")
+    axes = _panels(axes, len(panels))
+    steps = np.arange(1, n + 1)
+    for ax, (key, label) in zip(axes, panels.items()):
+        line, = ax.plot(steps, values[key], lw=0.8, alpha=0.35, label="per mini-batch")
+        ax.plot(steps[smooth - 1:], _moving_mean(values[key], smooth), color=line.get_color(),
+                label=f"moving mean of {smooth}")
+        for k, (value, ref) in enumerate((lines or {}).get(key, ())):
+            ax.axhline(value, color="k", ls=[":", "--", "-."][k % 3], lw=1, label=ref)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
+
+
+def update_curves(runs, panels: Mapping[str, str], *, axes=None, xlabel: str = "PPO update",
+                  title: str | None = None, colors: Mapping[str, str] | None = None):
+    """Per-update logs of several runs, one panel per key: for each label, the mean over its seeds
+    and the min-max band (chapter 4's PPO runs and beta sweep).
+
+    ``runs`` maps a label to one History or its seeds' histories (as in :func:`learning_curves`);
+    ``panels`` maps a logged key (``r_star``, ``kl/exact_per_sequence``, ``distinct_2``, ...) to
+    its y label. Returns the axes.
+    """
+    runs = _runs(runs)
+    if not isinstance(panels, Mapping) or not panels:
+        raise TypeError(f"panels must be a non-empty mapping {{logged key: y label}}, got {panels!r}")
+    axes = _panels(axes, len(panels))
+    for ax, (key, ylabel) in zip(axes, panels.items()):
+        for i, (label, histories) in enumerate(runs.items()):
+            curves = np.stack([h.update_array(key) for h in histories])
+            steps = np.arange(1, curves.shape[1] + 1)
+            color = (colors or {}).get(label, f"C{i}")
+            seeds = f" ({len(histories)} seeds)" if len(histories) > 1 else ""
+            ax.plot(steps, curves.mean(0), color=color, label=label + seeds)
+            if len(histories) > 1:
+                ax.fill_between(steps, curves.min(0), curves.max(0), color=color, alpha=0.25, lw=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    axes[0].figure.suptitle(title or "mean over seeds, band from min to max")
+    return axes
+
+
+def adaptive_kl(history, target: float, *, ax=None, kl_key: str = "kl/exact_per_sequence"):
+    """The adaptive KL controller at work (eq. rlhf-adaptive): the KL of each training batch against
+    its target (left axis, nats) and the beta that batch was collected with (right axis).
+    Returns (KL axes, beta axes)."""
+    if not target > 0:
+        raise ValueError(f"target must be > 0 (a KL in nats), got {target}")
+    kl, beta = history.update_array(kl_key), history.update_array("beta")
+    steps = np.arange(1, len(kl) + 1)
+    ax = _axes(ax, (6.5, 3.6))
+    ax.plot(steps, kl, color="C0", label=r"KL($\pi$ || $\pi_\mathrm{ref}$)")
+    ax.axhline(target, color="C0", ls=":", label="KL target")
+    ax.set_xlabel("PPO update")
+    ax.set_ylabel("KL of the training batch [nats]")
+    ax.set_ylim(0, 1.15 * max(kl.max(), target))
+    twin = ax.twinx()
+    twin.plot(steps, beta, color="C1", label=r"$\beta$")
+    twin.set_ylabel(r"$\beta$", color="C1")
+    twin.set_ylim(0, 1.25 * beta.max())
+    handles = [h for a in (ax, twin) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=3, fontsize=8)
+    ax.set_title("adaptive KL controller")
+    return ax, twin
+
+
+def reward_model_vs_truth(r_star, r_phi, *, ax=None, jitter: float = 0.08, seed: int = 0):
+    """Reward model against the true reward on the same responses: a jittered scatter and the mean
+    r_phi at each value of r* (chapter 4). Returns the axes."""
+    r_star, r_phi = np.asarray(r_star, dtype=float), np.asarray(r_phi, dtype=float)
+    if r_star.shape != r_phi.shape or r_star.ndim != 1 or len(r_star) < 2:
+        raise ValueError(f"r_star and r_phi must be 1-D of equal length >= 2, got {r_star.shape} and {r_phi.shape}")
+    ax = _axes(ax, (5.5, 4))
+    noise = jitter * np.random.default_rng(seed).standard_normal(len(r_star))
+    ax.scatter(r_star + noise, r_phi, s=6, alpha=0.4, label="held-out responses")
+    for v in np.unique(r_star):
+        ax.plot(v, r_phi[r_star == v].mean(), "k_", ms=18, mew=2)
+    ax.plot([], [], "k_", ms=12, mew=2, label=r"mean $r_\phi$ per value of $r^*$")
+    ax.set_xlabel(r"true reward $r^*(x, y)$ (jittered)")
+    ax.set_ylabel(r"reward model $r_\phi(x, y)$")
+    ax.set_title(rf"reward model against the truth (correlation {np.corrcoef(r_star, r_phi)[0, 1]:.2f})")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def centring_variance(results: Mapping, *, ax=None, b_range: tuple[float, float] = (-1.0, 4.0)):
+    """The variance of the one-sample policy-gradient estimate against the constant b subtracted from
+    the raw reward model (a parabola per seed), with the uncentred and the global offset's points
+    and the per-prompt baseline's level (dotted). ``results`` maps a seed to
+    ``rlnotes.post.centring_variance(...)``. Returns the axes."""
+    if not isinstance(results, Mapping) or not results:
+        raise TypeError("results must be a non-empty mapping {seed: post.centring_variance(...)}")
+    ax = _axes(ax, (6.5, 3.8))
+    b = np.linspace(*b_range, 201)
+    for seed, c in results.items():
+        a2, a1, a0 = c["constant_parabola"]
+        line, = ax.plot(b, a2 * b ** 2 + a1 * b + a0, lw=1.2, label=f"seed {seed}: any constant b")
+        ax.axhline(c["variance"]["per_prompt"], color=line.get_color(), ls=":", lw=1.2)
+        ax.plot([0.0, c["offset"]], [c["variance"]["uncentred"], c["variance"]["global"]], "o",
+                color=line.get_color())
+    ax.axvline(next(iter(results.values()))["offset"], color="k", lw=0.8, ls="--",
+               label="the global offset of normalize_")
+    ax.plot([], [], "k:", lw=1.2, label="per-prompt baseline b(x) (dotted)")
+    ax.set_xlabel("constant b subtracted from the raw reward model output")
+    ax.set_ylabel("total variance of one sample's estimate")
+    ax.set_ylim(bottom=0)
+    ax.set_title(r"Centring $r_\phi$ is a baseline: it moves the variance, not the mean")
+    ax.legend(fontsize=8)
+    return ax

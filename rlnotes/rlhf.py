@@ -9,7 +9,9 @@ the action is the next token y_t, and the reward of eq. (rlhf-token-reward) arri
 - ``prepare(seed=0, ...) -> Prepared``: phases 1 and 2, deterministic and cheap (seconds on a
   CPU): the task (r* is ``task.true_rewards``), ``tokenizer``, ``sft`` (pi^SFT = pi_ref, frozen),
   ``reward_model`` (r_phi, mean zero on pi^SFT's samples), ``train_prefs`` / ``test_prefs``,
-  ``eval_prompts``, ``sft_history``, ``rm_history``. Chapter 5 reuses it.
+  ``eval_prompts``, ``sft_history``, ``rm_history``. Chapter 5 reuses it; chapter 4 runs its steps
+  one by one (``seed_streams``, ``train_sft``, ``preference_data``, ``train_reward_model``) and
+  checks with ``Prepared.differences`` that they give the same objects.
 - ``train_ppo(prepared, config=None, **kwargs) -> TrainResult``: phase 3, as ``collect`` (sample,
   score, per-token rewards, GAE) then ``update`` (epochs of minibatch steps on -L^CLIP + c_1 L^VF).
 - ``evaluate``, ``kl_to_ref``, ``compare_kl_estimators``: measurements on held-out prompts.
@@ -21,6 +23,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,10 +161,64 @@ class Prepared:
     def device(self) -> torch.device:
         return next(self.sft.parameters()).device
 
+    def differences(self, other: "Prepared") -> list[str]:
+        """The names of the fields in which ``other`` differs from this one (empty: the same phases 1 and 2).
+
+        Models are compared tensor by tensor (parameters and buffers, bit for bit), preference
+        data text by text and reward by reward, histories by their logged ``loss`` and
+        ``accuracy``, the tokenizer by its vocabulary; ``task`` by its type.
+        """
+        if not isinstance(other, Prepared):
+            raise TypeError(f"other must be a Prepared, got {type(other).__name__}")
+
+        def same_model(a, b):
+            sa, sb = a.state_dict(), b.state_dict()
+            return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+        def same_prefs(a, b):
+            return (len(a) == len(b) and a.prompts == b.prompts and a.chosen == b.chosen and a.rejected == b.rejected
+                    and torch.equal(a.r_chosen, b.r_chosen) and torch.equal(a.r_rejected, b.r_rejected))
+
+        def same_history(a, b):
+            keys = [k for k in ("loss", "accuracy") if k in a.updates or k in b.updates]
+            return all(k in a.updates and k in b.updates and np.array_equal(a.update_array(k), b.update_array(k))
+                       for k in keys)
+
+        checks = {"task": type(self.task) is type(other.task),
+                  "tokenizer": self.tokenizer.get_vocab() == other.tokenizer.get_vocab(),
+                  "sft": same_model(self.sft, other.sft),
+                  "reward_model": same_model(self.reward_model, other.reward_model),
+                  "train_prefs": same_prefs(self.train_prefs, other.train_prefs),
+                  "test_prefs": same_prefs(self.test_prefs, other.test_prefs),
+                  "eval_prompts": list(self.eval_prompts) == list(other.eval_prompts),
+                  "sft_history": same_history(self.sft_history, other.sft_history),
+                  "rm_history": same_history(self.rm_history, other.rm_history),
+                  "sft_heldout": self.sft_heldout == other.sft_heldout}
+        return [name for name, same in checks.items() if not same]
+
 
 # The random streams of ``prepare``, one per use, each seeded with seed + its offset.
 SEED_STREAMS = {"init": 0, "sft_corpus": 0, "sft": 0, "reward_model": 0, "train_pairs": 1, "test_pairs": 2,
                 "eval_prompts": 3, "heldout_corpus": 7}
+
+
+def seed_streams(seed: int = 0) -> dict[str, int]:
+    """The seed of each random stream of ``prepare(seed)``: ``seed + SEED_STREAMS[name]``, by name.
+
+    Calling the steps of ``prepare`` one by one with these seeds gives the same objects.
+    """
+    seed = check_positive_int("seed", seed, 0)
+    return {name: seed + offset for name, offset in SEED_STREAMS.items()}
+
+
+def preference_data(task, model, tokenizer, split: str, n: int, *, seed: int) -> Preferences:
+    """Phase 2's data D: ``n`` prompts x of ``split`` drawn with ``seed``, two responses y1, y2 ~ pi(.|x)
+    sampled from ``model`` (``sample_pairs``), and the Bradley-Terry labeller on r* (eq. rlhf-bt,
+    ``label_preferences``), both with the same ``seed``."""
+    n = check_positive_int("n", n)
+    prompts = task.prompts(n, seed, split)
+    y1, y2 = sample_pairs(model, tokenizer, prompts, seed=seed, max_new_tokens=task.max_response_tokens)
+    return label_preferences(task, prompts, y1, y2, seed=seed)
 
 
 def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: int = 1500,
@@ -172,15 +229,15 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
 
     ``model`` / ``tokenizer`` (e.g. from ``lm.load_causal_lm``) replace the tiny GPT-2 and the
     word-level tokenizer: the scale-up path. Train pairs use the train prompts, test pairs and
-    ``eval_prompts`` the held-out (template, item) combinations.
+    ``eval_prompts`` the held-out (template, item) combinations. Each random use has its own seed
+    (``seed_streams``); chapter 4 runs the same steps one by one and gets the same objects.
     """
     for name, value in (("n_sft", n_sft), ("sft_steps", sft_steps), ("n_pairs", n_pairs),
                         ("n_test_pairs", n_test_pairs), ("rm_steps", rm_steps), ("n_eval_prompts", n_eval_prompts)):
         check_positive_int(name, value)
-    seed = check_positive_int("seed", seed, 0)
+    s = seed_streams(seed)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
-    s = {name: seed + offset for name, offset in SEED_STREAMS.items()}
     task = lm.SentimentTask()
     if tokenizer is None:
         tokenizer = lm.build_tokenizer(task)
@@ -192,14 +249,8 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     sft = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=s["sft"])
     heldout = {"untrained": before, "sft": heldout_loss(model, tokenizer, hx, hy)}
     model.requires_grad_(False)
-    max_new = task.max_response_tokens
-
-    def pairs(split, n, stream):
-        prompts = task.prompts(n, stream, split)
-        y1, y2 = sample_pairs(model, tokenizer, prompts, seed=stream, max_new_tokens=max_new)
-        return label_preferences(task, prompts, y1, y2, seed=stream)
-
-    train_prefs, test_prefs = pairs("train", n_pairs, s["train_pairs"]), pairs("test", n_test_pairs, s["test_pairs"])
+    train_prefs = preference_data(task, model, tokenizer, "train", n_pairs, seed=s["train_pairs"])
+    test_prefs = preference_data(task, model, tokenizer, "test", n_test_pairs, seed=s["test_pairs"])
     rm = train_reward_model(model, tokenizer, train_prefs, steps=rm_steps, seed=s["reward_model"])
     return Prepared(task, tokenizer, model, rm.model, train_prefs, test_prefs,
                     task.prompts(n_eval_prompts, s["eval_prompts"], "test"), sft.history, rm.history, heldout)
