@@ -163,11 +163,15 @@ EQUATIONS = {
                            r"\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)",
     "rlnotes.trpo.surrogate": r"L_{\theta_\text{old}}(\theta) = \hat{\mathbb E}_t\Big[\frac{\pi_\theta(a_t \mid s_t)}"
                               r"{\pi_{\theta_\text{old}}(a_t \mid s_t)} \hat A_t\Big]",
+    "rlnotes.mdp.TabularMDP.surrogate": r"L_{\theta_\text{old}}(\theta) = J(\theta_\text{old}) + \sum_t \gamma^t \sum_s "
+                                        r"d_t^{\pi_{\theta_\text{old}}}(s) \sum_a \pi_\theta(a \mid s)\, "
+                                        r"A_t^{\pi_{\theta_\text{old}}}(s, a)",
     "rlnotes.trpo.conjugate_gradient": r"\text{solve } A s = b \text{ using only products } v \mapsto A v",
     "rlnotes.ppo.ratio": r"r_t(\theta) = \frac{\pi_\theta(a_t \mid s_t)}{\pi_{\theta_\text{old}}(a_t \mid s_t)}",
     "rlnotes.ppo.clipped_surrogate": r"L^{CLIP}(\theta) = \hat{\mathbb E}_t\big[\min\big(r_t(\theta) \hat A_t,\ "
                                      r"\operatorname{clip}(r_t(\theta), 1 - \epsilon, 1 + \epsilon) \hat A_t\big)\big]",
     "rlnotes.kl.exact_kl": r"\mathrm{KL}[p \Vert q] = \sum_a p(a) \big(\log p(a) - \log q(a)\big)",
+    "rlnotes.kl.sequence_kl": r"\sum_{t} m_t\, \mathrm{KL}\big[\pi(\cdot \mid s_t) \,\Vert\, \pi_\text{ref}(\cdot \mid s_t)\big]",
     "rlnotes.kl.k3": r"k_3 = (\rho - 1) - \log \rho, \quad \rho = \frac{\pi_\text{ref}(y)}{\pi(y)}, \quad y \sim \pi",
     "rlnotes.reward.bt_probability": r"p(y_1 \succ y_2 \mid x) = \sigma\big(r(x, y_1) - r(x, y_2)\big)",
     "rlnotes.reward.reward_loss": r"\mathcal L_R(r_\phi) = -\mathbb E\big[\log \sigma\big(r_\phi(x, y_w) - r_\phi(x, y_l)\big)\big]",
