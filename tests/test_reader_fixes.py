@@ -13,8 +13,11 @@ import reader_fixes  # noqa: E402
 
 @pytest.mark.parametrize("name", sorted(reader_fixes.EQUATIONS))
 def test_every_equation_belongs_to_a_function_of_the_package(name):
-    module, attr = name.rsplit(".", 1)
-    assert callable(getattr(importlib.import_module(module), attr))
+    module, _, path = name.partition(".")
+    obj = importlib.import_module(module)  # the package, then modules, classes and methods down the path
+    for part in path.split("."):
+        obj = getattr(obj, part, None) or importlib.import_module(f"{obj.__name__}.{part}")
+    assert callable(obj)
     tex = reader_fixes.EQUATIONS[name]
     assert tex.count("{") == tex.count("}") and "\n" not in tex
 
