@@ -101,6 +101,36 @@ def optimal_policy(ref_probs, rewards, beta: float):
     return torch.exp(logp) if torch.is_tensor(logp) else np.exp(logp)
 
 
+def rlhf_objective(policy_probs, ref_probs, rewards, beta: float):
+    """E_{y~pi}[r(x, y)] - beta KL[pi(.|x) || pi_ref(.|x)] per prompt, over the last axis (DPO paper, Eq. 3).
+
+    The objective that ``optimal_policy`` maximises, where it equals beta log Z(x) (``log_partition``).
+    ``policy_probs`` may carry leading axes of its own (many policies at once); a response with
+    pi(y) = 0 adds exactly 0 (0 log 0 = 0). NumPy arrays in, NumPy out; a torch tensor ``policy_probs``
+    gives a torch result, differentiable in it (the other two are converted to its dtype).
+    """
+    ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
+    if torch.is_tensor(policy_probs):
+        ref_probs, rewards = (torch.as_tensor(a, dtype=policy_probs.dtype) for a in (ref_probs, rewards))
+    else:
+        policy_probs = np.asarray(policy_probs, dtype=float)
+        ref_probs, rewards = np.asarray(ref_probs, dtype=float), np.asarray(rewards, dtype=float)
+    if tuple(policy_probs.shape[policy_probs.ndim - ref_probs.ndim:]) != tuple(ref_probs.shape):
+        raise ValueError(f"policy_probs must end with the shape of ref_probs {tuple(ref_probs.shape)}, "
+                         f"got {tuple(policy_probs.shape)}")
+    if bool((policy_probs < 0).any()):
+        raise ValueError("policy_probs must be >= 0 (a distribution over the last axis)")
+    # pi(y) log(pi(y) / pi_ref(y)), 0 where pi(y) = 0; the logs only see the entries where pi(y) > 0,
+    # so that no NaN reaches the value or, through the branch not taken, the gradient
+    xp = torch if torch.is_tensor(policy_probs) else np
+    seen = policy_probs > 0
+    one = xp.ones_like(policy_probs)
+    safe_p, safe_ref = xp.where(seen, policy_probs, one), xp.where(seen, ref_probs * one, one)
+    with np.errstate(divide="ignore"):
+        kl_terms = xp.where(seen, policy_probs * (xp.log(safe_p) - xp.log(safe_ref)), 0 * one)
+    return (policy_probs * rewards).sum(-1) - beta * kl_terms.sum(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The DPO loss, the implicit reward and the gradient (DPO paper, Eq. 5, Eq. 7 and Section 4)
 # ---------------------------------------------------------------------------------------------

@@ -125,3 +125,48 @@ def test_update_work_rejects_bad_input(tiny_prepared):
         update_work(tiny_prepared, data)                     # 64 x 3 pairs needed, 32 given
     with pytest.raises(ValueError, match="data must be a dict"):
         update_work(tiny_prepared, {"prompt_ids": data["prompt_ids"]})
+
+
+# ----- rlhf_objective ------------------------------------------------------------------------------
+
+def test_rlhf_objective_is_the_formula_and_peaks_at_beta_log_z():
+    g = np.random.default_rng(0)
+    ref, r = g.dirichlet(np.ones(6), size=3), g.normal(size=(3, 6))
+    beta = 0.7
+    pis = g.dirichlet(np.ones(6), size=(50, 3))
+    direct = (pis * r).sum(-1) - beta * (pis * np.log(pis / ref)).sum(-1)
+    np.testing.assert_allclose(dpo.rlhf_objective(pis, ref, r, beta), direct, rtol=1e-12, atol=1e-12)
+    star = optimal_policy(ref, r, beta)
+    at_star = dpo.rlhf_objective(star, ref, r, beta)
+    np.testing.assert_allclose(at_star, beta * dpo.log_partition(ref, r, beta), rtol=1e-12)   # the maximum, beta log Z
+    assert (at_star[None] > dpo.rlhf_objective(pis, ref, r, beta)).all()
+
+
+def test_rlhf_objective_zero_probabilities_and_torch():
+    ref, r = np.array([0.5, 0.5]), np.array([1.0, -1.0])
+    # all mass on the first response: E[r] = 1, KL = log 2
+    assert np.isclose(dpo.rlhf_objective([1.0, 0.0], ref, r, 0.5), 1.0 - 0.5 * np.log(2))
+    pi = torch.tensor([0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    val = dpo.rlhf_objective(pi, ref, r, 0.5)
+    (grad,) = torch.autograd.grad(val, pi)
+    assert torch.is_tensor(val) and torch.isfinite(grad).all()
+    np.testing.assert_allclose(grad.numpy(), r - 0.5 * (np.log(pi.detach().numpy() / ref) + 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("pi, match", [([0.5, 0.5, 0.0], "policy_probs must end"), ([1.5, -0.5], "policy_probs must be >= 0")])
+def test_rlhf_objective_rejects_bad_input(pi, match):
+    with pytest.raises(ValueError, match=match):
+        dpo.rlhf_objective(pi, [0.5, 0.5], [0.0, 1.0], 1.0)
+    with pytest.raises(ValueError, match="beta"):
+        dpo.rlhf_objective([0.5, 0.5], [0.5, 0.5], [0.0, 1.0], 0.0)
+
+
+def test_rlhf_objective_gradient_finite_where_pi_is_zero():
+    pi = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    val = dpo.rlhf_objective(pi, [0.5, 0.5], [0.0, 1.0], 1.0)
+    assert torch.isclose(val, torch.tensor(1.0 - np.log(2), dtype=torch.float64))
+    (grad,) = torch.autograd.grad(val, pi)
+    assert not torch.isnan(grad).any()
+    # a response the reference never writes: infinite KL if the policy writes it, nothing if it does not
+    assert np.isinf(dpo.rlhf_objective([0.5, 0.5], [1.0, 0.0], [0.0, 0.0], 1.0))
+    assert dpo.rlhf_objective([1.0, 0.0], [1.0, 0.0], [0.0, 0.0], 1.0) == 0.0
