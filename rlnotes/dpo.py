@@ -424,7 +424,7 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
 # DPO on a one-token model, where pi* is exact (chapter 5, section 5.4)
 # ---------------------------------------------------------------------------------------------
 
-def train_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5, batch_size: int = 1000,
+def fit_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5, batch_size: int = 1000,
                       lr: float = 0.05, seed: int = 0) -> np.ndarray:
     """Minimise Eq. 7 for a "language model" that emits one token out of K: pi_theta = softmax(theta).
 

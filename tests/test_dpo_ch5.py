@@ -1,15 +1,17 @@
-"""Chapter 5's additions to rlnotes.dpo: DPO on a one-token model (``train_categorical``) and the
+"""Chapter 5's additions to rlnotes.dpo: DPO on a one-token model (``fit_categorical``) and the
 work of one update counted network by network (``count_passes``, ``update_work``)."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
 from rlnotes import dpo, lm, rlhf
-from rlnotes.dpo import count_passes, optimal_policy, train_categorical, update_work
+from rlnotes.dpo import count_passes, fit_categorical, optimal_policy, update_work
 
 
-# ----- train_categorical -------------------------------------------------------------------------
+# ----- fit_categorical -------------------------------------------------------------------------
 
 def _labelled_pairs(seed=0, K=5, N=20_000):
     g = np.random.default_rng(seed)
@@ -19,24 +21,24 @@ def _labelled_pairs(seed=0, K=5, N=20_000):
     return ref, r, np.where(first, y1, y2), np.where(first, y2, y1)
 
 
-def test_train_categorical_recovers_the_optimal_policy():
+def test_fit_categorical_recovers_the_optimal_policy():
     ref, r, y_w, y_l = _labelled_pairs()
     for beta in (0.5, 2.0):
-        probs = train_categorical(ref, y_w, y_l, beta, epochs=5, batch_size=500, lr=0.05)
+        probs = fit_categorical(ref, y_w, y_l, beta, epochs=5, batch_size=500, lr=0.05)
         assert probs.shape == (5 * 40, 5) and np.allclose(probs.sum(1), 1)
         target = optimal_policy(ref, r, beta)
         tv = 0.5 * np.abs(probs - target).sum(1)
         assert tv[-1] < 0.03 and tv[-1] < 0.5 * (0.5 * np.abs(ref - target).sum())
 
 
-def test_train_categorical_is_seeded_and_starts_at_the_reference():
+def test_fit_categorical_is_seeded_and_starts_at_the_reference():
     ref, _, y_w, y_l = _labelled_pairs(1, N=2000)
-    a = train_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=3)
-    b = train_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=3)
-    c = train_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=4)
+    a = fit_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=3)
+    b = fit_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=3)
+    c = fit_categorical(ref, y_w, y_l, 1.0, epochs=1, batch_size=100, seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     # no preference at all (each pair once each way): the first step's gradient is 0, pi stays pi_ref
-    same = train_categorical(ref, np.array([0, 1]), np.array([1, 0]), 1.0, epochs=1, batch_size=2)
+    same = fit_categorical(ref, np.array([0, 1]), np.array([1, 0]), 1.0, epochs=1, batch_size=2)
     assert np.allclose(same[0], ref, atol=1e-12)
 
 
@@ -52,17 +54,17 @@ def test_train_categorical_is_seeded_and_starts_at_the_reference():
     (dict(lr=-1.0), "lr"),
     (dict(seed=-1), "seed"),
 ])
-def test_train_categorical_rejects_bad_input(kwargs, match):
+def test_fit_categorical_rejects_bad_input(kwargs, match):
     args = dict(ref_probs=[0.5, 0.5], winners=[0], losers=[1], beta=1.0)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        train_categorical(args.pop("ref_probs"), args.pop("winners"), args.pop("losers"), args.pop("beta"), **args)
+        fit_categorical(args.pop("ref_probs"), args.pop("winners"), args.pop("losers"), args.pop("beta"), **args)
 
 
 # ----- count_passes --------------------------------------------------------------------------------
 
 def test_count_passes_counts_forward_backward_and_decoding(tok, model):
-    policy = __import__("copy").deepcopy(model).requires_grad_(True)
+    policy = copy.deepcopy(model).requires_grad_(True)
     head = torch.nn.Linear(4, 1)
     p_ids, p_mask = lm.encode_prompts(tok, ["the movie was", "the plot"])
     r_ids, r_mask = lm.encode_responses(tok, ["good .", "bad"])
