@@ -20,6 +20,7 @@ causal LM against a frozen reference model, logging the metrics TRL users know
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -98,6 +99,36 @@ def optimal_policy(ref_probs, rewards, beta: float):
     """
     logp = log_optimal_policy(ref_probs, rewards, beta)
     return torch.exp(logp) if torch.is_tensor(logp) else np.exp(logp)
+
+
+def rlhf_objective(policy_probs, ref_probs, rewards, beta: float):
+    """E_{y~pi}[r(x, y)] - beta KL[pi(.|x) || pi_ref(.|x)] per prompt, over the last axis (DPO paper, Eq. 3).
+
+    The objective that ``optimal_policy`` maximises, where it equals beta log Z(x) (``log_partition``).
+    ``policy_probs`` may carry leading axes of its own (many policies at once); a response with
+    pi(y) = 0 adds exactly 0 (0 log 0 = 0). NumPy arrays in, NumPy out; a torch tensor ``policy_probs``
+    gives a torch result, differentiable in it (the other two are converted to its dtype).
+    """
+    ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
+    if torch.is_tensor(policy_probs):
+        ref_probs, rewards = (torch.as_tensor(a, dtype=policy_probs.dtype) for a in (ref_probs, rewards))
+    else:
+        policy_probs = np.asarray(policy_probs, dtype=float)
+        ref_probs, rewards = np.asarray(ref_probs, dtype=float), np.asarray(rewards, dtype=float)
+    if tuple(policy_probs.shape[policy_probs.ndim - ref_probs.ndim:]) != tuple(ref_probs.shape):
+        raise ValueError(f"policy_probs must end with the shape of ref_probs {tuple(ref_probs.shape)}, "
+                         f"got {tuple(policy_probs.shape)}")
+    if bool((policy_probs < 0).any()):
+        raise ValueError("policy_probs must be >= 0 (a distribution over the last axis)")
+    # pi(y) log(pi(y) / pi_ref(y)), 0 where pi(y) = 0; the logs only see the entries where pi(y) > 0,
+    # so that no NaN reaches the value or, through the branch not taken, the gradient
+    xp = torch if torch.is_tensor(policy_probs) else np
+    seen = policy_probs > 0
+    one = xp.ones_like(policy_probs)
+    safe_p, safe_ref = xp.where(seen, policy_probs, one), xp.where(seen, ref_probs * one, one)
+    with np.errstate(divide="ignore"):
+        kl_terms = xp.where(seen, policy_probs * (xp.log(safe_p) - xp.log(safe_ref)), 0 * one)
+    return (policy_probs * rewards).sum(-1) - beta * kl_terms.sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,3 +419,172 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
             if evaluating and (cfg.eval_every is None or step % cfg.eval_every != 0):
                 evaluate()
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# DPO on a one-token model, where pi* is exact (chapter 5, section 5.4)
+# ---------------------------------------------------------------------------------------------
+
+def fit_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5, batch_size: int = 1000,
+                      lr: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Minimise Eq. 7 for a "language model" that emits one token out of K: pi_theta = softmax(theta).
+
+    ``theta`` starts at log pi_ref (``ref_probs``, [K]); each of ``epochs`` passes over the labelled
+    pairs (``winners`` y_w and ``losers`` y_l, integer arrays of one shape) takes one Adam step (``lr``,
+    decayed linearly to 0) per mini-batch of ``batch_size`` pairs, in an order drawn from ``seed``.
+    Nothing here knows the reward that labelled the pairs, or Z. Returns pi_theta after every step,
+    [steps, K] (float64), to compare with ``optimal_policy(ref_probs, r, beta)``.
+    """
+    beta = check_positive("beta", beta)
+    ref = np.asarray(ref_probs, dtype=float)
+    if ref.ndim != 1 or ref.size < 2 or (ref <= 0).any() or abs(ref.sum() - 1) > 1e-8:
+        raise ValueError(f"ref_probs must be a distribution over K >= 2 tokens with every entry > 0, got {ref}")
+    y_w, y_l = (torch.as_tensor(np.asarray(y)) for y in (winners, losers))
+    if y_w.shape != y_l.shape or y_w.ndim != 1 or len(y_w) == 0 or y_w.dtype.is_floating_point \
+            or y_l.dtype.is_floating_point:
+        raise ValueError("winners and losers must be non-empty 1-D integer arrays of one length, got shapes "
+                         f"{tuple(y_w.shape)} and {tuple(y_l.shape)}")
+    if min(y_w.min(), y_l.min()) < 0 or max(y_w.max(), y_l.max()) >= ref.size:
+        raise ValueError(f"winners and losers must be tokens in [0, {ref.size - 1}]")
+    epochs, batch_size = check_positive_int("epochs", epochs), check_positive_int("batch_size", batch_size)
+    lr, seed = check_positive("lr", lr), check_positive_int("seed", seed, 0)
+    log_ref = torch.log(torch.tensor(ref))
+    theta = log_ref.clone().requires_grad_()
+    opt = torch.optim.Adam([theta], lr=lr)
+    steps = epochs * -(-len(y_w) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+    order = torch.Generator().manual_seed(seed)
+    probs = []
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y_w), generator=order).split(batch_size):
+            logp = torch.log_softmax(theta, -1)
+            loss = dpo_loss(logp[y_w[idx]], logp[y_l[idx]], log_ref[y_w[idx]], log_ref[y_l[idx]], beta)[0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            probs.append(torch.softmax(theta, -1).detach().numpy())
+    return np.stack(probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# What one update computes: RLHF-PPO against DPO, counted (chapter 5, section 5.8)
+# ---------------------------------------------------------------------------------------------
+
+ROLES = ("policy", "value head", "reference", "reward model")
+WORK_KEYS = ("forward", "backward", "decode_steps", "tokens_decoded")
+
+
+@contextlib.contextmanager
+def count_passes(ref, reward_model=None):
+    """Count what each network computes inside a ``with`` block, by role; yields the counts as they fill.
+
+    The counts are a dict role -> {``forward``, ``backward``, ``decode_steps``, ``tokens_decoded``,
+    ``networks``, ``parameters``} for the roles of ``ROLES``. A call of ``ref`` is the reference's and a
+    call of ``reward_model`` the reward model's; any other ``transformers`` model called outside those
+    is the policy, and an ``nn.Linear`` called outside all of them is a value head (as in
+    ``rlhf.PolicyWithValue``). Calls nested inside a counted one belong to it.
+
+    * ``decode_steps``: policy calls that return the logits of one position per row, the steps of
+      autoregressive sampling (``lm.sample``: the prompt's pass, then one pass per new token, each
+      waiting for the token before it); ``tokens_decoded`` sums their rows (one new token each);
+    * ``forward``: every other call, one pass over whole sequences;
+    * ``backward``: a gradient reaching a counted call's output (one backward pass through it);
+    * ``networks`` and ``parameters``: the distinct modules called in that role, and their size.
+    """
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+    from transformers import PreTrainedModel
+
+    counts = {role: dict.fromkeys(WORK_KEYS + ("networks", "parameters"), 0) for role in ROLES}
+    seen, stack = [], []
+
+    def role_of(module):
+        if any(role for _, role in stack):
+            return None                            # inside a network already counted
+        if module is ref:
+            return "reference"
+        if reward_model is not None and module is reward_model:
+            return "reward model"
+        if isinstance(module, PreTrainedModel):
+            return "policy"
+        return "value head" if isinstance(module, torch.nn.Linear) else None
+
+    def bump(role, key, n=1):
+        counts[role][key] += n
+
+    def pre(module, inputs):
+        stack.append((module, role_of(module)))
+
+    def post(module, inputs, output):
+        _, role = stack.pop()
+        if role is None:
+            return
+        if not any(m is module for m in seen):
+            seen.append(module)
+            bump(role, "networks")
+            bump(role, "parameters", sum(p.numel() for p in module.parameters()))
+        out = getattr(output, "logits", output)
+        if role == "policy" and torch.is_tensor(out) and out.dim() == 3 and out.shape[1] == 1:
+            bump(role, "decode_steps")
+            bump(role, "tokens_decoded", out.shape[0])
+        else:
+            bump(role, "forward")
+        if torch.is_tensor(out) and out.requires_grad:
+            out.register_hook(lambda grad: bump(role, "backward"))
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _work_per_update(run, ref, reward_model, n_updates: int) -> tuple[dict, dict]:
+    """(per update, once) from ``run(k)`` for k = 1 and 1 + n_updates: the difference over n_updates, and
+    the forward and backward passes of the 1-update run beyond it (decoding varies from update to update)."""
+    with count_passes(ref, reward_model) as one:
+        run(1)
+    with count_passes(ref, reward_model) as more:
+        run(1 + n_updates)
+    per = {role: {k: (more[role][k] - one[role][k]) / n_updates for k in WORK_KEYS} for role in ROLES}
+    for role in ROLES:
+        per[role]["networks"], per[role]["parameters"] = more[role]["networks"], more[role]["parameters"]
+    once = {role: {k: one[role][k] - per[role][k] for k in ("forward", "backward")} for role in ROLES}
+    return per, once
+
+
+def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None, dpo_config: DPOConfig | None = None
+                ) -> dict:
+    """What one update of RLHF-PPO and one of DPO compute, counted by ``count_passes`` on real runs.
+
+    RLHF-PPO is ``rlhf.train_ppo(prepared)`` (``ppo_config``: an ``rlhf.RLHFConfig``, default its
+    defaults); DPO is ``train(None, prepared.sft, pairs)`` on the first ``batch_size`` x k pairs of
+    ``data``, one epoch (``dpo_config``, default ``DPOConfig()``), so k updates. Each runs for 1 and for
+    1 + ``n_updates`` updates, same seed; the difference divided by ``n_updates`` is the work of one
+    update, and the forward and backward passes of the 1-update run beyond it are done once per run
+    (DPO's reference log-probabilities of the pairs, 512 pairs per pass). Returns {"RLHF-PPO": {"per_update": ..., "once": ...}, "DPO": {...}},
+    each a dict role -> counts (``count_passes``'s keys; ``networks`` and ``parameters`` from the
+    longer run).
+    """
+    from . import rlhf
+
+    n = _check_pairs(data)
+    n_updates = check_positive_int("n_updates", n_updates)
+    ppo_cfg = make_config(rlhf.RLHFConfig, ppo_config)
+    dpo_cfg = make_config(DPOConfig, dpo_config, epochs=1, eval_every=None)
+    if dpo_cfg.batch_size * (1 + n_updates) > n:
+        raise ValueError(f"data must hold at least batch_size x (1 + n_updates) = "
+                         f"{dpo_cfg.batch_size * (1 + n_updates)} pairs, got {n}")
+
+    def ppo_run(k):
+        rlhf.train_ppo(prepared, ppo_cfg, steps=k)
+
+    def dpo_run(k):
+        train(None, prepared.sft, {key: v[:k * dpo_cfg.batch_size] for key, v in data.items()}, dpo_cfg)
+
+    out = {}
+    for method, run in (("RLHF-PPO", ppo_run), ("DPO", dpo_run)):
+        per, once = _work_per_update(run, prepared.sft, prepared.reward_model, n_updates)
+        out[method] = {"per_update": per, "once": once}
+    return out
