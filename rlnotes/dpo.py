@@ -481,9 +481,12 @@ def count_passes(ref, reward_model=None):
 
     The counts are a dict role -> {``forward``, ``backward``, ``decode_steps``, ``tokens_decoded``,
     ``networks``, ``parameters``} for the roles of ``ROLES``. A call of ``ref`` is the reference's and a
-    call of ``reward_model`` the reward model's; any other ``transformers`` model called outside those
-    is the policy, and an ``nn.Linear`` called outside all of them is a value head (as in
-    ``rlhf.PolicyWithValue``). Calls nested inside a counted one belong to it.
+    call of ``reward_model`` the reward model's; any other ``transformers`` language model called outside
+    those is the policy, and an ``nn.Linear`` called outside all of them is a value head (as in
+    ``rlhf.PolicyWithValue``). Calls nested inside a counted one belong to it. A pass that runs each
+    prompt once for several responses (``lm.group_response_logits``) counts as one forward: its
+    prompt half (the model's body on the prompts, then its output layer on their last states) is not
+    counted apart.
 
     * ``decode_steps``: policy calls that return the logits of one position per row, the steps of
       autoregressive sampling (``lm.sample``: the prompt's pass, then one pass per new token, each
@@ -497,6 +500,7 @@ def count_passes(ref, reward_model=None):
 
     counts = {role: dict.fromkeys(WORK_KEYS + ("networks", "parameters"), 0) for role in ROLES}
     seen, stack = [], []
+    parts = {id(m) for net in (ref, reward_model) if net is not None for m in net.modules() if m is not net}
 
     def role_of(module):
         if any(role for _, role in stack):
@@ -505,7 +509,12 @@ def count_passes(ref, reward_model=None):
             return "reference"
         if reward_model is not None and module is reward_model:
             return "reward model"
+        if id(module) in parts:
+            return None                            # a part of a network called on its own: a prompt half
         if isinstance(module, PreTrainedModel):
+            if module.get_output_embeddings() is None:
+                return None                        # a language model's body alone: a prompt half
+            parts.update(id(m) for m in module.modules() if m is not module)
             return "policy"
         return "value head" if isinstance(module, torch.nn.Linear) else None
 
