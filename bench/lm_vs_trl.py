@@ -32,11 +32,12 @@ Costs are per item so that the sizes compare: seconds per 1000 pairs (DPO, rewar
 1000 sequences (SFT, PPO / GRPO), per 1000 tokens (generation). Ratios are rlnotes / TRL (below 1:
 rlnotes faster). Growth: the cost at width 256 and 768 over the cost at width 64, and, for DPO,
 the cost per pair at 1536 pairs over that at 512 (width 64). Each run is repeated ``--repeats``
-times at widths 64 and 256 (once at 768), interleaved, and the fastest kept. Two clocks: the CPU
+times at every width, interleaved, and the fastest kept (one run at width 768 varies by several
+per cent from the next on an idle machine). Two clocks: the CPU
 seconds of this process (all its threads; what the code costs, and robust to other jobs on shared
 cores) and the wall clock; the ratios to trust on a busy machine are the CPU ones. The load
 average before and after is printed. Results also go to bench/results/lm_vs_trl.json. About
-10 minutes on 2 idle cores.
+8 minutes on 2 idle cores.
 
 Nothing is downloaded: models and tokenizer are built locally, TRL loads them from a temporary
 folder, ``report_to="none"``, ``use_cpu=True``, ``bf16=False``. Needs ``pip install -r bench/requirements.txt``.
@@ -368,7 +369,7 @@ def table(results: dict, widths: list, clock: str) -> list[str]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each row at widths 64 and 256 (768: one)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each row at every width (the fastest is kept)")
     ap.add_argument("--widths", type=int, nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that every row runs")
     args = ap.parse_args()
@@ -394,7 +395,7 @@ def main():
           f"{load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
     results = {}
     for width in args.widths:
-        results[width] = bench_width(width, SIZES[width], args.repeats if width < 768 else 1, task, tok)
+        results[width] = bench_width(width, SIZES[width], args.repeats, task, tok)
         assert torch.get_num_threads() == 1, "a trainer changed the number of torch threads"
     load_after = os.getloadavg()
     for clock in ("cpu", "wall"):
