@@ -359,7 +359,7 @@ def batch_curves(history, panels: Mapping[str, str], *, smooth: int = 10,
 
     ``history`` is a ``TrainResult.history``; ``panels`` maps a logged key to its y label;
     ``lines`` maps a key to dotted reference levels ``[(value, label), ...]`` drawn in its panel
-    (log |V| for the SFT loss, log 2 and chance for the reward model). Returns the axes.
+    ($\log |V|$ for the SFT loss, $\log 2$ and chance for the reward model). Returns the axes.
     """
     if not isinstance(panels, Mapping) or not panels:
         raise TypeError(f"panels must be a non-empty mapping {{logged key: y label}}, got {panels!r}")
