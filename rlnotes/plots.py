@@ -354,7 +354,7 @@ def _panels(axes, n: int, width: float = 4.2):
 def batch_curves(history, panels: Mapping[str, str], *, smooth: int = 10,
                  lines: Mapping[str, Sequence[tuple[float, str]]] | None = None, axes=None,
                  xlabel: str = "step (mini-batch)", title: str | None = None):
-    """A supervised run's logs, one panel per key: the value of every mini-batch (faint) and its
+    r"""A supervised run's logs, one panel per key: the value of every mini-batch (faint) and its
     moving mean over ``smooth`` batches (chapter 4's SFT and reward model).
 
     ``history`` is a ``TrainResult.history``; ``panels`` maps a logged key to its y label;
