@@ -32,6 +32,22 @@ def model(tok):
     return lm.tiny_gpt2(tok, seed=0).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny(task, tok):
+    """A one-layer GPT-2 (frozen) and eight hand-written preference pairs, encoded: (model, tok, data),
+    for the DPO and IPO trainers' tests."""
+    from rlnotes import lm
+    from rlnotes.rlhf import Preferences
+
+    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
+    model.requires_grad_(False)
+    prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 2
+    chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 2
+    rejected = ["it was awful and bad .", "dull .", "the story is boring but weak .", "poor ."] * 2
+    prefs = Preferences(prompts, chosen, rejected, torch.zeros(8), torch.zeros(8))
+    return model, tok, prefs.encode(tok)
+
+
 # ------------------------------------------------------------- a headless Chromium (browser tests)
 
 def find_chromium() -> str | None:

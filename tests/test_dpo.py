@@ -171,20 +171,6 @@ def test_dpo_gradient_matches_autograd():
 # ----- the trainer on a tiny causal LM -------------------------------------------------------
 
 from rlnotes import dpo, lm  # noqa: E402
-from rlnotes.rlhf import Preferences  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
-    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
-    model.requires_grad_(False)
-    prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 2
-    chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 2
-    rejected = ["it was awful and bad .", "dull .", "the story is boring but weak .", "poor ."] * 2
-    prefs = Preferences(prompts, chosen, rejected, torch.zeros(8), torch.zeros(8))
-    return model, tok, prefs.encode(tok)
 
 
 def test_pair_logps_match_separate_sequence_logprobs(tiny):

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from rlnotes import ipo, lm
-from rlnotes.rlhf import Preferences
+from rlnotes import ipo
 
 
 def test_ipo_loss_at_known_margins():
@@ -52,21 +51,8 @@ def test_fit_bandit_ipo_stops_at_target_dpo_does_not():
         ipo.fit_bandit("kto", ref, [0], [1], beta)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
-    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
-    model.requires_grad_(False)
-    prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 2
-    chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 2
-    rejected = ["it was awful and bad .", "dull .", "the story is boring but weak .", "poor ."] * 2
-    prefs = Preferences(prompts, chosen, rejected, torch.zeros(8), torch.zeros(8))
-    return model, prefs.encode(tok)
-
-
 def test_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
-    model, data = tiny
+    model, _, data = tiny
     before = [p.clone() for p in model.parameters()]
     out = ipo.train(model, data, eval_data=data, beta=0.5, epochs=40, batch_size=4, lr=1e-2, seed=0)
     u = out.history.updates
@@ -85,7 +71,7 @@ def test_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
 @pytest.mark.parametrize("kwargs, name", [({"beta": 0}, "beta"), ({"epochs": 0}, "epochs"),
                                           ({"length_normalize": 1}, "length_normalize")])
 def test_train_bad_arguments(tiny, kwargs, name):
-    model, data = tiny
+    model, _, data = tiny
     with pytest.raises((ValueError, TypeError), match=name):
         ipo.train(model, data, **kwargs)
     with pytest.raises(ValueError, match="data"):
