@@ -35,7 +35,7 @@ from torch import nn
 
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
-from .rloo import _check_groups, group_metrics, new_policy, sample_groups, score_groups
+from .rloo import _check_groups, group_metrics, new_policy, reuses_scoring_pass, sample_groups, score_groups
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
 from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
@@ -195,6 +195,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
     history = History()
     with rng_scope(cfg.seed):
         policy = new_policy(ref)
+        reuse = reuses_scoring_pass(policy, cfg.epochs, mb >= n)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
         shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -204,13 +205,14 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
                 with atomic():
                     with Timer() as timer:
                         prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
-                        g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen)
+                        g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen,
+                                          keep_graph=reuse)
                         reward, r_star = score_groups(task, reward_fn, g)
                         adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
                         for _ in range(cfg.epochs):
                             order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
                             for idx in order.to(g.ids.device).split(mb):
-                                logp = g.token_logprobs(policy, idx if mb < n else None)
+                                logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
                                 out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
                                                  cfg.eps, cfg.loss_type, task.max_response_tokens)
                                 opt.zero_grad()

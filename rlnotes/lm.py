@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .utils import check_positive, check_positive_int, get_device
 
@@ -601,7 +602,8 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     (on the model's device), so the same generator state gives the same samples.
 
     Work: one forward pass over the prompts (last position's logits only), then one pass per new
-    token but the last. Rows that have emitted EOS leave the forward batch and the KV cache once
+    token but the last, each writing its keys and values into room left in the cache
+    (``_with_room``) instead of copying the whole cache to append them. Rows that have emitted EOS leave the forward batch and the KV cache once
     they are a quarter of it (copying the cache costs more than a few rows' compute); at least
     two rows stay, so that the matrix products round as they do for the whole batch and the
     samples do not depend on which rows finished. The draw itself always covers all B rows, so
@@ -620,7 +622,8 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     with _autocast(device):
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                     **extra)
-    cache = {name: _repeat_rows(c, k) if k > 1 else c for name, c in _cache_kwargs(model, out).items()}
+    cache = {name: _with_room(_repeat_rows(c, k) if k > 1 else c, max_new_tokens)
+             for name, c in _cache_kwargs(model, out).items()}
     logits = out.logits[:, -1].float().repeat_interleave(k, 0)  # [B, V]; rows that finished keep stale values
     prompt_mask, next_pos = prompt_mask.repeat_interleave(k, 0), positions[:, -1:].repeat_interleave(k, 0) + 1
     B = prompt_mask.shape[0]
@@ -656,6 +659,61 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
             logits[rows] = out.logits[:, -1].float()
         cache = _cache_kwargs(model, out)
     return torch.stack(ids, dim=1), torch.stack(alive, dim=1).long()
+
+
+def active_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` has a dropout layer with p > 0, i.e. whether its forward pass in train mode
+    differs from the one in eval mode (and a no-grad scoring pass cannot stand in for the gradient pass)."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+@functools.lru_cache(maxsize=None)
+def _growing_layer():
+    """transformers' ``DynamicLayer`` with its keys and values kept in a buffer that has room for more
+    positions: ``update`` writes the new ones in place and returns views, where ``DynamicLayer``
+    concatenates (a copy of the whole cache, every layer, every step: quadratic in the length).
+    None where transformers has no ``DynamicLayer`` (transformers 4)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            n, m = self.keys.shape[-2], key_states.shape[-2]
+            if n + m > self.room_keys.shape[-2] or self.keys.data_ptr() != self.room_keys.data_ptr():
+                # out of room, or keys replaced from outside (e.g. batch_repeat_interleave): grow as DynamicLayer does
+                self.keys = self.room_keys = torch.cat([self.keys, key_states], dim=-2)
+                self.values = self.room_values = torch.cat([self.values, value_states], dim=-2)
+                return self.keys, self.values
+            self.room_keys[:, :, n:n + m] = key_states
+            self.room_values[:, :, n:n + m] = value_states
+            self.keys, self.values = self.room_keys[:, :, :n + m], self.room_values[:, :, :n + m]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            n = self.keys.shape[-2]
+            self.room_keys, self.room_values = self.room_keys[indices], self.room_values[indices]
+            self.keys, self.values = self.room_keys[:, :, :n], self.room_values[:, :, :n]
+
+    return GrowingLayer
+
+
+def _with_room(cache, room: int):
+    """``cache`` with room for ``room`` more positions in each layer (``_growing_layer``), where its
+    layers are plain ``DynamicLayer``s; any other cache is returned as it is."""
+    growing = _growing_layer()
+    layers = getattr(cache, "layers", None)
+    if growing is None or not isinstance(layers, list) or not all(
+            type(layer) is growing.__base__ and getattr(layer, "is_initialized", False) for layer in layers):
+        return cache
+    for layer in layers:
+        keys, values = (F.pad(t, (0, 0, 0, room)) for t in (layer.keys, layer.values))  # [B, heads, n + room, d]
+        n = layer.keys.shape[-2]
+        layer.__class__ = growing
+        layer.room_keys, layer.room_values = keys, values
+        layer.keys, layer.values = keys[:, :, :n], values[:, :, :n]
+    return cache
 
 
 @functools.lru_cache(maxsize=None)

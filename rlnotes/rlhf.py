@@ -392,7 +392,7 @@ def _reuses_first_pass(policy: nn.Module, cfg: RLHFConfig) -> bool:
     whole batch (so epoch 0's forward sees the very parameters ``collect`` saw) and no dropout is
     active (so the pass in train mode equals the one in eval mode)."""
     one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
-    return one_minibatch and not any(isinstance(m, nn.Dropout) and m.p > 0 for m in policy.modules())
+    return one_minibatch and not lm.active_dropout(policy)
 
 
 @torch.no_grad()

@@ -138,7 +138,9 @@ class Groups:
 
     ``logp`` / ``ref_logp``: log pi_old(y_t|s_t) and log pi_ref(y_t|s_t) per token, [B k, T], 0 on
     padding; ``kl``: the exact per-token KL(pi_old || pi_ref) summed over each response, [B k]
-    (``rlnotes.kl.sequence_kl``, as ``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old.
+    (``rlnotes.kl.sequence_kl``, as ``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old;
+    ``first_pass``: ``logp`` with its autograd graph when ``sample_groups`` was asked to keep it (the
+    forward pass of the one update), else None.
     """
 
     prompts: list
@@ -153,6 +155,7 @@ class Groups:
     entropy: float
     finished: torch.Tensor
     k: int
+    first_pass: torch.Tensor | None = None
 
     def tensors(self, idx):
         """(prompt_ids, prompt_mask, response_ids, response_mask) of the samples at ``idx``."""
@@ -169,25 +172,40 @@ class Groups:
 
 @torch.no_grad()
 def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
-                  generator: torch.Generator | None = None) -> Groups:
+                  generator: torch.Generator | None = None, keep_graph: bool = False) -> Groups:
     """Draw k responses per prompt from ``policy`` and score them under it and under ``ref`` (one
-    pass of each, every prompt run once for its k responses)."""
+    pass of each, every prompt run once for its k responses). With ``keep_graph`` the policy's
+    scoring pass keeps its autograd graph (``Groups.first_pass``), so that an update whose one
+    gradient step sees these very parameters back-propagates through it instead of running the
+    same forward pass again (``reuses_scoring_pass``)."""
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
     p, pm = lm.encode_prompts(tokenizer, prompts, device)
     was_training = policy.training
     policy.eval()
     ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
-    logits = lm.group_response_logits(policy, p, pm, ids, mask)
+    with torch.set_grad_enabled(keep_graph):
+        logits = lm.group_response_logits(policy, p, pm, ids, mask)
+        first_pass = lm.logprobs_from_logits(logits, ids, mask) if keep_graph else None
     policy.train(was_training)
+    logits = logits.detach()
     logits_ref = lm.group_response_logits(ref, p, pm, ids, mask)
     logq = F.log_softmax(logits, -1)
     entropy = (-(logq.exp() * logq).sum(-1) * mask).sum() / mask.sum()
     finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
+    logp = first_pass.detach() if keep_graph else lm.logprobs_from_logits(logits, ids, mask)
     return Groups(repeated, p.repeat_interleave(k, 0), pm.repeat_interleave(k, 0), ids, mask,
-                  lm.decode_responses(tokenizer, ids, mask), lm.logprobs_from_logits(logits, ids, mask),
+                  lm.decode_responses(tokenizer, ids, mask), logp,
                   lm.logprobs_from_logits(logits_ref, ids, mask), sequence_kl(logits, logits_ref, mask),
-                  entropy.item(), finished, k)
+                  entropy.item(), finished, k, first_pass)
+
+
+def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool = True) -> bool:
+    """Whether ``sample_groups``' scoring pass can serve the update: one gradient step per batch (one
+    epoch, one minibatch), so the step sees the parameters that scored the samples, and no active
+    dropout (``lm.active_dropout``), so the pass in eval mode equals the one in train mode. What TRL's
+    GRPOTrainer does with ``num_iterations=1``; it saves one policy forward pass per step."""
+    return epochs == 1 and one_minibatch and not lm.active_dropout(policy)
 
 
 def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +294,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
     history = History()
     with rng_scope(cfg.seed):
         policy = new_policy(ref)
+        reuse = reuses_scoring_pass(policy)  # one Adam step per batch
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
         result = TrainResult(policy, history, cfg)
@@ -284,11 +303,12 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                 with atomic():
                     with Timer() as timer:
                         prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
-                        g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen)
+                        g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen,
+                                          keep_graph=reuse)
                         reward, r_star = score_groups(task, reward_fn, g)
                         k1 = (g.logp - g.ref_logp).sum(1)
                         adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
-                        logp = g.token_logprobs(policy).sum(1)
+                        logp = (g.first_pass if reuse else g.token_logprobs(policy)).sum(1)
                         loss = rloo_loss(logp, g.logp.sum(1), adv)
                         opt.zero_grad()
                         loss.backward()

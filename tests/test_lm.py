@@ -298,3 +298,44 @@ def test_sample_k_per_prompt_runs_each_prompt_once(tok, model):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="k must be"):
         lm.sample(model, tok, p, pm, 6, k=0)
+
+
+def test_cache_with_room_writes_in_place_and_equals_the_growing_cache(tok, model):
+    """_with_room: the keys and values each step appends are written into the buffer (no copy of the
+    cache), equal to transformers' DynamicLayer's; rows can be dropped; past the room it grows."""
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "game review :", "phone review :"])
+    pos = (pm.cumsum(1) - 1).clamp(min=0)
+    caches = []
+    for room in (None, 2):
+        out = model(input_ids=p, attention_mask=pm, position_ids=pos, use_cache=True)
+        cache = lm._cache_kwargs(model, out)
+        if room:
+            cache = {k: lm._with_room(c, room) for k, c in cache.items()}
+        caches.append((out, cache))
+    (_, plain), (_, roomy) = caches
+    layer = next(iter(roomy.values())).layers[0]
+    assert type(layer).__name__ == "GrowingLayer" and layer.room_keys.shape[-2] == p.shape[1] + 2
+    buffer = layer.room_keys.data_ptr()
+    mask = pm
+    for step in range(3):   # the third step is past the room
+        token = torch.full((len(p), 1), 5)
+        mask = torch.cat([mask, torch.ones(len(p), 1, dtype=mask.dtype)], 1)
+        outs = [model(input_ids=token, attention_mask=mask, position_ids=pos[:, -1:] + 1 + step, use_cache=True, **c)
+                for c in (plain, roomy)]
+        assert torch.equal(outs[0].logits, outs[1].logits)
+        plain, roomy = (lm._cache_kwargs(model, o) for o in outs)
+        a, b = next(iter(plain.values())).layers[0], next(iter(roomy.values())).layers[0]
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        assert (layer.room_keys.data_ptr() == buffer) == (step < 2)
+    rows = torch.tensor([2, 0])
+    for c in (plain, roomy):
+        lm._select_rows(next(iter(c.values())), rows)
+    a, b = next(iter(plain.values())).layers[1], next(iter(roomy.values())).layers[1]
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    for c in (plain, roomy):   # keys replaced from outside the layer: it falls back to growing by copies
+        lm._repeat_rows(next(iter(c.values())), 2)
+    outs = [model(input_ids=torch.full((4, 1), 7), attention_mask=torch.ones(4, mask.shape[1] + 1, dtype=mask.dtype),
+                  position_ids=torch.full((4, 1), 9), use_cache=True, **c) for c in (plain, roomy)]
+    assert torch.equal(outs[0].logits, outs[1].logits)
+    legacy = ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)),)
+    assert lm._with_room(legacy, 4) is legacy  # transformers 4's tuples: left as they are

@@ -116,3 +116,53 @@ def test_interrupt_gives_the_partial_result(prepared):
     with pytest.raises(TrainingInterrupted) as stop:
         rloo.train(prepared, reward, steps=5, batch_size=2, k=2, seed=0)
     assert len(stop.value.result.history) == 1
+
+
+def _count_policy_passes(monkeypatch, ref):
+    """Count the forward passes of the policy (any model but ``ref``) through rlnotes.lm's entry points."""
+    from rlnotes import lm
+    calls = []
+    for name in ("group_response_logits", "token_logprobs"):
+        fn = getattr(lm, name)
+        monkeypatch.setattr(lm, name, lambda model, *a, _fn=fn, **k: (calls.append(1) if model is not ref else None)
+                            or _fn(model, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("trainer", ["rloo", "grpo"])
+def test_one_update_reuses_the_scoring_pass(prepared, monkeypatch, trainer):
+    """One gradient step per batch: sample_groups' scoring pass keeps its graph and serves the update
+    (one policy forward fewer per step); the run equals recomputing the pass; and it is off where the
+    step would not see the scoring parameters (two epochs, minibatches) or dropout is active."""
+    from rlnotes import grpo
+    train = (lambda **kw: rloo.train(prepared, k=4, **kw)) if trainer == "rloo" else \
+        (lambda **kw: grpo.train(prepared, num_generations=4, **kw))
+    kw = dict(steps=3, batch_size=4, lr=3e-3, seed=0)
+    calls = _count_policy_passes(monkeypatch, prepared.sft)
+    reused = train(**kw)
+    assert len(calls) == 3 * 1  # per step: the scoring pass only
+    calls.clear()
+    monkeypatch.setattr(rloo if trainer == "rloo" else grpo, "reuses_scoring_pass", lambda *a: False)
+    recomputed = train(**kw)
+    assert len(calls) == 3 * 2
+    for key in ("loss", "reward", "kl/exact_per_sequence", "entropy"):
+        torch.testing.assert_close(torch.tensor(reused.history.update_array(key)),
+                                   torch.tensor(recomputed.history.update_array(key)), rtol=1e-4, atol=1e-6)
+    for a, b in zip(reused.model.parameters(), recomputed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    monkeypatch.undo()
+    assert rloo.reuses_scoring_pass(prepared.sft) and not rloo.reuses_scoring_pass(prepared.sft, epochs=2)
+    assert not rloo.reuses_scoring_pass(prepared.sft, one_minibatch=False)
+    assert not rloo.reuses_scoring_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)))
+
+
+def test_sample_groups_keeps_the_graph_only_when_asked(prepared):
+    P = prepared
+    policy = rloo.new_policy(P.sft)
+    args = (policy, P.sft, P.tokenizer, ["review of the movie :", "game review :"], 3, 8)
+    kept = rloo.sample_groups(*args, torch.Generator().manual_seed(0), keep_graph=True)
+    plain = rloo.sample_groups(*args, torch.Generator().manual_seed(0))
+    assert plain.first_pass is None and not plain.logp.requires_grad
+    assert kept.first_pass.requires_grad and not kept.logp.requires_grad
+    assert torch.equal(kept.first_pass.detach(), kept.logp) and torch.equal(kept.ids, plain.ids)
+    torch.testing.assert_close(kept.logp, plain.logp, rtol=0, atol=1e-6)
