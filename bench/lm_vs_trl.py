@@ -20,24 +20,30 @@ sequences or steps. Rows:
   prompt-completion pairs (loss on the completion only on both sides; set-up counted).
 - ``generation``: seconds per 1000 sampled tokens, ``rlnotes.lm.sample`` against
   ``model.generate(do_sample=True, top_k=0)`` (what TRL's GRPOTrainer calls without vLLM), same
-  left-padded prompts, up to 8 new tokens, stopping at EOS.
-- ``PPO / GRPO``: one update on the same number of sampled sequences: ``rlnotes.rlhf.train_ppo``
-  with ``steps=1, epochs=1`` (one minibatch) (sample, score with the reward model, reference
-  log-probs, value head, GAE, one Adam step) against one step of TRL's ``GRPOTrainer``
-  (``num_generations=8``, ``beta=0.1`` so that it runs its reference model too, the same-sized
-  reward model as reward function, one gradient step); TRL's trainer construction (it loads the
-  policy, the reference and the reward model from disk) is printed apart.
+  left-padded prompts, up to 8 new tokens, stopping at EOS; 64 prompts once each, and (``8 per
+  prompt``) 8 prompts 8 times each, as GRPO samples (``generate`` gets each prompt 8 times, as
+  GRPOTrainer passes them; ``lm.sample(k=8)`` runs each prompt once).
+- ``GRPO step``: one step of ``rlnotes.grpo.train`` against one step of TRL's ``GRPOTrainer``, same
+  settings: 8 prompts x 8 generations (64 sequences), ``beta=0.1`` (so both run their reference
+  model), a reward model of the policy's size as the reward (both re-tokenise the decoded text
+  for it), one epoch, one gradient step. TRL's trainer construction (it loads the policy, the
+  reference and the reward model from disk) is printed apart.
+- ``PPO update vs TRL GRPO step``: ``rlnotes.rlhf.train_ppo`` with ``steps=1, epochs=1`` (one
+  minibatch; sample 64 prompts once each, score with the reward model, reference log-probs, value
+  head, GAE, one Adam step) against the same TRL GRPO step (TRL 1.16 has no PPO trainer): not the
+  same algorithm (PPO's 64 prompts against GRPO's 8, PPO's value head), the same work per sequence.
 
 Costs are per item so that the sizes compare: seconds per 1000 pairs (DPO, reward model), per
-1000 sequences (SFT, PPO / GRPO), per 1000 tokens (generation). Ratios are rlnotes / TRL (below 1:
+1000 sequences (SFT, GRPO, PPO), per 1000 tokens (generation). Ratios are rlnotes / TRL (below 1:
 rlnotes faster). Growth: the cost at width 256 and 768 over the cost at width 64, and, for DPO,
 the cost per pair at 1536 pairs over that at 512 (width 64). Each run is repeated ``--repeats``
 times at every width, interleaved, and the fastest kept (one run at width 768 varies by several
-per cent from the next on an idle machine). Two clocks: the CPU
+per cent from the next on an idle machine, and a whole benchmark run by up to 15% from the next);
+the ratio within each repeat is also printed, its median and range over the repeats. Two clocks: the CPU
 seconds of this process (all its threads; what the code costs, and robust to other jobs on shared
 cores) and the wall clock; the ratios to trust on a busy machine are the CPU ones. The load
 average before and after is printed. Results also go to bench/results/lm_vs_trl.json. About
-8 minutes on 2 idle cores.
+10 minutes on 2 idle cores at 3 repeats.
 
 Nothing is downloaded: models and tokenizer are built locally, TRL loads them from a temporary
 folder, ``report_to="none"``, ``use_cpu=True``, ``bf16=False``. Needs ``pip install -r bench/requirements.txt``.
@@ -62,7 +68,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's progress bars (its reference
 import numpy as np
 import torch
 
-from rlnotes import dpo, lm, rlhf
+from rlnotes import dpo, grpo, lm, rlhf
 from rlnotes.rollout import History
 
 # width: layers, heads, DPO pairs (the first is the one the width comparison uses), reward-model
@@ -99,6 +105,11 @@ def rlnotes_sft(model, tok, prompts, responses, **kw):
 def rlnotes_ppo(prepared, **kw):
     """-> the trained policy (the LM and its value head, a ``PolicyWithValue``)."""
     return rlhf.train_ppo(prepared, **kw).value_fn
+
+
+def rlnotes_grpo(prepared, reward_fn, **kw):
+    """-> the trained policy."""
+    return grpo.train(prepared, reward_fn, **kw).model
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -218,29 +229,33 @@ def run_sft(model, tok, prompts, responses, steps: int, which: str):
         return now() - t
 
 
-def run_generation(model, tok, prompts, batches: int, which: str):
-    """(seconds, tokens sampled) for ``batches`` batches of 64 prompts."""
+def run_generation(model, tok, prompts, batches: int, which: str, k: int = 1):
+    """(seconds, tokens sampled) for ``batches`` batches of 64 sequences: 64 prompts once each, or
+    (``k`` > 1) 64 / k prompts k times each, as GRPO samples (``generate`` gets each prompt k
+    times, as GRPOTrainer passes them; ``lm.sample(k=k)`` runs each prompt once)."""
     model.eval()
     seconds, tokens = np.zeros(2), 0
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
+    n = BATCH // k
     for b in range(batches):
-        p, pm = lm.encode_prompts(tok, prompts[b * BATCH:(b + 1) * BATCH])
+        p, pm = lm.encode_prompts(tok, prompts[b * n:(b + 1) * n])
         t = now()
         if which == "rlnotes":
-            _, mask = lm.sample(model, tok, p, pm, MAX_NEW, generator=gen)
-            n = int(mask.sum())
+            _, mask = lm.sample(model, tok, p, pm, MAX_NEW, generator=gen, k=k)
+            n_tokens = int(mask.sum())
         else:
             with torch.no_grad():
+                p, pm = p.repeat_interleave(k, 0), pm.repeat_interleave(k, 0)
                 out = model.generate(input_ids=p, attention_mask=pm, do_sample=True, max_new_tokens=MAX_NEW,
                                      top_k=0, top_p=1.0, temperature=1.0, pad_token_id=tok.pad_token_id,
                                      eos_token_id=tok.eos_token_id)
             new = out[:, p.shape[1]:]
             ended = (new == tok.eos_token_id).int()
             # tokens up to and including the first EOS (generate pads after it)
-            n = int(((ended.cumsum(1) - ended) == 0).sum())
+            n_tokens = int(((ended.cumsum(1) - ended) == 0).sum())
         seconds += now() - t
-        tokens += n
+        tokens += n_tokens
     return seconds, tokens
 
 
@@ -251,12 +266,22 @@ def prepared_for(model, tok, task, prefs):
                          task.prompts(BATCH, 1, "test"), History(), History())
 
 
-def run_ppo(model, tok, task, prefs, which: str):
-    """(seconds of one update on 64 sampled sequences, TRL's set-up seconds)."""
+def run_ppo(model, tok, task, prefs):
+    """Seconds of one rlnotes PPO update on 64 sampled sequences (64 prompts)."""
+    prepared = prepared_for(model, tok, task, prefs)
+    _, seconds = timed(lambda: rlnotes_ppo(prepared, beta=BETA, steps=1, batch_size=BATCH, epochs=1, lr=LR, seed=0))
+    return seconds
+
+
+def run_grpo(model, tok, task, prefs, which: str):
+    """(seconds of one GRPO step on 64 sampled sequences, 8 prompts x 8, scored by a reward model of
+    the policy's size, with a reference model (beta > 0); TRL's set-up seconds). TRL's trainer
+    construction (it loads the policy, the reference and the reward model from disk) is not timed."""
     if which == "rlnotes":
         prepared = prepared_for(model, tok, task, prefs)
-        _, seconds = timed(lambda: rlnotes_ppo(prepared, beta=BETA, steps=1, batch_size=BATCH, epochs=1,
-                                               lr=LR, seed=0))
+        reward = lambda prompts, responses: prepared.reward_model.score(tok, prompts, responses)  # noqa: E731
+        _, seconds = timed(lambda: rlnotes_grpo(prepared, reward, steps=1, batch_size=BATCH // 8, num_generations=8,
+                                                beta=BETA, lr=LR, epochs=1, seed=0))
         return seconds, 0.0
     from datasets import Dataset
     from transformers import GPT2ForSequenceClassification
@@ -305,9 +330,12 @@ def bench_width(width: int, cfg: dict, repeats: int, task, tok) -> dict:
     gen_prompts = task.prompts(BATCH * cfg["gen_batches"], 3)
     best, extras = {}, {}
 
-    def keep(key, seconds, per, extra=None):   # the fastest repeat, on each clock separately
+    runs = {}
+
+    def keep(key, seconds, per, extra=None):   # the fastest repeat, on each clock separately; and every repeat
         cost = 1000 * seconds / per
         best[key] = np.minimum(best[key], cost) if key in best else cost
+        runs.setdefault(key, []).append(cost.tolist())
         extras[key] = extra
 
     for r in range(repeats):
@@ -322,19 +350,27 @@ def bench_width(width: int, cfg: dict, repeats: int, task, tok) -> dict:
             keep(f"sft/{which}", run_sft(model, tok, sft_x, sft_y, cfg["sft_steps"], which), BATCH * cfg["sft_steps"])
             seconds, tokens = run_generation(model, tok, gen_prompts, cfg["gen_batches"], which)
             keep(f"gen/{which}", seconds, tokens, tokens)
-            seconds, setup = run_ppo(model, tok, task, rm_prefs, which)
-            keep(f"ppo/{which}", seconds, BATCH, setup)
+            seconds, tokens = run_generation(model, tok, gen_prompts, cfg["gen_batches"], which, k=8)
+            keep(f"gen8/{which}", seconds, tokens, tokens)
+            seconds, setup = run_grpo(model, tok, task, rm_prefs, which)
+            keep(f"grpo/{which}", seconds, BATCH, setup)
+            if which == "rlnotes":
+                keep("ppo/rlnotes", run_ppo(model, tok, task, rm_prefs), BATCH)
         print(f"  width {width}: repeat {r + 1}/{repeats} done, load average {os.getloadavg()[0]:.2f}", flush=True)
 
     for key, cost in best.items():
         row, side = key.rsplit("/", 1)
         res.setdefault(row, {})[side] = dict(zip(CLOCKS, cost.tolist()))
+        res[row].setdefault("repeats", {})[side] = runs[key]   # [[wall, cpu] per repeat]
     for n in pairs:
         base = extras[f"dpo/{n}/rlnotes"]
         res[f"dpo/{n}"]["max_abs_loss_diff_vs_TRL"] = float(np.max(np.abs(extras[f"dpo/{n}/TRL"][:len(base)] - base)))
     res["rm"]["rlnotes_normalisation_s"] = dict(zip(CLOCKS, extras["rm/rlnotes"].tolist()))
     res["gen"]["tokens"] = {w: extras[f"gen/{w}"] for w in ("rlnotes", "TRL")}
-    res["ppo"]["TRL_setup_s"] = dict(zip(CLOCKS, extras["ppo/TRL"].tolist()))
+    res["gen8"]["tokens"] = {w: extras[f"gen8/{w}"] for w in ("rlnotes", "TRL")}
+    res["grpo"]["TRL_setup_s"] = dict(zip(CLOCKS, extras["grpo/TRL"].tolist()))
+    res["ppo"]["TRL"] = res["grpo"]["TRL"]   # PPO's peer: TRL's GRPO step (TRL 1.16 has no PPO trainer)
+    res["ppo"]["repeats"]["TRL"] = res["grpo"]["repeats"]["TRL"]
     return res
 
 
@@ -343,7 +379,9 @@ ROWS = (("DPO epoch, s/1000 pairs", "dpo", "TRL"),
         ("reward model, s/1000 pairs", "rm", "TRL"),
         ("SFT, s/1000 sequences", "sft", "TRL"),
         ("generation, s/1000 tokens", "gen", "TRL"),
-        ("PPO vs GRPO update, s/1000 seqs", "ppo", "TRL"))
+        ("generation, 8 per prompt, s/1000 tokens", "gen8", "TRL"),
+        ("GRPO step, s/1000 seqs", "grpo", "TRL"),
+        ("PPO update vs TRL GRPO step, s/1000 seqs", "ppo", "TRL"))
 
 
 def row_key(key: str, width: int) -> str:
@@ -363,6 +401,22 @@ def table(results: dict, widths: list, clock: str) -> list[str]:
         for w in growth:
             c, c64 = results[w][row_key(key, w)], results[64][row_key(key, 64)]
             line += f"{c['rlnotes'][clock] / c64['rlnotes'][clock]:10.1f}{c[peer][clock] / c64[peer][clock]:7.1f}"
+        lines.append(line)
+    return lines
+
+
+def paired(results: dict, widths: list, clock: str) -> list[str]:
+    """The ratio within each repeat (the two sides ran minutes apart, not the whole run apart):
+    median, and min-max over the repeats. Robust to a machine that drifts during the run."""
+    i = CLOCKS.index(clock)
+    head = f"{'ratio per repeat, ' + clock:40s}" + "".join(f"{f'w{w} median':>14s}{'min-max':>13s}" for w in widths)
+    lines = [head, "-" * len(head)]
+    for name, key, peer in ROWS:
+        line = f"{name:40s}"
+        for w in widths:
+            reps = results[w][row_key(key, w)]["repeats"]
+            ratios = np.array([a[i] / b[i] for a, b in zip(reps["rlnotes"], reps[peer])])
+            line += f"{np.median(ratios):14.2f}{f'{ratios.min():.2f}-{ratios.max():.2f}':>13s}"
         lines.append(line)
     return lines
 
@@ -404,6 +458,9 @@ def main():
             print(line)
     print("cpu: this process's CPU seconds (all threads); wall: wall-clock seconds. ratio: rlnotes / TRL "
           "(below 1: rlnotes faster); w/64: the cost at that width over the cost at width 64")
+    print()
+    for line in paired(results, args.widths, "cpu"):
+        print(line)
     if 64 in results and len(SIZES[64]["dpo_pairs"]) > 1:
         big, small = SIZES[64]["dpo_pairs"]
         a, b = results[64][f"dpo/{big}"], results[64][f"dpo/{small}"]
@@ -416,7 +473,7 @@ def main():
         r, n = results[w], SIZES[w]["dpo_pairs"][0]
         print(f"width {w}: {r['layers']} layers, {r['parameters']:,} parameters; DPO max |loss rlnotes - TRL| "
               f"{r[f'dpo/{n}']['max_abs_loss_diff_vs_TRL']:.1e}; not counted: rlnotes' reward-model normalisation "
-              f"{r['rm']['rlnotes_normalisation_s']['cpu']:.2f} s, GRPOTrainer set-up {r['ppo']['TRL_setup_s']['cpu']:.2f} s (cpu)")
+              f"{r['rm']['rlnotes_normalisation_s']['cpu']:.2f} s, GRPOTrainer set-up {r['grpo']['TRL_setup_s']['cpu']:.2f} s (cpu)")
     print(f"total {time.perf_counter() - t0:.0f} s; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     path = Path(__file__).parent / "results" / "lm_vs_trl.json"
     path.parent.mkdir(exist_ok=True)
