@@ -603,10 +603,10 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
 
     Work: one forward pass over the prompts (last position's logits only), then one pass per new
     token but the last, each writing its keys and values into room left in the cache
-    (``_with_room``) instead of copying the whole cache to append them. Rows that have emitted EOS leave the forward batch and the KV cache once
-    they are a quarter of it (copying the cache costs more than a few rows' compute); at least
-    two rows stay, so that the matrix products round as they do for the whole batch and the
-    samples do not depend on which rows finished. The draw itself always covers all B rows, so
+    (``_with_room``) instead of copying the whole cache to append them. Rows that have emitted EOS
+    leave the forward batch and the KV cache once they are a quarter of it (copying the cache
+    costs more than a few rows' compute); at least two rows stay, so that the matrix products
+    round as they do for the whole batch and the samples do not depend on which rows finished. The draw itself always covers all B rows, so
     the generator advances the same way whatever finished. Stops when every row has emitted EOS
     (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run under bf16
     autocast (the softmax in float32).

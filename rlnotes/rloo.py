@@ -186,14 +186,14 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
     with torch.set_grad_enabled(keep_graph):
         logits = lm.group_response_logits(policy, p, pm, ids, mask)
-        first_pass = lm.logprobs_from_logits(logits, ids, mask) if keep_graph else None
+        logp = lm.logprobs_from_logits(logits, ids, mask)
     policy.train(was_training)
-    logits = logits.detach()
+    first_pass = logp if keep_graph else None
+    logits, logp = logits.detach(), logp.detach()
     logits_ref = lm.group_response_logits(ref, p, pm, ids, mask)
     logq = F.log_softmax(logits, -1)
     entropy = (-(logq.exp() * logq).sum(-1) * mask).sum() / mask.sum()
     finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
-    logp = first_pass.detach() if keep_graph else lm.logprobs_from_logits(logits, ids, mask)
     return Groups(repeated, p.repeat_interleave(k, 0), pm.repeat_interleave(k, 0), ids, mask,
                   lm.decode_responses(tokenizer, ids, mask), logp,
                   lm.logprobs_from_logits(logits_ref, ids, mask), sequence_kl(logits, logits_ref, mask),
