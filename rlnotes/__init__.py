@@ -29,6 +29,8 @@ module              chapter
 ``frontier``        6: one reward-KL frontier for every method
 ``post``            all: the source post's claims, checked
 ``plots``           all: the figures that recur across chapters
+``seeds``           1-3: the seeds of one setting, run on every core
+``stats``           all: standard errors, bootstrap intervals, IQM over seeds and samples
 ``utils``           all: seeding, device selection, argument checks
 ==================  ==========================================================
 

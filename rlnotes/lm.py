@@ -53,7 +53,7 @@ from .utils import check_positive, check_positive_int, get_device
 __all__ = ["SentimentTask", "build_tokenizer", "tiny_gpt2", "load_causal_lm", "save_pretrained",
            "encode_prompts", "encode_responses", "decode_responses", "response_logits",
            "logprobs_from_logits", "token_logprobs", "sequence_logprob", "sample", "distinct_n",
-           "check_texts", "check_context", "get_device"]
+           "check_texts", "check_context", "get_device", "bf16_hardware"]
 
 POSITIVE = ("great", "good", "wonderful", "lovely", "fun", "brilliant", "charming", "superb")
 NEGATIVE = ("bad", "boring", "awful", "dull", "poor", "terrible", "weak", "messy")
@@ -722,9 +722,19 @@ def _takes_logits_to_keep(model_class) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
+def bf16_hardware(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA GPU with bf16 in hardware (compute capability 8.0 or newer:
+    A100, H100, RTX 30xx and later). A T4 (Colab's free GPU, 7.5) answers False, although
+    ``torch.cuda.is_bf16_supported()`` says True there: that counts slow software emulation."""
+    if device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def _autocast(device: torch.device):
-    """bf16 autocast on a CUDA GPU that supports it; a no-op context elsewhere (CPU runs in float32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 autocast on a CUDA GPU with bf16 hardware (``bf16_hardware``); float32 elsewhere: on the
+    CPU, and on older GPUs such as a T4, where emulated bf16 would be slower than float32."""
+    if bf16_hardware(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -48,9 +48,11 @@ def _runs(runs) -> dict[str, list]:
 
 def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None = None,
                     title: str | None = None, ylim: tuple[float, float] | None = None,
-                    legend_loc: str = "best", colors: Mapping[str, str] | None = None):
-    """Mean over seeds of each learner's return curve (``History.curve(grid)``), with the
-    min-max band over seeds.
+                    legend_loc: str = "best", colors: Mapping[str, str] | None = None,
+                    band: str = "minmax"):
+    """Mean over seeds of each learner's return curve (``History.curve(grid)``), with a band:
+    ``band="minmax"`` from the lowest to the highest seed, ``band="se"`` the mean +- 2 standard
+    errors over seeds (about a 95% interval for the mean, where a rerun's mean should land).
 
     ``runs`` maps a label to the histories of that learner's seeds (a list, a {seed: History}
     dict or one History); ``baseline=(value, label)`` adds a dotted horizontal reference line
@@ -61,15 +63,22 @@ def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None =
     grid = np.asarray(grid, dtype=float)
     if grid.ndim != 1 or len(grid) < 2:
         raise ValueError(f"grid must be a 1-D array of at least 2 environment-step counts, got shape {grid.shape}")
+    if band not in ("minmax", "se"):
+        raise ValueError(f"band must be 'minmax' or 'se', got {band!r}")
     ax = _axes(ax, (6.5, 3.8))
     for label, histories in runs.items():
         curves = np.stack([np.asarray(h.curve(grid), dtype=float) for h in histories])
         seeds = f" (mean of {len(histories)} seeds)" if len(histories) > 1 else ""
-        line, = ax.plot(grid, np.nanmean(curves, axis=0), label=label + seeds,
-                        color=(colors or {}).get(label))
+        mean = np.nanmean(curves, axis=0)
+        line, = ax.plot(grid, mean, label=label + seeds, color=(colors or {}).get(label))
         if len(histories) > 1:
-            ax.fill_between(grid, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0),
-                            color=line.get_color(), alpha=0.2, lw=0)
+            if band == "se":
+                n = np.sum(np.isfinite(curves), axis=0)
+                half = 2 * np.nanstd(curves, axis=0, ddof=1) / np.sqrt(n)
+                low, high = mean - half, mean + half
+            else:
+                low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, lw=0)
     if baseline is not None:
         value, label = baseline
         ax.axhline(value, color="k", ls=":", lw=1, label=label)
@@ -77,7 +86,8 @@ def learning_curves(runs, grid, *, ax=None, baseline: tuple[float, str] | None =
     ax.set_ylabel(RETURN_LABEL)
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.set_title(title or "Return: mean over seeds, band from min to max")
+    ax.set_title(title or ("Return: mean over seeds, band from min to max" if band == "minmax"
+                           else "Return: mean over seeds, band +- 2 standard errors"))
     ax.legend(loc=legend_loc, fontsize=8)
     return ax
 

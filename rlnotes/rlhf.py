@@ -277,8 +277,9 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
              seed: int = 12345) -> dict:
     """Sample from ``policy`` on held-out prompts (``prepared.eval_prompts`` by default, each ``n_repeats``
     times) and measure: ``r_star`` (mean r*), ``r_phi`` (mean reward-model score), ``kl``
-    (``kl/exact_per_sequence``: mean KL(pi || pi_ref), see ``kl_to_ref``), ``distinct_1``, ``distinct_2``
-    and ``samples``."""
+    (``kl/exact_per_sequence``: mean KL(pi || pi_ref), see ``kl_to_ref``), each with its standard
+    error over the ``n`` samples under ``<key>/se`` (s / sqrt(n)); ``distinct_1``, ``distinct_2``
+    and ``samples``. Means are taken in float64, so they do not depend on the order of summation."""
     model = _lm(policy)
     device = next(model.parameters()).device
     prompts = lm.check_texts("prompts", prepared.eval_prompts if prompts is None else prompts)
@@ -287,10 +288,15 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
     ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
     text = lm.decode_responses(prepared.tokenizer, ids, mask)
-    return {"r_star": prepared.task.true_rewards(prompts, text).mean().item(),
-            "r_phi": prepared.reward_model(p, pm, ids, mask).mean().item(),
-            "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask).mean().item(),
-            "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
+    measured = {"r_star": prepared.task.true_rewards(prompts, text),
+                "r_phi": prepared.reward_model(p, pm, ids, mask),
+                "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask)}
+    out = {}
+    for key, values in measured.items():  # the mean over the samples, and its standard error s / sqrt(n)
+        values = values.double()
+        out[key] = values.mean().item()
+        out[key + "/se"] = (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
+    return {**out, "n": len(prompts), "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
             "samples": text}
 
 

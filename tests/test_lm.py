@@ -339,3 +339,15 @@ def test_cache_with_room_writes_in_place_and_equals_the_growing_cache(tok, model
     assert torch.equal(outs[0].logits, outs[1].logits)
     legacy = ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)),)
     assert lm._with_room(legacy, 4) is legacy  # transformers 4's tuples: left as they are
+
+
+def test_bf16_autocast_only_on_gpus_with_bf16_hardware(monkeypatch):
+    # A T4 (compute capability 7.5) emulates bf16: it gets float32, even though
+    # torch.cuda.is_bf16_supported() answers True there; an A100 (8.0) gets bf16 autocast.
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert not lm.bf16_hardware(cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert lm.bf16_hardware(cuda)
+    assert not lm.bf16_hardware(torch.device("cpu"))

@@ -49,6 +49,20 @@ def test_learning_curves_draws_a_mean_and_a_band_per_learner():
     assert any(l.get_label() == "random policy" and l.get_ydata()[0] == 22.7 for l in ax.get_lines())
 
 
+def test_learning_curves_se_band_is_two_standard_errors_of_the_mean():
+    runs = {"PG": [history(0), history(1), history(2)]}
+    grid = np.arange(2_000, 40_001, 1_000)
+    ax = plots.learning_curves(runs, grid, band="se")
+    curves = np.stack([h.curve(grid) for h in runs["PG"]])
+    half = 2 * np.nanstd(curves, axis=0, ddof=1) / np.sqrt(np.isfinite(curves).sum(axis=0))
+    ys = bands(ax)[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(np.nanmin(np.nanmean(curves, axis=0) - half))
+    assert ys.max() == pytest.approx(np.nanmax(np.nanmean(curves, axis=0) + half))
+    assert "standard errors" in ax.get_title()
+    with pytest.raises(ValueError, match="band must be 'minmax' or 'se', got 'ci'"):
+        plots.learning_curves(runs, grid, band="ci")
+
+
 def test_learning_curves_one_seed_has_no_band_and_uses_a_given_axes():
     fig, (left, right) = plt.subplots(1, 2)
     assert plots.learning_curves({"PG": history(0)}, [1_000, 2_000, 3_000], ax=right, colors={"PG": "C2"}) is right

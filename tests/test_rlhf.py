@@ -193,8 +193,12 @@ def test_train_ppo_evaluate_and_kl_to_ref(prepared):
     clipped = hist.update_array("completions/clipped_ratio")
     assert np.all((clipped >= 0) & (clipped <= 1)) and np.all(clipped * 8 == np.round(clipped * 8))
     ev = rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
-    assert set(ev) == {"r_star", "r_phi", "kl/exact_per_sequence", "distinct_1", "distinct_2", "samples"}
-    assert ev["kl/exact_per_sequence"] > 0 and len(ev["samples"]) == 8
+    means = ("r_star", "r_phi", "kl/exact_per_sequence")
+    assert set(ev) == {*means, *(k + "/se" for k in means), "n", "distinct_1", "distinct_2", "samples"}
+    assert ev["kl/exact_per_sequence"] > 0 and len(ev["samples"]) == 8 and ev["n"] == 8
+    r = prepared.task.true_rewards(prepared.eval_prompts, ev["samples"]).double()
+    assert ev["r_star"] == pytest.approx(r.mean().item()) and ev["r_star/se"] == pytest.approx(r.std().item() / 8 ** 0.5)
+    assert rlhf.evaluate(policy, prepared, n_repeats=3, seed=0)["n"] == 24
     assert ev == rlhf.evaluate(policy, prepared, n_repeats=1, seed=0)
     assert ev == rlhf.evaluate(out.value_fn, prepared, n_repeats=1, seed=0)  # the LM or the LM with its value head
     assert rlhf.evaluate(prepared.sft, prepared, n_repeats=1)["kl/exact_per_sequence"] == pytest.approx(0.0, abs=1e-6)

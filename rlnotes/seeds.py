@@ -1,0 +1,52 @@
+"""Many seeds of one trainer, on every core: ``train_seeds``.
+
+A comparison between settings needs ten or more seeds to survive another CPU's rounding (one
+seed's fate can turn on the last bit of a sum). The control trainers are small and run on one
+thread, so the seeds of one setting run in parallel, one process per core. Each run is seeded on
+its own, so the results are the same whatever the number of processes, and the same as calling
+the trainer seed by seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+from .utils import check_positive_int
+
+
+def _one(train, seed, keep_models, kwargs):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per run: as fast for these networks, and the same bits
+    try:
+        result = train(seed=seed, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    return seed, result if keep_models else dataclasses.replace(result, model=None, value_fn=None)
+
+
+def train_seeds(train, seeds, *, workers: int | None = None, keep_models: bool = False, **kwargs) -> dict:
+    """``{seed: train(seed=seed, **kwargs)}`` for each seed, run by up to ``workers`` processes
+    (default: one per core, at most one per seed; ``workers=1`` runs in this process).
+
+    ``train`` must be importable by name (a trainer of rlnotes, such as ``rlnotes.pg.train``).
+    With ``keep_models=False`` (the default) each ``TrainResult`` comes back without its networks
+    (``model`` and ``value_fn`` are None): the history is what a comparison over seeds reads,
+    and it is cheap to send between processes.
+    """
+    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
+    if "seed" in kwargs:
+        raise TypeError("pass the seeds as `seeds`, not `seed`")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(seeds), cores if workers is None else check_positive_int("workers", workers))
+    if workers == 1:
+        return dict(_one(train, s, keep_models, kwargs) for s in seeds)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_one, train, s, keep_models, kwargs) for s in seeds]
+        return dict(f.result() for f in futures)

@@ -1,0 +1,45 @@
+"""What nbval does not compare, each chapter must check.
+
+A cell whose text output depends on a training trajectory differs from machine to machine (the
+last bits of a sum decide a seed's fate), so it carries the tag ``nbval-ignore-output``
+(tools/volatile.py finds them by executing under other numeric kernels). nbval then only checks
+that it runs; what it shows must be checked by the cell itself, with an ``assert``.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "book").glob("*.ipynb"))
+UNCOMPARED = {"nbval-ignore-output", "nbval-skip"}
+
+
+def uncompared_cells(path):
+    """(index, source) of every code cell whose output nbval does not compare."""
+    nb = json.loads(path.read_text())
+    return [(i, "".join(c["source"])) for i, c in enumerate(nb["cells"])
+            if c["cell_type"] == "code" and UNCOMPARED & set(c.get("metadata", {}).get("tags", []))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_uncompared_cell_asserts_what_it_shows(path):
+    missing = [i for i, source in uncompared_cells(path) if "assert " not in source]
+    assert not missing, f"{path.name}: cells {missing} are not compared by nbval and assert nothing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_notebook_is_ignored_whole(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert len(uncompared_cells(path)) < len(code), f"{path.name}: every code cell is ignored by nbval"
+    assert not {"nbval-skip", "nbval-ignore-output"} & set(nb["metadata"].get("tags", []))
+
+
+def test_the_listing_finds_a_tagged_cell_without_an_assert(tmp_path):
+    cell = lambda src, tags: {"cell_type": "code", "source": src, "metadata": {"tags": tags}, "outputs": []}
+    nb = {"cells": [cell("x = train()\nprint(x)", ["nbval-ignore-output"]), cell("print(1)", []),
+                    cell("assert x > 0", ["nbval-skip"])], "metadata": {}}
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    listed = uncompared_cells(tmp_path / "nb.ipynb")
+    assert [i for i, _ in listed] == [0, 2]
+    assert [i for i, src in listed if "assert " not in src] == [0]
