@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 
 import numpy as np
 import torch
@@ -352,7 +355,7 @@ def preference_log(losses, chosen, rejected, pol_c, pol_r) -> dict:
 
 
 def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data: dict | None = None,
-          callback=None, **kwargs) -> TrainResult:
+          callback=None, ref_logps: tuple | None = None, **kwargs) -> TrainResult:
     """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay).
 
     Arguments: those of ``DPOConfig``, or a ``config``. ``policy`` is trained in place (``None``:
@@ -368,7 +371,9 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
     steps (and at the end) ``eval/loss`` and ``eval/accuracy`` on ``eval_data``, with ``eval/step``.
     ``callback(policy)``, if given, is called at the same points (before training too when
     ``eval_every`` is set) and the numbers in the dict it returns are logged as ``eval/<name>``
-    (e.g. the true reward and KL of samples). Returns a ``TrainResult`` whose ``model`` is the policy.
+    (e.g. the true reward and KL of samples). ``ref_logps``: the reference's log-probabilities of
+    ``data``, as ``reference_logps(ref, data)`` returns them, to reuse them over several runs (by
+    default they are computed here). Returns a ``TrainResult`` whose ``model`` is the policy.
     """
     n = _check_pairs(data)
     cfg = make_config(DPOConfig, config, **kwargs)
@@ -382,7 +387,10 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
             policy = copy.deepcopy(ref)
         policy.requires_grad_(True)
         ref.requires_grad_(False)
-        ref_c, ref_r = reference_logps(ref, data)
+        ref_c, ref_r = reference_logps(ref, data) if ref_logps is None else ref_logps
+        if ref_c.shape != (n,) or ref_r.shape != (n,):
+            raise ValueError(f"ref_logps must be two tensors of shape ({n},), one per pair of data (reference_logps), "
+                             f"got {tuple(ref_c.shape)} and {tuple(ref_r.shape)}")
         eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -597,3 +605,119 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None, dp
         per, once = _work_per_update(run, prepared.sft, prepared.reward_model, n_updates)
         out[method] = {"per_update": per, "once": once}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward-KL frontier over seeds: DPO and RLHF-PPO at one beta (chapter 5, section 5.7)
+# ---------------------------------------------------------------------------------------------
+
+METHODS = ("DPO", "PPO")
+FRONTIER_KEYS = ("r_star", "r_star/se", "r_phi", "r_phi/se", "kl/exact_per_sequence", "kl/exact_per_sequence/se", "n")
+
+
+def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0, *, checkpoints=(),
+                   eval_data: dict | None = None, n_repeats: int = 2, ref_logps: tuple | None = None,
+                   **kwargs) -> dict:
+    """One point of the reward-KL frontier (DPO paper, Figure 2): train ``method`` with the KL coefficient
+    ``beta`` of the objective Eq. 3, then measure its samples on held-out prompts.
+
+    "DPO": ``train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
+    ``rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
+    ``rlhf.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
+    standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
+    pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
+    e epochs passes through the run of fewer epochs: same seed, same order, the same weights).
+    Returns {"eval": ..., "checkpoints": {step: ...}, "history": History, "config": ...}; the model is
+    not kept.
+    """
+    from . import rlhf
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    checkpoints = sorted({check_positive_int("checkpoints", c) for c in checkpoints})
+    if checkpoints and method != "DPO":
+        raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
+
+    def measure(policy):
+        m = rlhf.evaluate(policy, prepared, n_repeats=n_repeats)
+        out = {k: m[k] for k in FRONTIER_KEYS}
+        if method == "DPO" and eval_data is not None:
+            out["accuracy"] = preference_metrics(policy, prepared.sft, eval_data, beta)["accuracy"]
+        return out
+
+    seen = {}
+    if method == "PPO":
+        run = rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)
+    else:
+        cfg = make_config(DPOConfig, None, beta=beta, seed=seed, **kwargs)
+        total = cfg.epochs * -(-_check_pairs(data) // cfg.batch_size)
+        if checkpoints and checkpoints[-1] > total:
+            raise ValueError(f"checkpoints must be optimiser steps of the run (1 to {total}), got {checkpoints}")
+        every = int(np.gcd.reduce(checkpoints)) if checkpoints else None
+        calls = []
+
+        def at_checkpoint(policy):          # train calls it at steps 0, every, 2 every, ... and at the end
+            step = min(every * len(calls), total)
+            calls.append(step)
+            if step in checkpoints:
+                seen[step] = measure(policy)
+            return {}
+
+        run = train(None, prepared.sft, data, cfg, ref_logps=ref_logps,
+                    callback=at_checkpoint if checkpoints else None, eval_every=every)
+    return {"eval": measure(run.model), "checkpoints": seen, "history": run.history, "config": run.config}
+
+
+_FRONTIER_WORKER = {}
+
+
+def _frontier_worker_init(prepared, data, eval_data):
+    import transformers
+
+    torch.set_num_threads(1)
+    # transformers registers what a model class can record (hidden states, which the value head of
+    # RLHF-PPO reads) when a model of that class is built; a process that only unpickles models has
+    # built none, so build one throwaway model per class first (weights from a forked generator)
+    classes = {type(m): m.config for obj in vars(prepared).values() if isinstance(obj, torch.nn.Module)
+               for m in obj.modules() if isinstance(m, transformers.PreTrainedModel)}
+    with torch.random.fork_rng():
+        for cls, config in classes.items():
+            cls(config)
+    _FRONTIER_WORKER.update(prepared=prepared, data=data, eval_data=eval_data,
+                            ref_logps=reference_logps(prepared.sft, data))
+
+
+def _frontier_job(point: dict) -> dict:
+    w = _FRONTIER_WORKER
+    ref = {"ref_logps": w["ref_logps"]} if point.get("method") == "DPO" else {}
+    return frontier_point(w["prepared"], w["data"], eval_data=w["eval_data"], **ref, **point)
+
+
+def frontier(prepared, data: dict, points, *, eval_data: dict | None = None, workers: int | None = None) -> list:
+    """``frontier_point(prepared, data, eval_data=eval_data, **p)`` for each dict ``p`` of ``points``
+    (``method``, ``beta``, ``seed`` and the rest of its arguments), in the order given.
+
+    The points run in up to ``workers`` processes (default: one per core; 1: in this process), each
+    with one torch thread, so that the results are the same whatever the number of processes. Each
+    process receives ``prepared`` and the pairs once, and computes the reference's log-probabilities
+    of the pairs once for all its DPO runs.
+    """
+    points = [dict(p) for p in points]
+    for p in points:
+        if not {"method", "beta"} <= set(p):
+            raise ValueError(f"each point needs a method and a beta, got {p}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(points), cores if workers is None else check_positive_int("workers", workers))
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        saved = dict(_FRONTIER_WORKER)
+        try:
+            _frontier_worker_init(prepared, data, eval_data)
+            return [_frontier_job(p) for p in points]
+        finally:
+            torch.set_num_threads(threads)
+            _FRONTIER_WORKER.clear()
+            _FRONTIER_WORKER.update(saved)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_frontier_worker_init,
+                             initargs=(prepared, data, eval_data)) as pool:
+        return list(pool.map(_frontier_job, points))

@@ -1,5 +1,6 @@
-"""Chapter 5's additions to rlnotes.dpo: DPO on a one-token model (``fit_categorical``) and the
-work of one update counted network by network (``count_passes``, ``update_work``)."""
+"""Chapter 5's additions to rlnotes.dpo: DPO on a one-token model (``fit_categorical``), the
+work of one update counted network by network (``count_passes``, ``update_work``), and the
+reward-KL frontier over seeds (``frontier_point``, ``frontier``)."""
 
 import copy
 
@@ -172,3 +173,60 @@ def test_rlhf_objective_gradient_finite_where_pi_is_zero():
     # a response the reference never writes: infinite KL if the policy writes it, nothing if it does not
     assert np.isinf(dpo.rlhf_objective([0.5, 0.5], [1.0, 0.0], [0.0, 0.0], 1.0))
     assert dpo.rlhf_objective([1.0, 0.0], [1.0, 0.0], [0.0, 0.0], 1.0) == 0.0
+
+
+# ----- the reward-KL frontier over seeds (frontier_point, frontier) ----------------------------------
+
+def test_train_reuses_given_reference_logps(tiny):
+    model, _, data = tiny
+    ref = dpo.reference_logps(model, data)
+    a = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, seed=1).history.updates
+    b = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, seed=1, ref_logps=ref).history.updates
+    assert a["loss"] == b["loss"] and a["rewards/margins"] == b["rewards/margins"]
+    with pytest.raises(ValueError, match="ref_logps"):
+        dpo.train(None, model, data, ref_logps=(ref[0][:3], ref[1][:3]))
+
+
+def test_frontier_point_measures_dpo_and_ppo_and_a_checkpoint_is_the_shorter_run(tiny_prepared):
+    P = tiny_prepared
+    data = P.train_prefs.encode(P.tokenizer)              # 32 pairs: 4 steps of 8 per epoch
+    args = dict(batch_size=8, lr=1e-2)
+    long = dpo.frontier_point(P, data, "DPO", 0.3, seed=2, epochs=3, checkpoints=(4, 8, 12), eval_data=data, **args)
+    short = dpo.frontier_point(P, data, "DPO", 0.3, seed=2, epochs=1, eval_data=data, **args)
+    assert set(long["eval"]) == set(dpo.FRONTIER_KEYS) | {"accuracy"} and long["eval"]["n"] == 2 * len(P.eval_prompts)
+    assert sorted(long["checkpoints"]) == [4, 8, 12] and long["checkpoints"][4] == short["eval"]
+    assert long["checkpoints"][12] == long["eval"]
+    assert len(long["history"].updates["loss"]) == 12 and long["config"].epochs == 3
+    assert long["history"].updates["loss"][:4] == short["history"].updates["loss"]
+    ppo = dpo.frontier_point(P, data, "PPO", 0.3, seed=0, steps=1, batch_size=2, epochs=1, n_repeats=1)
+    assert set(ppo["eval"]) == set(dpo.FRONTIER_KEYS) and ppo["checkpoints"] == {} and ppo["config"].steps == 1
+    assert ppo["eval"]["r_star/se"] > 0 and ppo["eval"]["n"] == len(P.eval_prompts)
+
+
+def test_frontier_point_rejects_bad_input(tiny_prepared):
+    P = tiny_prepared
+    data = P.train_prefs.encode(P.tokenizer)
+    with pytest.raises(ValueError, match="method"):
+        dpo.frontier_point(P, data, "IPO", 0.1)
+    with pytest.raises(ValueError, match="checkpoints"):
+        dpo.frontier_point(P, data, "PPO", 0.1, checkpoints=(2,), steps=1)
+    with pytest.raises(ValueError, match="checkpoints"):
+        dpo.frontier_point(P, data, "DPO", 0.1, checkpoints=(0,))
+    with pytest.raises(ValueError, match=r"1 to 4"):
+        dpo.frontier_point(P, data, "DPO", 0.1, checkpoints=(5,), epochs=1, batch_size=8)
+
+
+def test_frontier_gives_the_same_numbers_in_worker_processes(tiny_prepared):
+    # workers only unpickle the models: the value head of RLHF-PPO must still see hidden states
+    P = tiny_prepared
+    data = P.train_prefs.encode(P.tokenizer)
+    points = [dict(method="PPO", beta=0.2, seed=1, steps=2, batch_size=2, epochs=1, n_repeats=1),
+              dict(method="DPO", beta=0.2, seed=3, epochs=2, batch_size=8, checkpoints=(4,), n_repeats=1)]
+    here = dpo.frontier(P, data, points, eval_data=data, workers=1)
+    there = dpo.frontier(P, data, points, eval_data=data, workers=2)
+    for a, b, key in zip(here, there, ("kl/exact_per_sequence", "loss")):
+        assert a["eval"] == b["eval"] and a["checkpoints"] == b["checkpoints"]
+        assert a["history"].updates[key] == b["history"].updates[key]
+    assert "accuracy" in here[1]["eval"] and "accuracy" not in here[0]["eval"]
+    with pytest.raises(ValueError, match="method and a beta"):
+        dpo.frontier(P, data, [dict(method="DPO")], workers=1)
