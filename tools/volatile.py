@@ -44,7 +44,7 @@ def texts(path):
                 for rx, rep in rules:
                     t = rx.sub(rep, t)
                 parts.append(t)
-        out[i] = ("\n".join(parts), cell)
+        out[i] = ("".join(parts), cell)
     return out
 
 
