@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench claims oldest clean repository
+.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench claims colab oldest clean repository
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,13 @@ chromium:
 	  || echo "could not install fonts-noto-cjk: Korean will show as empty boxes"; fi
 
 browser: book-stored chromium
-	$(BIN)/python -m pytest tests/test_browser.py -v -rs
+	$(BIN)/python -m pytest tests/test_browser.py tests/test_reading_edition.py::test_links_resolve_in_built_book -v -rs
+
+# The reading edition for Colab (colab/NAME.ipynb, from book/NAME.ipynb and its stored outputs):
+# glued numbers substituted, MyST roles and directives turned into CommonMark with links to the
+# rendered book. Run it after executing a chapter; `make unit` fails while colab/ is stale.
+colab: setup
+	$(BIN)/python tools/reading_edition.py
 
 # The README's "Locally" step in headless Chromium: JupyterLab from .venv, chapter 3's widget run
 # and its slider moved (tests/test_lab.py; about a minute).
@@ -97,6 +103,7 @@ oldest:
 repository:
 	@test -n "$(URL)" || (echo "usage: make repository URL=https://github.com/OWNER/NAME" && exit 2)
 	$(PYTHON) tools/set_repository.py $(URL)
+	$(MAKE) colab   # the reading edition quotes the set-up cells it rewrote
 
 clean:
 	rm -rf _build

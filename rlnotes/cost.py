@@ -1,4 +1,8 @@
-"""Chapter 3: what one update computes, TRPO against PPO, counted in passes through the networks.
+"""Chapter 3: TRPO and PPO side by side: their runs over seeds, and what one update computes,
+counted in passes through the networks.
+
+``train_side_by_side`` trains several settings (trainers and their arguments) on the same seeds,
+all the runs in one pool of processes, one per core.
 
 A TRPO update (the TRPO paper's Appendix C; ``rlnotes.trpo.trpo_step``) on a batch needs
 
@@ -21,7 +25,11 @@ one shared batch and times them.
 from __future__ import annotations
 
 import copy
+import os
 import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import numpy as np
 import torch
@@ -33,6 +41,51 @@ from .returns import advantage_batch, normalize
 from .rollout import Runner
 from .trainer import History, rng_scope
 from .utils import check_positive_int
+
+
+def _run(train, kwargs, seed):
+    """``train(seed=seed, **kwargs).history`` on one torch thread (the thread count restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(seed=seed, **kwargs).history
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
+                       workers: int | None = None) -> dict[str, list[History]]:
+    """``{name: [train(seed=s, **kwargs).history for s in seeds]}`` for each ``name: (train, kwargs)``.
+
+    Like ``rlnotes.seeds.train_seeds``, for several settings at once: every (setting, seed) run
+    goes to one pool of ``workers`` processes (default: one per core), started once, so the
+    workers import torch once for all the settings. Runs are submitted in the order given
+    (put the longest first); each runs on one torch thread and is seeded on its own, so the
+    histories equal those of calling the trainers one by one on one thread. ``train`` must be
+    importable by name (a trainer of rlnotes); ``workers=1`` runs everything in this process.
+    """
+    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
+    if not isinstance(settings, Mapping) or not settings:
+        raise TypeError(f"settings must be a non-empty mapping {{name: (train, kwargs)}}, got {type(settings).__name__}")
+    for name, (train, kwargs) in settings.items():
+        if not callable(train) or "seed" in kwargs:
+            raise TypeError(f"settings[{name!r}] must be (train, kwargs) with a callable train and no 'seed' "
+                            "in kwargs (the seeds come from `seeds`)")
+    jobs = [(name, train, kwargs, s) for name, (train, kwargs) in settings.items() for s in seeds]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(jobs), cores if workers is None else check_positive_int("workers", workers))
+    if workers == 1:
+        histories = [_run(train, kwargs, s) for _, train, kwargs, s in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run, train, kwargs, s) for _, train, kwargs, s in jobs]
+            histories = [f.result() for f in futures]
+    out = {name: [] for name in settings}
+    for (name, *_), history in zip(jobs, histories):
+        out[name].append(history)
+    return out
 
 
 def trpo_passes(history: History, vf_iters: int = 20) -> dict[str, np.ndarray]:

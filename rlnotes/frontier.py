@@ -1,23 +1,36 @@
 """Chapter 6: one reward-KL frontier for every method of the book (DPO paper, Figure 2, left).
 
 ``sweep`` trains each method at each beta and seed from chapter 4's pi_ref, and measures mean r*
-and KL(pi || pi_ref) on held-out prompts (``rlnotes.rlhf.evaluate``). The online methods
-(PPO-RLHF, RLOO, GRPO) optimise the verifiable reward r* itself; the offline ones (DPO, IPO)
-learn from chapter 5's preference pairs, which were labelled by Bradley-Terry on r*.
-``summarize`` gives the mean and spread over seeds (sample std and min-max), ``format_table``
-prints it, ``plot`` draws it; ``budget`` counts what each run spends (samples, Adam steps), and
-``gap_to_curve`` measures how far one method's points lie below another's frontier.
+and KL(pi || pi_ref) on held-out prompts (``rlnotes.rlhf.evaluate``), each with its standard
+error over the samples. The online methods (PPO-RLHF, RLOO, GRPO) optimise the verifiable reward
+r* itself; the offline ones (DPO, IPO) learn from chapter 5's preference pairs, which were
+labelled by Bradley-Terry on r*. ``train_runs`` is the engine under ``sweep``: any list of runs,
+spread over the CPU's cores (``Workers``: one process per core, started once for several calls;
+one torch thread per run, so the numbers are the same whatever the number of processes),
+optionally evaluated after every epoch (DPO, IPO; ``per_epoch`` and ``epoch_rows`` read them).
+``summarize`` gives the mean over seeds with its standard error and the spread (sample std and
+min-max), ``format_table`` prints it, ``plot`` draws it; ``budget`` counts what each run spends
+(samples, Adam steps), and ``gap_to_curve`` measures how far one method's points lie below
+another's frontier.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import os
+import pickle
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import numpy as np
+import torch
 
 from . import dpo, grpo, ipo, rlhf, rloo
+from .stats import standard_error
+from .utils import check_positive_int
 
 METHODS = ("PPO", "DPO", "IPO", "RLOO", "GRPO")
 
@@ -27,50 +40,219 @@ def with_true_reward(prepared):
     return dataclasses.replace(prepared, reward_model=rloo.VerifiableReward(prepared.task, prepared.tokenizer))
 
 
-def train_method(method: str, prepared, beta: float, seed: int, data: dict | None = None, **settings):
+def train_method(method: str, prepared, beta: float, seed: int, data: dict | None = None, *, callback=None,
+                 **settings):
     """Train ``method`` (one of ``METHODS``) at ``beta`` and ``seed``; returns ``(model, history)``,
     the trained causal LM and its ``History``.
 
     PPO is chapter 4's ``rlhf.train_ppo`` on r* (no unfinished-text penalty: r* has its own),
     DPO chapter 5's ``dpo.train``: the only two calls into those trainers in chapter 6. ``data``
     is ``prepared.train_prefs`` encoded (computed if None); ``settings`` go to the trainer.
+    ``callback(policy) -> dict`` (DPO and IPO only) is called before training and after every
+    epoch, its numbers logged as ``eval/<name>``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if callback is not None and method not in ("DPO", "IPO"):
+        raise ValueError(f"callback is for the epochs of DPO and IPO, not {method}")
     if method in ("DPO", "IPO") and data is None:
         data = prepared.train_prefs.encode(prepared.tokenizer)
     if method == "PPO":
         out = rlhf.train_ppo(with_true_reward(prepared), beta=beta, seed=seed, missing_eos_penalty=0.0, **settings)
     elif method == "DPO":
-        out = dpo.train(None, prepared.sft, data, beta=beta, seed=seed, **settings)
+        if callback is not None:   # an evaluation before training and after each pass over the pairs
+            settings["eval_every"] = math.ceil(len(data["prompt_ids"]) / settings.get("batch_size", dpo.DPOConfig.batch_size))
+        out = dpo.train(None, prepared.sft, data, beta=beta, seed=seed, callback=callback, **settings)
     elif method == "IPO":
-        out = ipo.train(prepared.sft, data, beta=beta, seed=seed, **settings)
+        out = ipo.train(prepared.sft, data, beta=beta, seed=seed, callback=callback, **settings)
     else:
         out = (rloo if method == "RLOO" else grpo).train(prepared, beta=beta, seed=seed, **settings)
     return out.model, out.history
 
 
-def sweep(prepared, betas: dict, seeds, settings: dict | None = None) -> list[dict]:
-    """Train every method of ``betas`` (method -> list of beta) at every seed; one row per run:
-    ``method``, ``beta``, ``seed``, ``r_star`` and ``kl`` on ``prepared.eval_prompts``, ``seconds``."""
+def _measure(m: dict) -> dict:
+    return {"r_star": m["r_star"], "r_star/se": m["r_star/se"], "kl": m["kl/exact_per_sequence"],
+            "kl/se": m["kl/exact_per_sequence/se"]}
+
+
+def _one_run(prepared, data, run: dict, n_repeats: int) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # one thread per run, in this process or a worker: the same bits either way
+    try:
+        settings = dict(run.get("settings", {}))
+        callback = None
+        if run.get("per_epoch", False):
+            callback = lambda policy: _measure(rlhf.evaluate(policy, prepared, n_repeats=n_repeats))
+        start = time.perf_counter()
+        model, history = train_method(run["method"], prepared, run["beta"], run["seed"], data, callback=callback,
+                                      **settings)
+        seconds = time.perf_counter() - start
+        if callback is None:
+            measured = _measure(rlhf.evaluate(model, prepared, n_repeats=n_repeats))
+        else:                      # the evaluation after the last epoch is the final one
+            measured = {k: float(history.update_array(f"eval/{k}")[-1]) for k in ("r_star", "r_star/se", "kl", "kl/se")}
+    finally:
+        torch.set_num_threads(threads)
+    return {**run, **measured, "seconds": seconds, "history": history}
+
+
+_WORKER = {}
+
+
+def _rebuild(cls, config, state, training, trainable):
+    model = cls(config).to(next(v.dtype for v in state.values() if v.is_floating_point()))
+    model.load_state_dict(state)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    return model.train(training)
+
+
+class _Pickler(pickle.Pickler):
+    """Sends a transformers model as its class, config and weights, rebuilt on arrival: the forward
+    hooks that transformers installs on a model at its first pass are local functions, which
+    pickle cannot send."""
+
+    def reducer_override(self, obj):
+        from transformers import PreTrainedModel
+
+        if isinstance(obj, PreTrainedModel):
+            state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+            trainable = {n for n, p in obj.named_parameters() if p.requires_grad}
+            return _rebuild, (type(obj), obj.config, state, obj.training, trainable)
+        return NotImplemented
+
+
+def _start_worker(payload: bytes):
+    torch.set_num_threads(1)
+    prepared = pickle.loads(payload)
+    _WORKER["prepared"] = prepared
+    _WORKER["data"] = prepared.train_prefs.encode(prepared.tokenizer)
+
+
+def _run_in_worker(run: dict, n_repeats: int) -> dict:
+    return _one_run(_WORKER["prepared"], _WORKER["data"], run, n_repeats)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Workers:
+    """Processes that run ``train_runs``' runs, started once for several calls: each receives
+    ``prepared`` once and keeps it. ``n`` processes (default: one per core on a CPU; on a GPU one,
+    which means this process: no workers). Use as ``with Workers(prepared) as w: ...`` or call
+    ``close()``; pass it as ``train_runs(prepared, runs, workers=w)``."""
+
+    def __init__(self, prepared, n: int | None = None):
+        self.prepared = prepared
+        self.n = check_positive_int("n", n) if n is not None else (_cores() if prepared.device.type == "cpu" else 1)
+        self._pool = None
+        if self.n > 1:
+            buffer = io.BytesIO()
+            _Pickler(buffer).dump(prepared)
+            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context("spawn"), initializer=_start_worker,
+                                             initargs=(buffer.getvalue(),))
+
+    def map(self, runs: list[dict], n_repeats: int = 1) -> list[dict]:
+        """``train_runs``' results for ``runs``, in order."""
+        if self._pool is None:
+            data = self.prepared.train_prefs.encode(self.prepared.tokenizer)
+            return [_one_run(self.prepared, data, r, n_repeats) for r in runs]
+        futures = [self._pool.submit(_run_in_worker, r, n_repeats) for r in runs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:      # a failed run (or Ctrl-C) stops the runs that have not started
+            for f in futures:
+                f.cancel()
+            raise
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def train_runs(prepared, runs: list[dict], *, n_repeats: int = 1, workers: "int | Workers | None" = None) -> list[dict]:
+    """Train and evaluate every run of ``runs``, each a dict with ``method``, ``beta``, ``seed``
+    and optionally ``settings`` (keyword arguments of the trainer) and ``per_epoch`` (DPO, IPO:
+    evaluate before training and after every epoch, logged as ``eval/r_star``, ``eval/kl``, ...).
+
+    Returns one dict per run, in order: the run's own keys, then ``r_star``, ``kl`` (mean over the
+    ``n_repeats`` x ``len(prepared.eval_prompts)`` samples of ``rlhf.evaluate``) with their
+    standard errors ``r_star/se`` and ``kl/se``, ``seconds`` (training) and ``history``. Runs are
+    spread over ``workers`` processes: a number (default: one per core on a CPU, at most one per
+    run; one on a GPU; 1: in this process) or a started ``Workers``. Each run is on one torch
+    thread, so the numbers do not depend on ``workers``. Put long runs first.
+    """
+    runs = [dict(r) for r in runs]
+    for r in runs:
+        missing = {"method", "beta", "seed"} - set(r)
+        if missing:
+            raise ValueError(f"each run needs method, beta and seed; {r} lacks {sorted(missing)}")
+    n_repeats = check_positive_int("n_repeats", n_repeats)
+    if isinstance(workers, Workers):
+        if workers.prepared is not prepared:
+            raise ValueError("workers were started with another prepared")
+        return workers.map(runs, n_repeats)
+    if workers is None:
+        workers = _cores() if prepared.device.type == "cpu" else 1
+    with Workers(prepared, min(check_positive_int("workers", workers), max(len(runs), 1))) as pool:
+        return pool.map(runs, n_repeats)
+
+
+def sweep(prepared, betas: dict, seeds, settings: dict | None = None, *, n_repeats: int = 1,
+          workers: int | None = None) -> list[dict]:
+    """Train every method of ``betas`` (method -> list of beta) at every seed (``train_runs``); one
+    row per run: ``method``, ``beta``, ``seed``, ``r_star`` and ``kl`` on ``prepared.eval_prompts``
+    (``n_repeats`` samples per prompt) with their standard errors ``r_star/se`` and ``kl/se``,
+    ``seconds``."""
     settings = settings or {}
-    data = prepared.train_prefs.encode(prepared.tokenizer)
+    runs = [{"method": m, "beta": b, "seed": s, "settings": settings.get(m, {})}
+            for m, method_betas in betas.items() for b in method_betas for s in seeds]
+    rows = train_runs(prepared, runs, n_repeats=n_repeats, workers=workers)
+    return [{k: v for k, v in row.items() if k not in ("settings", "history")} for row in rows]
+
+
+def per_epoch(runs: list[dict], key: str) -> dict:
+    """The evaluations of ``train_runs``' ``per_epoch`` runs, stacked per method: ``{method:
+    array [runs, epochs + 1]}`` of ``eval/<key>`` (``"r_star"``, ``"kl"``, ...), column 0 at pi_ref,
+    column e after epoch e, one row per run in ``runs``' order."""
+    out = {}
+    for run in runs:
+        if not run.get("per_epoch", False):
+            raise ValueError(f"run {run['method']}, seed {run['seed']} was not evaluated per epoch (per_epoch=True)")
+        out.setdefault(run["method"], []).append(run["history"].update_array(f"eval/{key}"))
+    return {m: np.stack(rows) for m, rows in out.items()}
+
+
+def epoch_rows(runs: list[dict], epoch: int) -> list[dict]:
+    """``sweep``'s rows (``method``, ``beta``, ``seed``, ``r_star``, ``r_star/se``, ``kl``, ``kl/se``,
+    ``seconds``) for ``train_runs``' ``per_epoch`` runs as evaluated after ``epoch`` (0: pi_ref):
+    the same numbers as a run of ``epoch`` epochs, which the evaluations do not perturb."""
+    keys = ("r_star", "r_star/se", "kl", "kl/se")
+    stacked = {k: per_epoch(runs, k) for k in keys}
+    seen = {}
     rows = []
-    for method, method_betas in betas.items():
-        for beta in method_betas:
-            for seed in seeds:
-                start = time.perf_counter()
-                model, _ = train_method(method, prepared, beta, seed, data, **settings.get(method, {}))
-                seconds = time.perf_counter() - start
-                m = rlhf.evaluate(model, prepared)
-                rows.append({"method": method, "beta": beta, "seed": seed, "r_star": m["r_star"], "kl": m["kl/exact_per_sequence"],
-                             "seconds": seconds})
+    for run in runs:
+        i = seen[run["method"]] = seen.get(run["method"], -1) + 1
+        if not 0 <= epoch < stacked["kl"][run["method"]].shape[1]:
+            raise ValueError(f"epoch must be in [0, {stacked['kl'][run['method']].shape[1] - 1}], got {epoch}")
+        rows.append({"method": run["method"], "beta": run["beta"], "seed": run["seed"],
+                     **{k: float(stacked[k][run["method"]][i, epoch]) for k in keys}, "seconds": float("nan")})
     return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (method, beta): ``n`` seeds, mean, sample std, min and max of ``r_star`` and ``kl``
-    (``r_star_min`` ... ``kl_max``), mean ``seconds``."""
+    """Per (method, beta): ``n`` seeds; the mean over seeds of ``r_star`` and ``kl``, its standard
+    error over seeds (``r_star_se``, ``kl_se``: s / sqrt(n), NaN for one seed), the sample std,
+    min and max (``r_star_std`` ... ``kl_max``); ``eval_se``, the mean of the runs' own ``r_star/se``
+    (the sampling error of one evaluation, where the rows have it); mean ``seconds``."""
     groups = {}
     for row in rows:
         groups.setdefault((row["method"], row["beta"]), []).append(row)
@@ -78,22 +260,27 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (method, beta), runs in groups.items():
         r, kl = np.array([x["r_star"] for x in runs]), np.array([x["kl"] for x in runs])
         spread = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0
-        out.append({"method": method, "beta": beta, "n": len(runs), "r_star": float(r.mean()), "r_star_std": spread(r),
-                    "kl": float(kl.mean()), "kl_std": spread(kl),
+        se = lambda a: standard_error(a) if len(a) > 1 else float("nan")
+        eval_se = [x["r_star/se"] for x in runs if "r_star/se" in x]
+        out.append({"method": method, "beta": beta, "n": len(runs), "r_star": float(r.mean()), "r_star_se": se(r),
+                    "r_star_std": spread(r), "kl": float(kl.mean()), "kl_se": se(kl), "kl_std": spread(kl),
                     "r_star_min": float(r.min()), "r_star_max": float(r.max()),
                     "kl_min": float(kl.min()), "kl_max": float(kl.max()),
+                    "eval_se": float(np.mean(eval_se)) if eval_se else float("nan"),
                     "seconds": float(np.mean([x["seconds"] for x in runs]))})
     return out
 
 
 def format_table(table: list[dict]) -> str:
-    """``summarize``'s rows as text: method, beta, seeds, mean r* [min, max] and mean KL [min, max]."""
+    """``summarize``'s rows as text: method, beta, seeds, mean r* over seeds +- its standard error
+    [lowest, highest seed], the same for the KL, and one evaluation's standard error of r*."""
     w = max([6] + [len(s["method"]) for s in table])
-    lines = [f"{'method':{w}s} beta  seeds   mean r* [min, max] over seeds   KL nats [min, max]"]
+    lines = [f"{'method':{w}s} beta  seeds  r* mean +- se [min, max] over seeds    KL nats mean +- se [min, max]"
+             "   se of one r*"]
     for s in table:
-        lines.append(f"{s['method']:{w}s} {s['beta']:4.2f} {s['n']:4d}    {s['r_star']:+.3f} "
-                     f"[{s['r_star_min']:+.3f}, {s['r_star_max']:+.3f}]      {s['kl']:5.2f} "
-                     f"[{s['kl_min']:.2f}, {s['kl_max']:.2f}]")
+        lines.append(f"{s['method']:{w}s} {s['beta']:4.2f} {s['n']:4d}    {s['r_star']:+.3f} +- {s['r_star_se']:.3f} "
+                     f"[{s['r_star_min']:+.3f}, {s['r_star_max']:+.3f}]    {s['kl']:5.2f} +- {s['kl_se']:.2f} "
+                     f"[{s['kl_min']:.2f}, {s['kl_max']:.2f}]      {s['eval_se']:.3f}")
     return "\n".join(lines)
 
 
@@ -143,14 +330,15 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
             "responses": cfg.steps * n, "pairs": 0, "lr": cfg.lr}
 
 
-def plot(rows: list[dict], sft_r_star: float, ax=None, spread: str = "std"):
-    """Mean r* against mean KL per (method, beta), with error bars of one std over seeds
-    (``spread="std"``) or from the lowest to the highest seed (``spread="range"``), and the seeds
-    themselves as faint points; pi_ref at KL 0. Returns the axes."""
+def plot(rows: list[dict], sft_r_star: float, ax=None, spread: str = "se"):
+    """Mean r* against mean KL per (method, beta), with error bars of two standard errors of the
+    mean over seeds (``spread="se"``: about a 95% interval), one std over seeds (``"std"``), or
+    from the lowest to the highest seed (``"range"``); the seeds themselves as faint points;
+    pi_ref at KL 0. Returns the axes."""
     import matplotlib.pyplot as plt
 
-    if spread not in ("std", "range"):
-        raise ValueError(f"spread must be 'std' or 'range', got {spread!r}")
+    if spread not in ("se", "std", "range"):
+        raise ValueError(f"spread must be 'se', 'std' or 'range', got {spread!r}")
 
     ax = ax or plt.subplots(figsize=(7.5, 4.8))[1]
     markers = dict(zip(METHODS, "^osDv"))
@@ -159,11 +347,13 @@ def plot(rows: list[dict], sft_r_star: float, ax=None, spread: str = "std"):
         runs = [r for r in rows if r["method"] == method]
         ax.scatter([r["kl"] for r in runs], [r["r_star"] for r in runs], color=color, alpha=0.25, s=12)
         stats = sorted((s for s in summarize(runs)), key=lambda s: s["kl"])
-        if spread == "std":
-            xerr, yerr = [s["kl_std"] for s in stats], [s["r_star_std"] for s in stats]
-        else:
+        if spread == "range":
             xerr = [[s["kl"] - s["kl_min"] for s in stats], [s["kl_max"] - s["kl"] for s in stats]]
             yerr = [[s["r_star"] - s["r_star_min"] for s in stats], [s["r_star_max"] - s["r_star"] for s in stats]]
+        else:
+            scale, key = (2.0, "_se") if spread == "se" else (1.0, "_std")
+            xerr = [scale * np.nan_to_num(s["kl" + key]) for s in stats]
+            yerr = [scale * np.nan_to_num(s["r_star" + key]) for s in stats]
         ax.errorbar([s["kl"] for s in stats], [s["r_star"] for s in stats], xerr=xerr,
                     yerr=yerr, color=color, marker=markers.get(method, "o"),
                     capsize=3, label=method)

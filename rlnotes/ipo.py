@@ -132,7 +132,8 @@ def _all_logps(model, data, length_normalize, batch_size=512):
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | None = None, **kwargs) -> TrainResult:
+def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | None = None, *, callback=None,
+          **kwargs) -> TrainResult:
     """IPO (eq. ipo-loss) for a causal LM from a trainable copy of the frozen reference ``ref``.
 
     ``data`` / ``eval_data`` are the preference tensors of ``rlnotes.rlhf.Preferences.encode``,
@@ -140,7 +141,10 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
     step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``,
     ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, ``seconds``;
     with ``eval_data``, after each epoch ``eval/epoch``, ``eval/loss`` and ``eval/margin`` (the
-    mean log-ratio margin h). Returns a ``TrainResult``.
+    mean log-ratio margin h). ``callback(policy)``, if given, is called before training and after
+    each epoch (as ``rlnotes.dpo.train``'s), the numbers of the dict it returns logged as
+    ``eval/<name>`` with ``eval/epoch`` (e.g. the true reward and KL of samples). Returns a
+    ``TrainResult``.
     """
     cfg = make_config(IPOConfig, config, **kwargs)
     n = dpo._check_pairs(data)
@@ -153,6 +157,21 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         order_gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult(policy, history, cfg)
+
+        def evaluate(epoch):
+            logged = {"eval/epoch": epoch}
+            policy.eval()
+            if eval_data is not None:
+                pc, pr = _all_logps(policy, eval_data, cfg.length_normalize)
+                h = (pc - eval_ref[0]) - (pr - eval_ref[1])
+                logged.update({"eval/loss": ipo_loss(pc, pr, *eval_ref, cfg.beta)[0].mean(), "eval/margin": h.mean()})
+            if callback is not None:
+                logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
+            policy.train()
+            history.log(logged)
+
+        if callback is not None:
+            evaluate(0)
         with run_guard(lambda: result):
             for epoch in progress(range(cfg.epochs), cfg.progress, desc="ipo"):
                 for idx in torch.randperm(n, generator=order_gen).split(cfg.batch_size):
@@ -167,12 +186,7 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
                                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                             opt.step()
                         history.log({**dpo.preference_log(*out, pol_c, pol_r), "seconds": timer.seconds})
-                if eval_data is not None:
-                    policy.eval()
-                    pc, pr = _all_logps(policy, eval_data, cfg.length_normalize)
-                    policy.train()
-                    losses = ipo_loss(pc, pr, *eval_ref, cfg.beta)[0]
-                    h = (pc - eval_ref[0]) - (pr - eval_ref[1])
-                    history.log({"eval/epoch": epoch + 1, "eval/loss": losses.mean(), "eval/margin": h.mean()})
+                if eval_data is not None or callback is not None:
+                    evaluate(epoch + 1)
     policy.eval()
     return result

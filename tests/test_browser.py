@@ -108,7 +108,8 @@ def test_page_renders(base, browser, name):
             assert page.locator("img").count() > 0, "a chapter without a figure"
             colab = page.locator("a[href*='colab.research.google.com']")
             assert colab.count() >= 1, "no Colab launch button"
-            want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{name}.ipynb"
+            edition = name.replace("book/", "colab/", 1)   # the reading edition (tools/reading_edition.py)
+            want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{edition}.ipynb"
             assert want in colab.first.get_attribute("href")
         assert not problems, "\n".join(problems)
         if base.startswith("http"):  # full-page shots of every page, once

@@ -58,3 +58,30 @@ def _ppo_like_history():
     h = History()
     h.log({"kl/exact_per_state": 0.01, "eps": 0.2})
     return h
+
+
+def test_train_side_by_side_equals_runs_one_by_one():
+    from rlnotes import pg
+    settings = {"PPO": (ppo.train, dict(total_steps=512, num_envs=4, num_steps=32, epochs=2)),
+                "PG": (pg.train, dict(total_steps=512, num_envs=4, num_steps=32))}
+    for workers in (1, 2):
+        out = cost.train_side_by_side(settings, [2, 0], workers=workers)
+        assert list(out) == ["PPO", "PG"] and all(len(hs) == 2 for hs in out.values())
+        for name, (train, kwargs) in settings.items():
+            for seed, h in zip([2, 0], out[name]):
+                alone = train(seed=seed, **kwargs).history
+                for key in ("env_steps", "kl/exact_per_state", "entropy"):
+                    assert h.updates[key] == alone.updates[key], (workers, name, seed, key)
+                assert list(h.episode_returns) == list(alone.episode_returns)
+
+
+@pytest.mark.parametrize("settings, seeds, kwargs, error, message", [
+    ({"PPO": (ppo.train, {})}, [], {}, ValueError, "non-empty"),
+    ({"PPO": (ppo.train, {})}, [1, 1], {}, ValueError, "distinct"),
+    ({}, [0], {}, TypeError, "non-empty mapping"),
+    ({"PPO": (ppo.train, {"seed": 0})}, [0], {}, TypeError, "no 'seed'"),
+    ({"PPO": (ppo.train, {})}, [0], {"workers": 0}, ValueError, "workers must be >= 1"),
+])
+def test_train_side_by_side_names_bad_arguments(settings, seeds, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cost.train_side_by_side(settings, seeds, **kwargs)

@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -31,10 +33,19 @@ def test_summarize_gives_min_and_max_over_seeds():
     assert s["r_star"] == pytest.approx(0.5) and s["kl_std"] == pytest.approx(np.std([2, 1, 4], ddof=1))
 
 
-def test_format_table_prints_mean_and_range():
-    text = frontier.format_table(frontier.summarize(ROWS))
-    assert text.splitlines()[1].split() == ["PPO", "0.10", "3", "+0.500", "[+0.200,", "+0.800]", "2.33",
-                                            "[1.00,", "4.00]"]
+def test_summarize_gives_the_standard_error_over_seeds():
+    (s,) = frontier.summarize(ROWS)
+    assert s["r_star_se"] == pytest.approx(np.std([0.5, 0.2, 0.8], ddof=1) / np.sqrt(3))
+    assert s["kl_se"] == pytest.approx(np.std([2, 1, 4], ddof=1) / np.sqrt(3))
+    assert np.isnan(s["eval_se"])                                   # the rows carry no r*/se
+    (one,) = frontier.summarize([{**ROWS[0], "r_star/se": 0.06}])
+    assert np.isnan(one["r_star_se"]) and one["eval_se"] == 0.06     # one seed: no spread to measure
+
+
+def test_format_table_prints_mean_se_and_range():
+    text = frontier.format_table(frontier.summarize([{**r, "r_star/se": 0.05} for r in ROWS]))
+    assert text.splitlines()[1].split() == ["PPO", "0.10", "3", "+0.500", "+-", "0.173", "[+0.200,", "+0.800]",
+                                            "2.33", "+-", "0.88", "[1.00,", "4.00]", "0.050"]
 
 
 def test_plot_range_bars_span_the_seeds():
@@ -44,6 +55,13 @@ def test_plot_range_bars_span_the_seeds():
     assert np.allclose([segs[0][0][1], segs[0][1][1]], [0.2, 0.8])
     with pytest.raises(ValueError, match="spread"):
         frontier.plot(ROWS, 0.0, spread="iqr")
+
+
+def test_plot_se_bars_are_two_standard_errors():
+    ax = frontier.plot(ROWS, 0.0)
+    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
+    (low, high), se = bars.lines[2][1].get_segments()[0][:, 1], np.std([0.5, 0.2, 0.8], ddof=1) / np.sqrt(3)
+    assert np.allclose([low, high], [0.5 - 2 * se, 0.5 + 2 * se])
 
 
 def test_budget_counts_the_optimiser_steps_each_trainer_takes(prepared):
@@ -86,3 +104,56 @@ def test_gap_to_curve_interpolates_in_kl_and_never_extrapolates():
         frontier.gap_to_curve(table[:1], "A", "B")
     with pytest.raises(ValueError, match="method"):
         frontier.gap_to_curve(table, "A", "C")
+
+
+def test_train_runs_same_numbers_in_one_process_or_two(prepared):
+    runs = [{"method": m, "beta": 0.5, "seed": s, "settings": TINY[m]} for m in ("GRPO", "IPO") for s in (0, 1)]
+    one = frontier.train_runs(prepared, runs, workers=1)
+    with frontier.Workers(prepared, 2) as started:                 # two processes, kept for several calls
+        two = frontier.train_runs(prepared, runs, workers=started)
+        again = frontier.train_runs(prepared, runs[1:2], workers=started)
+        with pytest.raises(ValueError, match="another prepared"):
+            frontier.train_runs(dataclasses.replace(prepared), runs, workers=started)
+    assert again[0]["r_star"] == one[1]["r_star"] and again[0]["kl"] == one[1]["kl"]
+    for a, b in zip(one, two):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        assert (a["r_star"], a["r_star/se"], a["kl"], a["kl/se"]) == (b["r_star"], b["r_star/se"], b["kl"], b["kl/se"])
+        assert a["history"].updates["loss"] == b["history"].updates["loss"]
+    assert one[0]["r_star/se"] > 0 and one[0]["kl"] > 0
+
+
+def test_train_runs_per_epoch_evaluates_before_and_after_each_epoch(prepared):
+    runs = [{"method": m, "beta": 0.5, "seed": 0, "settings": TINY[m], "per_epoch": p}
+            for m in ("DPO", "IPO") for p in (False, True)]
+    runs.append({"method": "DPO", "beta": 0.5, "seed": 0, "per_epoch": True,   # batches of 64: one step an epoch
+                 "settings": {"epochs": 2, "eval_data": prepared.test_prefs.encode(prepared.tokenizer)}})
+    dpo_plain, dpo_epochs, ipo_plain, ipo_epochs, dpo_eval = frontier.train_runs(prepared, runs, workers=1)
+    assert dpo_eval["history"].update_array("eval/step").tolist() == [0, 1, 2]
+    assert len(dpo_eval["history"].update_array("eval/loss")) == 3
+    for plain, epochs, n in ((dpo_plain, dpo_epochs, 2), (ipo_plain, ipo_epochs, 1)):
+        r, kl = epochs["history"].update_array("eval/r_star"), epochs["history"].update_array("eval/kl")
+        assert len(r) == len(kl) == n + 1 and kl[0] == 0.0               # pi_ref itself, then each epoch
+        assert (r[-1], kl[-1]) == (epochs["r_star"], epochs["kl"])
+        assert (plain["r_star"], plain["kl"]) == (epochs["r_star"], epochs["kl"])  # evaluating does not perturb training
+        assert plain["history"].updates["loss"] == epochs["history"].updates["loss"]
+    stacked = frontier.per_epoch([dpo_epochs, ipo_epochs, dpo_eval], "kl")
+    assert stacked["DPO"].shape == (2, 3) and stacked["IPO"].shape == (1, 2)
+    assert stacked["DPO"][1].tolist() == dpo_eval["history"].update_array("eval/kl").tolist()
+    with pytest.raises(ValueError, match="per_epoch"):
+        frontier.per_epoch([dpo_plain], "kl")
+    rows = frontier.epoch_rows([dpo_epochs, ipo_epochs], 1)
+    assert [(r["method"], r["seed"]) for r in rows] == [("DPO", 0), ("IPO", 0)]
+    assert rows[1]["r_star"] == ipo_plain["r_star"] and rows[1]["kl/se"] == ipo_plain["kl/se"]  # IPO: one epoch
+    assert rows[0]["kl"] == stacked["DPO"][0, 1]
+    with pytest.raises(ValueError, match="epoch"):
+        frontier.epoch_rows([ipo_epochs], 2)
+
+
+def test_train_runs_bad_input(prepared):
+    with pytest.raises(ValueError, match="seed"):
+        frontier.train_runs(prepared, [{"method": "PPO", "beta": 0.1}])
+    with pytest.raises(ValueError, match="callback"):
+        frontier.train_runs(prepared, [{"method": "RLOO", "beta": 0.1, "seed": 0, "per_epoch": True,
+                                        "settings": TINY["RLOO"]}], workers=1)
+    with pytest.raises(ValueError, match="n_repeats"):
+        frontier.train_runs(prepared, [], n_repeats=0)

@@ -68,6 +68,18 @@ def test_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
     assert norm.history.updates["loss"][0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_train_callback_before_and_after_each_epoch(tiny):
+    model, _, data = tiny
+    seen = []
+    out = ipo.train(model, data, beta=0.5, epochs=3, batch_size=4, lr=1e-2, seed=0,
+                    callback=lambda policy: seen.append(policy.training) or {"n": len(seen), "text": "skipped"})
+    assert out.history.update_array("eval/epoch").tolist() == [0, 1, 2, 3]
+    assert out.history.update_array("eval/n").tolist() == [1, 2, 3, 4] and seen == [False] * 4   # in eval mode
+    assert "eval/text" not in out.history.updates and "eval/loss" not in out.history.updates
+    plain = ipo.train(model, data, beta=0.5, epochs=3, batch_size=4, lr=1e-2, seed=0)
+    assert plain.history.updates["loss"] == out.history.updates["loss"]      # the callback does not perturb training
+
+
 @pytest.mark.parametrize("kwargs, name", [({"beta": 0}, "beta"), ({"epochs": 0}, "epochs"),
                                           ({"length_normalize": 1}, "length_normalize")])
 def test_train_bad_arguments(tiny, kwargs, name):

@@ -238,10 +238,26 @@ def _maths_in_link_text(app, doctree, docname):
         inline += [child.deepcopy() for child in section[0].children]
 
 
+def _colab_reading_edition(app, pagename, templatename, context, doctree):
+    """Point the Colab launch button at the reading edition, colab/NAME.ipynb: the same code cells,
+    with every glued number substituted and MyST's roles turned into plain Markdown, which is all
+    Colab renders (tools/reading_edition.py generates it from book/NAME.ipynb)."""
+    def walk(buttons):
+        for button in buttons:
+            walk(button.get("buttons", []))
+            url = button.get("url", "")
+            if "colab.research.google.com" in url and "/book/" in url:
+                head, _, tail = url.rpartition("/book/")
+                button["url"] = f"{head}/colab/{tail}"
+    walk(context.get("header_buttons", []))
+
+
 def setup(app):
     # after every other script of the page (require.js and the widget manager included)
     app.add_js_file(None, body=WIDGET_SHIM, priority=999)
     app.connect("html-page-context", _drop_repeated_scripts, priority=100)
+    # after sphinx-book-theme has made its launch buttons (priority 501)
+    app.connect("html-page-context", _colab_reading_edition, priority=502)
     # before MyST-NB reads its configuration at the same event (default priority 500)
     app.connect("builder-inited", _use_local_copies, priority=100)
     app.connect("builder-inited", _read_references)
