@@ -163,7 +163,7 @@ def text_pairs(tok, prefs):
 def run_dpo(model, tok, prefs, which: str):
     """Seconds for one epoch over ``prefs`` (and per-step losses)."""
     if which == "rlnotes":
-        policy = copy.deepcopy(model)
+        policy = copy.deepcopy(model).requires_grad_(True)   # dpo.train trains what is trainable
         t = now()
         data = prefs.encode(tok)
         _, losses = rlnotes_dpo(policy, model, data, beta=BETA, epochs=1, batch_size=BATCH, lr=LR,

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 
 from .lm import group_response_logits, logprobs_from_logits, stack_pairs
 from .reward import preference_accuracy
+from .sft import check_model, check_trainable, kept_as_found
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_finite, check_positive, check_positive_int, check_same_shape
+from .utils import check_finite, check_positive, check_positive_int, check_seed, check_same_shape
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +58,18 @@ def _log(p):
         return np.log(p)
 
 
+def _check_distribution(name: str, probs) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``probs`` is finite, >= 0 and sums to 1 (within 1e-5)
+    over its last axis."""
+    check_finite(name, probs.detach() if torch.is_tensor(probs) else probs)
+    if bool((probs < 0).any()):
+        raise ValueError(f"{name} must be >= 0 (a distribution over the last axis)")
+    total = probs.detach().sum(-1) if torch.is_tensor(probs) else probs.sum(-1)
+    if bool((abs(total - 1) > 1e-5).any()):
+        raise ValueError(f"{name} must sum to 1 over the last axis (a distribution over responses), "
+                         f"got sums from {float(total.min()):.6g} to {float(total.max()):.6g}")
+
+
 def _check_problem(ref_probs, rewards, beta):
     beta = check_positive("beta", beta)
     if not torch.is_tensor(ref_probs):
@@ -66,13 +79,8 @@ def _check_problem(ref_probs, rewards, beta):
     check_same_shape(ref_probs=ref_probs, rewards=rewards)
     if ref_probs.ndim < 1 or ref_probs.shape[-1] < 1:
         raise ValueError(f"ref_probs must have a non-empty last axis (the responses), got shape {tuple(ref_probs.shape)}")
-    check_finite("ref_probs", ref_probs)
     check_finite("rewards", rewards)
-    if bool((ref_probs < 0).any()):
-        raise ValueError("ref_probs must be >= 0 (a distribution over the last axis)")
-    total = ref_probs.sum(-1)
-    if bool((abs(total - 1) > 1e-5).any()):
-        raise ValueError("ref_probs must sum to 1 over the last axis (a distribution over responses)")
+    _check_distribution("ref_probs", ref_probs)
     return ref_probs, rewards, beta
 
 
@@ -111,6 +119,8 @@ def rlhf_objective(policy_probs, ref_probs, rewards, beta: float):
     ``policy_probs`` may carry leading axes of its own (many policies at once); a response with
     pi(y) = 0 adds exactly 0 (0 log 0 = 0). NumPy arrays in, NumPy out; a torch tensor ``policy_probs``
     gives a torch result, differentiable in it (the other two are converted to its dtype).
+    ``policy_probs`` and ``ref_probs`` must be distributions over the last axis (finite, >= 0,
+    summing to 1 within 1e-5), else ``ValueError`` naming the argument.
     """
     ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
     if torch.is_tensor(policy_probs):
@@ -121,8 +131,7 @@ def rlhf_objective(policy_probs, ref_probs, rewards, beta: float):
     if tuple(policy_probs.shape[policy_probs.ndim - ref_probs.ndim:]) != tuple(ref_probs.shape):
         raise ValueError(f"policy_probs must end with the shape of ref_probs {tuple(ref_probs.shape)}, "
                          f"got {tuple(policy_probs.shape)}")
-    if bool((policy_probs < 0).any()):
-        raise ValueError("policy_probs must be >= 0 (a distribution over the last axis)")
+    _check_distribution("policy_probs", policy_probs)
     # pi(y) log(pi(y) / pi_ref(y)), 0 where pi(y) = 0; the logs only see the entries where pi(y) > 0,
     # so that no NaN reaches the value or, through the branch not taken, the gradient
     xp = torch if torch.is_tensor(policy_probs) else np
@@ -139,16 +148,20 @@ def rlhf_objective(policy_probs, ref_probs, rewards, beta: float):
 # ---------------------------------------------------------------------------------------------
 
 def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """r_hat(x, y) = beta log(pi(y|x) / pi_ref(y|x)): Eq. 5 without the beta log Z(x) term (not detached)."""
-    beta = check_positive("beta", beta)
-    check_same_shape(policy_logps=policy_logps, ref_logps=ref_logps)
+    """r_hat(x, y) = beta log(pi(y|x) / pi_ref(y|x)): Eq. 5 without the beta log Z(x) term (not detached).
+
+    Refused as in ``check_pair_logps``: beta <= 0, and log-probabilities that are not finite tensors of one shape."""
+    beta = check_pair_logps(beta, policy_logps=policy_logps, ref_logps=ref_logps)
     return beta * (policy_logps - ref_logps)
 
 
 def check_pair_logps(beta: float, **logps: torch.Tensor) -> float:
     """The checks every pairwise preference loss makes (DPO, IPO): ``beta`` > 0, the four
-    log-probability tensors of one shape and finite. Returns ``beta`` as a float."""
+    log-probabilities torch tensors (``TypeError`` otherwise) of one shape and finite. Returns ``beta`` as a float."""
     beta = check_positive("beta", beta)
+    for name, t in logps.items():
+        if not torch.is_tensor(t):
+            raise TypeError(f"{name} must be a torch.Tensor of log-probabilities, got {type(t).__name__}")
     check_same_shape(**logps)
     for name, t in logps.items():
         check_finite(name, t.detach())
@@ -181,8 +194,16 @@ def dpo_gradient(params, policy_chosen_logps: torch.Tensor, policy_rejected_logp
     with r_hat = beta log(pi / pi_ref). Each grad log pi(y|x) is taken separately by autograd
     (one backward pass per response), then weighted and averaged as written, so the result can
     be compared with autograd of ``dpo_loss(...).mean()``. Returns one tensor per parameter.
+    Refused as in ``dpo_loss``, and: no pair at all (a mean over nothing), policy log-probabilities
+    that do not depend on ``params`` (no ``requires_grad``).
     """
-    beta = check_positive("beta", beta)
+    beta = check_pair_logps(beta, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                            ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    if policy_chosen_logps.numel() == 0:
+        raise ValueError("policy_chosen_logps must hold at least one pair, got none")
+    if not (policy_chosen_logps.requires_grad and policy_rejected_logps.requires_grad):
+        raise ValueError("policy_chosen_logps and policy_rejected_logps must be computed from params "
+                         "(requires_grad), so that their gradients exist")
     params = list(params)
     chosen_rewards = implicit_reward(policy_chosen_logps, ref_chosen_logps, beta).detach()
     rejected_rewards = implicit_reward(policy_rejected_logps, ref_rejected_logps, beta).detach()
@@ -208,18 +229,38 @@ def dpo_gradient(params, policy_chosen_logps: torch.Tensor, policy_rejected_logp
 PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
 
-def _check_pairs(data: dict) -> int:
-    if not isinstance(data, dict) or any(k not in data for k in PAIR_KEYS):
-        raise ValueError(f"data must be a dict with the tensors {PAIR_KEYS} "
-                         "(e.g. rlnotes.rlhf.Preferences.encode(tokenizer))")
+def check_pairs(data: dict, name: str = "data") -> int:
+    """The number of pairs in ``data``, the preference tensors of ``rlnotes.rlhf.Preferences.encode``.
+
+    Refused, naming ``name``: anything but a dict (``TypeError``), a dict without the keys
+    ``PAIR_KEYS`` (``ValueError``), values that are not 2-D integer torch tensors (``TypeError``),
+    a mask of another shape than its ids, or no pairs, or sides of different lengths (``ValueError``).
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a dict with the tensors {PAIR_KEYS} (e.g. "
+                        f"rlnotes.rlhf.Preferences.encode(tokenizer)), got {type(data).__name__}")
+    missing = [k for k in PAIR_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{name} must be a dict with the tensors {PAIR_KEYS} "
+                         f"(e.g. rlnotes.rlhf.Preferences.encode(tokenizer)); missing {missing}")
+    for k in PAIR_KEYS:
+        t = data[k]
+        if not torch.is_tensor(t) or t.dim() != 2 or t.is_floating_point() or t.is_complex():
+            got = f"a {t.dim()}-D {t.dtype} tensor" if torch.is_tensor(t) else type(t).__name__
+            raise TypeError(f"{name}[{k!r}] must be a 2-D integer torch.Tensor (one row per pair, as "
+                            f"Preferences.encode makes it), got {got}")
     n = len(data["prompt_ids"])
     if n == 0 or any(len(data[k]) != n for k in PAIR_KEYS):
-        raise ValueError(f"data must hold the same number (>= 1) of prompts, chosen and rejected responses, "
+        raise ValueError(f"{name} must hold the same number (>= 1) of prompts, chosen and rejected responses, "
                          f"got {[len(data[k]) for k in PAIR_KEYS]}")
+    for side in ("prompt", "chosen", "rejected"):
+        if data[f"{side}_ids"].shape != data[f"{side}_mask"].shape:
+            raise ValueError(f"{name}['{side}_mask'] must have the shape of {name}['{side}_ids'] "
+                             f"{tuple(data[f'{side}_ids'].shape)}, got {tuple(data[f'{side}_mask'].shape)}")
     return n
 
 
-def _trim(data: dict, idx) -> dict:
+def trim_pairs(data: dict, idx) -> dict:
     """The pairs at ``idx``, with all-padding columns removed (prompts are left-padded, responses right-padded)."""
     b = {k: data[k][idx] for k in PAIR_KEYS}
     start = b["prompt_ids"].shape[1] - max(int(b["prompt_mask"].sum(0).ne(0).sum()), 1)
@@ -230,6 +271,8 @@ def _trim(data: dict, idx) -> dict:
     return b
 
 
+
+
 def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(y_w|x), log pi(y_l|x)), each [B], in one pass over the 2B sequences [x; y_w] and [x; y_l],
     each prompt run once (``rlnotes.lm.group_response_logits``).
@@ -237,8 +280,9 @@ def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch
     Each is the sum of the response tokens' log-probabilities (prompt and padding masked), the four
     numbers per pair that Eq. 7 needs (with the reference's). On a CUDA GPU with bf16 support the
     pass runs under bf16 autocast, for the policy and the reference alike (so that their log-ratio
-    starts at exactly 0); the result is float32.
+    starts at exactly 0); the result is float32. ``batch`` is checked as ``check_pairs`` checks data.
     """
+    check_pairs(batch, "batch")
     p, pm, ids, mask = stack_pairs(batch, pad_id)
     logps = logprobs_from_logits(group_response_logits(model, p, pm, ids, mask), ids, mask).sum(dim=1)
     return logps.float().view(-1, 2).unbind(1)
@@ -261,19 +305,34 @@ def _batch_size(device: torch.device, batch_size: int | None) -> int:
 def reference_logps(ref, data: dict, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi_ref(y_w|x), log pi_ref(y_l|x)) for every pair of ``data``: computed once, the reference is frozen.
 
-    ``batch_size`` pairs per forward pass (None: the fastest default, ``_batch_size``).
+    ``batch_size`` pairs per forward pass (None: the fastest default, ``_batch_size``). ``ref`` runs
+    in eval mode and is handed back in the modes it came in.
     """
-    n = _check_pairs(data)
+    check_model("ref", ref)
+    n = check_pairs(data)
     batch_size = _batch_size(data["prompt_ids"].device, batch_size)
-    was_training = ref.training
-    ref.eval()
     chosen, rejected = [], []
-    for start in range(0, n, batch_size):
-        c, r = pair_logps(ref, _trim(data, slice(start, start + batch_size)))
-        chosen.append(c)
-        rejected.append(r)
-    ref.train(was_training)
+    with kept_as_found(ref):
+        ref.eval()
+        for start in range(0, n, batch_size):
+            c, r = pair_logps(ref, trim_pairs(data, slice(start, start + batch_size)))
+            chosen.append(c)
+            rejected.append(r)
     return torch.cat(chosen), torch.cat(rejected)
+
+
+def check_ref_logps(ref_logps, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ref_logps`` if it is what ``reference_logps`` returns for ``n`` pairs: two finite tensors of
+    shape (n,); ``TypeError`` if it is not a pair of tensors, ``ValueError`` for a shape or a NaN."""
+    if not isinstance(ref_logps, (tuple, list)) or len(ref_logps) != 2 or not all(map(torch.is_tensor, ref_logps)):
+        raise TypeError(f"ref_logps must be two tensors (chosen, rejected), as reference_logps returns them, "
+                        f"got {type(ref_logps).__name__}")
+    ref_c, ref_r = ref_logps
+    if ref_c.shape != (n,) or ref_r.shape != (n,):
+        raise ValueError(f"ref_logps must be two tensors of shape ({n},), one per pair of data (reference_logps), "
+                         f"got {tuple(ref_c.shape)} and {tuple(ref_r.shape)}")
+    check_finite("ref_logps", torch.stack([ref_c, ref_r]))
+    return ref_c, ref_r
 
 
 @torch.no_grad()
@@ -283,14 +342,15 @@ def preference_metrics(policy, ref, data: dict, beta: float, batch_size: int | N
 
     ``accuracy`` is the fraction of pairs whose implicit reward beta log(pi / pi_ref) ranks y_w
     above y_l (ties count one half), the number to set beside a reward model's accuracy.
+    ``policy`` runs in eval mode and is handed back in the modes it came in.
     """
-    n = _check_pairs(data)
+    check_model("policy", policy)
+    n = check_pairs(data)
     batch_size = _batch_size(data["prompt_ids"].device, batch_size)
-    ref_c, ref_r = reference_logps(ref, data, batch_size) if ref_logps is None else ref_logps
-    was_training = policy.training
-    policy.eval()
-    pol = [pair_logps(policy, _trim(data, slice(s, s + batch_size))) for s in range(0, n, batch_size)]
-    policy.train(was_training)
+    ref_c, ref_r = reference_logps(ref, data, batch_size) if ref_logps is None else check_ref_logps(ref_logps, n)
+    with kept_as_found(policy):
+        policy.eval()
+        pol = [pair_logps(policy, trim_pairs(data, slice(s, s + batch_size))) for s in range(0, n, batch_size)]
     pol_c, pol_r = torch.cat([p[0] for p in pol]), torch.cat([p[1] for p in pol])
     losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
     return {"loss": losses.mean().item(), "accuracy": preference_accuracy(chosen, rejected),
@@ -323,7 +383,7 @@ class DPOConfig(Config):
             self.check(name, check_positive_int)
         self.check("lr", check_positive)
         self.check("max_grad_norm", check_positive)
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         self.check("pad_id", check_positive_int, 0)
         self.check("shuffle", check_bool)
         self.check("progress", check_bool)
@@ -354,15 +414,57 @@ def preference_log(losses, chosen, rejected, pol_c, pol_r) -> dict:
             "logps/chosen": pol_c.detach().mean().item(), "logps/rejected": pol_r.detach().mean().item()}
 
 
+def check_callback(callback) -> None:
+    """Raise ``TypeError`` unless ``callback`` is None or callable."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function policy -> dict of numbers (or None), "
+                        f"got {type(callback).__name__}")
+
+
+def callback_metrics(returned, own: tuple = ()) -> dict:
+    """What a trainer's ``callback(policy)`` returned, as ``{"eval/<name>": float}`` to log.
+
+    None logs nothing. A dict's values must be real numbers: Python ints and floats, NumPy
+    scalars, 0-d arrays and 0-d tensors (converted to floats; NaN is logged as it is). Refused:
+    anything but None or a dict, a non-string key or a key of the trainer's own evaluation
+    (``own``, e.g. ``"loss"``: it would overwrite ``eval/loss``; ``ValueError``), and a value
+    that is not a real number (a string, a bool, a tensor of several numbers; ``TypeError``).
+    """
+    if returned is None:
+        return {}
+    if not isinstance(returned, dict):
+        raise TypeError(f"callback must return a dict of numbers (or None), got {type(returned).__name__}")
+    out = {}
+    for key, value in returned.items():
+        if not isinstance(key, str):
+            raise TypeError(f"callback's keys must be strings (logged as eval/<key>), got {key!r}")
+        if key in own:
+            raise ValueError(f"callback's key {key!r} clashes with the trainer's own eval/{key}; "
+                             f"rename it (taken: {list(own)})")
+        out[f"eval/{key}"] = _real_number(key, value)
+    return out
+
+
+def _real_number(key: str, value) -> float:
+    number = value.item() if isinstance(value, (torch.Tensor, np.ndarray, np.generic)) and value.ndim == 0 else value
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
+        return float(number)
+    raise TypeError(f"callback's value for {key!r} must be a real number (int, float, a NumPy or 0-d torch "
+                    f"scalar), got {value!r}")
+
+
 def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data: dict | None = None,
           callback=None, ref_logps: tuple | None = None, **kwargs) -> TrainResult:
     """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay).
 
-    Arguments: those of ``DPOConfig``, or a ``config``. ``policy`` is trained in place (``None``:
-    start from a trainable copy of ``ref``, as the paper does); ``ref`` stays frozen, and its
-    log-probabilities are computed once before training. ``data`` (and ``eval_data``) hold the
-    token tensors ``prompt_ids/prompt_mask`` (left-padded), ``chosen_ids/chosen_mask`` and
-    ``rejected_ids/rejected_mask`` (right-padded), as returned by ``rlnotes.rlhf.Preferences.encode``.
+    Arguments: those of ``DPOConfig``, or a ``config``. ``policy`` is trained in place, only its
+    parameters that the caller left trainable (``requires_grad=True``), and handed back in the
+    train/eval modes it came in; ``None``: start from a trainable copy of ``ref``, as the paper
+    does, handed back in eval mode. ``ref`` stays frozen and as it was (its requires_grad flags and
+    modes), and its log-probabilities are computed once before training. ``data`` (and
+    ``eval_data``) hold the token tensors ``prompt_ids/prompt_mask`` (left-padded),
+    ``chosen_ids/chosen_mask`` and ``rejected_ids/rejected_mask`` (right-padded), as returned by
+    ``rlnotes.rlhf.Preferences.encode`` (``check_pairs``).
 
     Logs per optimiser step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``
     (mean implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (``preference_accuracy``:
@@ -370,68 +472,104 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
     ``logps/chosen``, ``logps/rejected`` (mean log pi(y|x)) and ``seconds``; every ``eval_every``
     steps (and at the end) ``eval/loss`` and ``eval/accuracy`` on ``eval_data``, with ``eval/step``.
     ``callback(policy)``, if given, is called at the same points (before training too when
-    ``eval_every`` is set) and the numbers in the dict it returns are logged as ``eval/<name>``
-    (e.g. the true reward and KL of samples). ``ref_logps``: the reference's log-probabilities of
-    ``data``, as ``reference_logps(ref, data)`` returns them, to reuse them over several runs (by
-    default they are computed here). Returns a ``TrainResult`` whose ``model`` is the policy.
+    ``eval_every`` is set); it returns None (nothing to log) or a dict of numbers, logged as
+    ``eval/<name>`` (``callback_metrics``: e.g. the true reward and KL of samples). ``ref_logps``:
+    the reference's log-probabilities of ``data``, as ``reference_logps(ref, data)`` returns them,
+    to reuse them over several runs (by default they are computed here). Returns a ``TrainResult``
+    whose ``model`` is the policy; an interrupt, from the reference pass on, raises
+    ``TrainingInterrupted`` with the result so far.
+
+    Refused: a policy with no trainable parameter (``ValueError``), and float16 parameters in the
+    model that is trained (``policy``, or ``ref`` when it is copied; ``TypeError``: allowed are
+    float32, float64 and bfloat16, ``rlnotes.sft.check_model``). A reference that is only run may
+    be in any dtype.
     """
-    n = _check_pairs(data)
+    n = check_pairs(data)
     cfg = make_config(DPOConfig, config, **kwargs)
     if policy is ref:
         raise ValueError("policy must not be ref itself (ref stays frozen): pass policy=None to train a copy of ref")
     if eval_data is not None:
-        _check_pairs(eval_data)
+        check_pairs(eval_data, "eval_data")
+    check_callback(callback)
+    check_model("ref", ref, trained=policy is None)
+    if policy is not None:
+        check_trainable("policy", policy)
+    if ref_logps is not None:
+        ref_logps = check_ref_logps(ref_logps, n)
     history = History()
-    with rng_scope(cfg.seed):
+    with kept_as_found(*([ref] if policy is None else [ref, policy])), rng_scope(cfg.seed):
         if policy is None:
             policy = copy.deepcopy(ref)
-        policy.requires_grad_(True)
-        ref.requires_grad_(False)
-        ref_c, ref_r = reference_logps(ref, data) if ref_logps is None else ref_logps
-        if ref_c.shape != (n,) or ref_r.shape != (n,):
-            raise ValueError(f"ref_logps must be two tensors of shape ({n},), one per pair of data (reference_logps), "
-                             f"got {tuple(ref_c.shape)} and {tuple(ref_r.shape)}")
-        eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
+            policy.requires_grad_(True)
         params = [p for p in policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        order_gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult(policy, history, cfg)
-        evaluating = eval_data is not None or callback is not None
-        step = 0
-
-        def evaluate():
-            logged = {"eval/step": step}
-            if eval_data is not None:
-                m = preference_metrics(policy, ref, eval_data, cfg.beta, ref_logps=eval_ref)
-                logged.update({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"]})
-            if callback is not None:
-                logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
-            history.log(logged)
-            policy.train()
-
-        if evaluating and cfg.eval_every is not None:
-            evaluate()
-        policy.train()
         with run_guard(lambda: result, policy.eval):
-            for _ in progress(range(cfg.epochs), cfg.progress, desc="dpo"):
-                order = torch.randperm(n, generator=order_gen) if cfg.shuffle else torch.arange(n)
-                for idx in order.split(cfg.batch_size):
-                    idx = idx.to(data["prompt_ids"].device)
-                    with atomic():
-                        with Timer() as timer:
-                            stats = dpo_step(policy, opt, params, _trim(data, idx), ref_c[idx], ref_r[idx], cfg)
-                        step += 1
-                        history.log({**stats, "seconds": timer.seconds})
-                    if evaluating and cfg.eval_every is not None and step % cfg.eval_every == 0:
-                        evaluate()
-            if evaluating and (cfg.eval_every is None or step % cfg.eval_every != 0):
-                evaluate()
+            ref_c, ref_r = reference_logps(ref, data) if ref_logps is None else ref_logps
+            eval_ref = reference_logps(ref, eval_data) if eval_data is not None else None
+            _fit(policy, params, ref, data, n, (ref_c, ref_r), eval_data, eval_ref, callback, cfg, history)
     return result
+
+
+def _fit(policy, params, ref, data, n, ref_logps, eval_data, eval_ref, callback, cfg, history) -> None:
+    """``train``'s loop: ``cfg.epochs`` passes of ``dpo_step`` over ``data``, each applied whole (``atomic``)."""
+    ref_c, ref_r = ref_logps
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    evaluating = eval_data is not None or callback is not None
+    step = 0
+
+    def evaluate():
+        logged = {"eval/step": step}
+        if eval_data is not None:
+            m = preference_metrics(policy, ref, eval_data, cfg.beta, ref_logps=eval_ref)
+            logged.update({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"]})
+        if callback is not None:
+            logged.update(callback_metrics(callback(policy), own=("step", "loss", "accuracy")))
+        history.log(logged)
+        policy.train()
+
+    if evaluating and cfg.eval_every is not None:
+        evaluate()
+    policy.train()
+    for _ in progress(range(cfg.epochs), cfg.progress, desc="dpo"):
+        order = torch.randperm(n, generator=order_gen) if cfg.shuffle else torch.arange(n)
+        for idx in order.split(cfg.batch_size):
+            idx = idx.to(data["prompt_ids"].device)
+            with atomic():
+                with Timer() as timer:
+                    stats = dpo_step(policy, opt, params, trim_pairs(data, idx), ref_c[idx], ref_r[idx], cfg)
+                step += 1
+                history.log({**stats, "seconds": timer.seconds})
+            if evaluating and cfg.eval_every is not None and step % cfg.eval_every == 0:
+                evaluate()
+    if evaluating and (cfg.eval_every is None or step % cfg.eval_every != 0):
+        evaluate()
 
 
 # ---------------------------------------------------------------------------------------------
 # DPO on a one-token model, where pi* is exact (chapter 5, section 5.4)
 # ---------------------------------------------------------------------------------------------
+
+def check_token_pairs(ref_probs, winners, losers, atol: float = 1e-8) -> tuple:
+    """The inputs of a one-token problem (``fit_categorical``, ``rlnotes.ipo.fit_bandit``), checked:
+    ``ref_probs`` a distribution over K >= 2 tokens, finite, every entry > 0 and summing to 1 within
+    ``atol``; ``winners`` and ``losers`` non-empty 1-D integer (not bool) arrays of one length, of
+    tokens in [0, K). ``ValueError`` naming them otherwise. Returns ``ref_probs`` as a float64 NumPy
+    array and ``winners``, ``losers`` as tensors.
+    """
+    ref = np.asarray(ref_probs, dtype=float)
+    if ref.ndim != 1 or ref.size < 2 or not np.isfinite(ref).all() or (ref <= 0).any() or abs(ref.sum() - 1) > atol:
+        raise ValueError(f"ref_probs must be a distribution over K >= 2 tokens with every entry > 0 "
+                         f"(summing to 1 within {atol:g}), got {ref}")
+    y_w, y_l = (torch.as_tensor(np.asarray(y)) for y in (winners, losers))
+    if y_w.shape != y_l.shape or y_w.ndim != 1 or len(y_w) == 0 \
+            or any(y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool for y in (y_w, y_l)):
+        raise ValueError("winners and losers must be non-empty 1-D integer arrays of one length, got "
+                         f"{y_w.dtype} {tuple(y_w.shape)} and {y_l.dtype} {tuple(y_l.shape)}")
+    if min(y_w.min(), y_l.min()) < 0 or max(y_w.max(), y_l.max()) >= ref.size:
+        raise ValueError(f"winners and losers must be tokens in [0, {ref.size - 1}]")
+    return ref, y_w, y_l
+
 
 def fit_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5, batch_size: int = 1000,
                       lr: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -444,16 +582,7 @@ def fit_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5,
     [steps, K] (float64), to compare with ``optimal_policy(ref_probs, r, beta)``.
     """
     beta = check_positive("beta", beta)
-    ref = np.asarray(ref_probs, dtype=float)
-    if ref.ndim != 1 or ref.size < 2 or (ref <= 0).any() or abs(ref.sum() - 1) > 1e-8:
-        raise ValueError(f"ref_probs must be a distribution over K >= 2 tokens with every entry > 0, got {ref}")
-    y_w, y_l = (torch.as_tensor(np.asarray(y)) for y in (winners, losers))
-    if y_w.shape != y_l.shape or y_w.ndim != 1 or len(y_w) == 0 or y_w.dtype.is_floating_point \
-            or y_l.dtype.is_floating_point:
-        raise ValueError("winners and losers must be non-empty 1-D integer arrays of one length, got shapes "
-                         f"{tuple(y_w.shape)} and {tuple(y_l.shape)}")
-    if min(y_w.min(), y_l.min()) < 0 or max(y_w.max(), y_l.max()) >= ref.size:
-        raise ValueError(f"winners and losers must be tokens in [0, {ref.size - 1}]")
+    ref, y_w, y_l = check_token_pairs(ref_probs, winners, losers)
     epochs, batch_size = check_positive_int("epochs", epochs), check_positive_int("batch_size", batch_size)
     lr, seed = check_positive("lr", lr), check_positive_int("seed", seed, 0)
     log_ref = torch.log(torch.tensor(ref))
@@ -505,6 +634,10 @@ def count_passes(ref, reward_model=None):
     """
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
     from transformers import PreTrainedModel
+
+    check_model("ref", ref)
+    if reward_model is not None:
+        check_model("reward_model", reward_model)
 
     counts = {role: dict.fromkeys(WORK_KEYS + ("networks", "parameters"), 0) for role in ROLES}
     seen, stack = [], []
@@ -586,7 +719,7 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None, dp
     """
     from . import rlhf
 
-    n = _check_pairs(data)
+    n = check_pairs(data)
     n_updates = check_positive_int("n_updates", n_updates)
     ppo_cfg = make_config(rlhf.RLHFConfig, ppo_config)
     dpo_cfg = make_config(DPOConfig, dpo_config, epochs=1, eval_every=None)
@@ -634,6 +767,8 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if eval_data is not None:
+        check_pairs(eval_data, "eval_data")
     checkpoints = sorted({check_positive_int("checkpoints", c) for c in checkpoints})
     if checkpoints and method != "DPO":
         raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
@@ -650,7 +785,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
         run = rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)
     else:
         cfg = make_config(DPOConfig, None, beta=beta, seed=seed, **kwargs)
-        total = cfg.epochs * -(-_check_pairs(data) // cfg.batch_size)
+        total = cfg.epochs * -(-check_pairs(data) // cfg.batch_size)
         if checkpoints and checkpoints[-1] > total:
             raise ValueError(f"checkpoints must be optimiser steps of the run (1 to {total}), got {checkpoints}")
         every = int(np.gcd.reduce(checkpoints)) if checkpoints else None
@@ -702,6 +837,9 @@ def frontier(prepared, data: dict, points, *, eval_data: dict | None = None, wor
     process receives ``prepared`` and the pairs once, and computes the reference's log-probabilities
     of the pairs once for all its DPO runs.
     """
+    check_pairs(data)
+    if eval_data is not None:
+        check_pairs(eval_data, "eval_data")
     points = [dict(p) for p in points]
     for p in points:
         if not {"method", "beta"} <= set(p):

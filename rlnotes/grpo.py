@@ -35,10 +35,12 @@ from torch import nn
 
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
-from .rloo import _check_groups, group_metrics, new_policy, reuses_scoring_pass, sample_groups, score_groups
+from .rlhf import check_prepared
+from .rloo import (check_groups, check_reward_fn, group_metrics, new_policy, reuses_scoring_pass, sample_groups,
+                   score_groups)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
+from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
@@ -47,9 +49,12 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     """A_i = (r_i - mean_j r_j) / (std_j r_j + eps) per group (eq. grpo-adv), [B, G] -> [B, G].
 
     ``std`` is the unbiased sample std (as ``torch.std`` and TRL); ``scale=False`` keeps only the
-    centring (Dr. GRPO). A group with all rewards equal gets advantages exactly 0.
+    centring (Dr. GRPO). A group with all rewards equal gets advantages exactly 0. ``rewards`` as
+    ``rloo.check_groups`` accepts them (NaN, inf and fewer than 2 samples are refused); ``scale``
+    must be True or False, ``eps`` > 0.
     """
-    rewards = _check_groups("rewards", rewards)
+    rewards = check_groups("rewards", rewards)
+    scale = check_bool("scale", scale)
     eps = check_positive("eps", eps)
     centred = rewards - rewards.mean(1, keepdim=True)
     equal = (rewards == rewards[:, :1]).all(1, keepdim=True)
@@ -84,15 +89,22 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     ``logp`` (with gradient), ``logp_old`` and ``logp_ref`` are per-token log-probabilities [N, T],
     ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
     is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
-    KL term ``rlnotes.kl.k3``.
+    KL term ``rlnotes.kl.k3``. Refused: arguments that are not tensors (TypeError); shapes that
+    differ, no response (N = 0), advantages that are NaN or inf, ``max_length`` < T (ValueError).
     """
+    for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages),
+                    ("mask", mask)):
+        if not torch.is_tensor(x):
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
     check_same_shape(logp=logp, logp_old=logp_old, logp_ref=logp_ref, mask=mask)
-    if advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages must be [N] = [{logp.shape[0]}], got shape {tuple(advantages.shape)}")
+    if logp.ndim != 2 or advantages.shape != logp.shape[:1] or len(advantages) == 0:
+        raise ValueError(f"logp must be [N, T] with N >= 1 and advantages [N], got shapes {tuple(logp.shape)} "
+                         f"and {tuple(advantages.shape)}")
+    check_finite("advantages", advantages)
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)
     loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)
-    max_length = logp.shape[1] if max_length is None else check_positive_int("max_length", max_length)
+    max_length = logp.shape[1] if max_length is None else check_positive_int("max_length", max_length, logp.shape[1])
     return _grpo_loss(logp, logp_old, logp_ref, advantages, mask, beta, eps, loss_type, max_length)
 
 
@@ -118,8 +130,16 @@ def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     ``k3_loss``: E[grad k3(y)], GRPO's loss term; and the gradients of the two KLs by autograd,
     ``reverse`` = grad KL(pi || pi_ref) and ``forward`` = grad KL(pi_ref || pi). In exact
     arithmetic k1_reward = reverse and k3_loss = forward.
+
+    ``logits`` and ``ref_logits``: one state's K logits each (a tensor, array or list); refused
+    (ValueError) unless both are 1-D of one length K >= 1 and finite.
     """
+    logits, ref_logits = torch.as_tensor(logits), torch.as_tensor(ref_logits)
     check_same_shape(logits=logits, ref_logits=ref_logits)
+    if logits.ndim != 1 or len(logits) == 0:
+        raise ValueError(f"logits must be one state's logits, 1-D [K], got shape {tuple(logits.shape)}")
+    check_finite("logits", logits)
+    check_finite("ref_logits", ref_logits)
     theta = logits.detach().double().requires_grad_(True)
     ref = torch.log_softmax(ref_logits.detach().double(), -1)
     logp = torch.log_softmax(theta, -1)
@@ -163,7 +183,7 @@ class GRPOConfig(Config):
     progress: bool = False
 
     def __post_init__(self):
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         for name in ("steps", "batch_size", "epochs", "minibatch_size"):
             self.check(name, check_positive_int)
         self.check("num_generations", check_positive_int, 2)
@@ -180,48 +200,53 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
     """GRPO (DeepSeekMath, Algorithm 1 with one reference model) on ``prepared``'s task from pi_ref.
 
     ``reward_fn(prompts, responses) -> [N]`` defaults to the verifiable reward r*
-    (``prepared.task.true_rewards``): no reward model, and no value network. Each step samples
+    (``prepared.task.true_rewards``): no reward model, and no value network. What it returns must
+    pass ``rloo.check_rewards`` (one finite number per response). Each step samples
     ``num_generations`` responses per prompt, takes the group advantages (eq. grpo-adv) and runs
     ``epochs`` passes of minibatch Adam steps on ``grpo_loss``. Dr. GRPO's max length is the
     task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
     ``frac_reward_zero_std``, ``kl/k3_per_token`` (the loss's KL term, last minibatch),
     ``kl/exact_per_sequence``, ``entropy``, ``clip_ratio/region_mean``, ``completions/mean_length``,
     ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+
+    Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
+    callable (TypeError). An interrupt at any point after the checks raises ``TrainingInterrupted``
+    whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
+    was made); each update and its log entry are applied whole.
     """
     cfg = make_config(GRPOConfig, config, **kwargs)
-    task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
+    task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
+    reward_fn = check_reward_fn(reward_fn)
     G, n = cfg.num_generations, cfg.batch_size * cfg.num_generations
     mb = n if cfg.minibatch_size is None else min(cfg.minibatch_size, n)
     history = History()
-    with rng_scope(cfg.seed):
+    result = TrainResult(None, history, cfg)  # until the policy exists
+    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
         policy = new_policy(ref)
+        result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy, cfg.epochs, mb >= n)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
         shuffle = torch.Generator().manual_seed(cfg.seed)
-        result = TrainResult(policy, history, cfg)
-        with run_guard(lambda: result):
-            for step in progress(range(cfg.steps), cfg.progress, desc="grpo"):
-                with atomic():
-                    with Timer() as timer:
-                        prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
-                        g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen,
-                                          keep_graph=reuse)
-                        reward, r_star = score_groups(task, reward_fn, g)
-                        adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
-                        for _ in range(cfg.epochs):
-                            order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
-                            for idx in order.to(g.ids.device).split(mb):
-                                logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
-                                out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
-                                                 cfg.eps, cfg.loss_type, task.max_response_tokens)
-                                opt.zero_grad()
-                                out.loss.backward()
-                                if cfg.max_grad_norm is not None:
-                                    nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                                opt.step()
-                    history.log({"loss": out.loss, **group_metrics(g, reward, r_star, G),
-                                 "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
-                                 "seconds": timer.seconds})
-    policy.eval()
+        for step in progress(range(cfg.steps), cfg.progress, desc="grpo"):
+            with atomic():
+                with Timer() as timer:
+                    prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen, keep_graph=reuse)
+                    reward, r_star = score_groups(task, reward_fn, g)
+                    adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
+                    for _ in range(cfg.epochs):
+                        order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
+                        for idx in order.to(g.ids.device).split(mb):
+                            logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
+                            out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
+                                             cfg.eps, cfg.loss_type, task.max_response_tokens)
+                            opt.zero_grad()
+                            out.loss.backward()
+                            if cfg.max_grad_norm is not None:
+                                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                            opt.step()
+                history.log({"loss": out.loss, **group_metrics(g, reward, r_star, G),
+                             "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
+                             "seconds": timer.seconds})
     return result

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from . import dpo
 from .kl import exact_kl
+from .sft import check_model, kept_as_found
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_positive, check_positive_int, check_same_shape
+from .utils import check_positive, check_positive_int, check_seed
 
 
 def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -59,26 +60,35 @@ def fit_bandit(loss: str, ref_probs, winners, losers, beta: float, *, steps: int
     The data are the pairs (y_w = ``winners[i]``, y_l = ``losers[i]``), every one labelled the
     same way every time (a deterministic preference); pi starts at ``ref_probs``. Adam on theta
     at ``lr``; every ``log_every`` steps logs ``step``, ``loss``, ``margin`` (mean log-ratio
-    margin h over the pairs) and ``kl/exact_per_state`` (exact KL(pi || pi_ref)).
+    margin h over the pairs) and ``kl/exact_per_state`` (exact KL(pi || pi_ref), >= 0).
+    ``ref_probs`` must be a distribution over K >= 2 tokens, every entry > 0, summing to 1 within
+    1e-6 (float32 input allowed); ``winners`` and ``losers`` integer tokens in [0, K)
+    (``rlnotes.dpo.check_token_pairs``); ``ValueError`` otherwise.
     """
     loss_fn = LOSSES[_choice("loss", loss, tuple(LOSSES))]
+    dpo.check_token_pairs(ref_probs, winners, losers, atol=1e-6)
+    beta, lr = check_positive("beta", beta), check_positive("lr", lr)
+    steps, log_every = check_positive_int("steps", steps), check_positive_int("log_every", log_every)
     ref_logp = torch.log(torch.as_tensor(ref_probs, dtype=torch.float64))
+    # pi_ref as a normalised log-distribution, for the KL: ref_probs sums to 1 only up to rounding
+    # (float32 [0.4, 0.3, 0.2, 0.1] sums to 1 + 2.2e-8), and KL(pi || ref_probs / s) = KL(pi || pi_ref) - log s
+    # would go below 0 near pi = pi_ref. The loss only sees log-ratio differences, where log s cancels.
+    ref_logq = F.log_softmax(ref_logp, -1)
     winners, losers = torch.as_tensor(winners), torch.as_tensor(losers)
-    check_same_shape(winners=winners, losers=losers)
     theta = ref_logp.clone().requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=check_positive("lr", lr))
+    opt = torch.optim.Adam([theta], lr=lr)
     history = History()
-    for step in range(1, check_positive_int("steps", steps) + 1):
+    for step in range(1, steps + 1):
         logp = F.log_softmax(theta, -1)
         losses, c, r = loss_fn(logp[winners], logp[losers], ref_logp[winners], ref_logp[losers], beta)
         opt.zero_grad()
         losses.mean().backward()
         opt.step()
-        if step % check_positive_int("log_every", log_every) == 0:
+        if step % log_every == 0:
             with torch.no_grad():
                 logp = F.log_softmax(theta, -1)
                 h = (logp[winners] - ref_logp[winners]) - (logp[losers] - ref_logp[losers])
-                history.log({"step": step, "loss": losses.mean(), "margin": h.mean(), "kl/exact_per_state": exact_kl(logp, ref_logp)})
+                history.log({"step": step, "loss": losses.mean(), "margin": h.mean(), "kl/exact_per_state": exact_kl(logp, ref_logq)})
     return history
 
 
@@ -107,7 +117,7 @@ class IPOConfig(Config):
     progress: bool = False
 
     def __post_init__(self):
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         self.check("epochs", check_positive_int)
         self.check("batch_size", check_positive_int)
         self.check("lr", check_positive)
@@ -127,7 +137,7 @@ def _logps(model, batch, length_normalize):
 @torch.no_grad()
 def _all_logps(model, data, length_normalize, batch_size=512):
     n = len(data["prompt_ids"])
-    parts = [_logps(model, dpo._trim(data, slice(s, s + batch_size)), length_normalize)
+    parts = [_logps(model, dpo.trim_pairs(data, slice(s, s + batch_size)), length_normalize)
              for s in range(0, n, batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -137,48 +147,57 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
     """IPO (eq. ipo-loss) for a causal LM from a trainable copy of the frozen reference ``ref``.
 
     ``data`` / ``eval_data`` are the preference tensors of ``rlnotes.rlhf.Preferences.encode``,
-    as for ``rlnotes.dpo.train``; the reference's log-probabilities are computed once. Logs per
-    step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``,
-    ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, ``seconds``;
-    with ``eval_data``, after each epoch ``eval/epoch``, ``eval/loss`` and ``eval/margin`` (the
-    mean log-ratio margin h). ``callback(policy)``, if given, is called before training and after
-    each epoch (as ``rlnotes.dpo.train``'s), the numbers of the dict it returns logged as
-    ``eval/<name>`` with ``eval/epoch`` (e.g. the true reward and KL of samples). Returns a
-    ``TrainResult``.
+    as for ``rlnotes.dpo.train`` (``rlnotes.dpo.check_pairs``); the reference's log-probabilities
+    are computed once, in eval mode, and ``ref`` is handed back as it came (requires_grad flags,
+    train/eval modes). Logs per step, under TRL's names: ``loss``, ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
+    ``logps/rejected``, ``seconds``; with ``eval_data``, after each epoch ``eval/epoch``,
+    ``eval/loss`` and ``eval/margin`` (the mean log-ratio margin h). ``callback(policy)``, if given,
+    is called before training and after each epoch, with the policy in eval mode; it returns None
+    (nothing to log) or a dict of numbers, logged as ``eval/<name>`` with ``eval/epoch``
+    (``rlnotes.dpo.callback_metrics``: e.g. the true reward and KL of samples). Returns a
+    ``TrainResult`` whose model is the copy, in eval mode; an interrupt, from the reference pass on,
+    raises ``TrainingInterrupted`` with the result so far. Refused: a ``ref`` with float16
+    parameters (``TypeError``: its copy is trained; allowed are float32, float64 and bfloat16).
     """
     cfg = make_config(IPOConfig, config, **kwargs)
-    n = dpo._check_pairs(data)
+    n = dpo.check_pairs(data)
+    if eval_data is not None:
+        dpo.check_pairs(eval_data, "eval_data")
+    dpo.check_callback(callback)
+    check_model("ref", ref, trained=True)
     history = History()
-    ref.requires_grad_(False).eval()
-    ref_c, ref_r = _all_logps(ref, data, cfg.length_normalize)
-    eval_ref = None if eval_data is None else _all_logps(ref, eval_data, cfg.length_normalize)
-    with rng_scope(cfg.seed):
+    with kept_as_found(ref), rng_scope(cfg.seed):
         policy = copy.deepcopy(ref).requires_grad_(True).train()
-        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-        order_gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult(policy, history, cfg)
+        with run_guard(lambda: result, policy.eval):
+            ref.eval()
+            ref_c, ref_r = _all_logps(ref, data, cfg.length_normalize)
+            eval_ref = None if eval_data is None else _all_logps(ref, eval_data, cfg.length_normalize)
+            opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+            order_gen = torch.Generator().manual_seed(cfg.seed)
 
-        def evaluate(epoch):
-            logged = {"eval/epoch": epoch}
-            policy.eval()
-            if eval_data is not None:
-                pc, pr = _all_logps(policy, eval_data, cfg.length_normalize)
-                h = (pc - eval_ref[0]) - (pr - eval_ref[1])
-                logged.update({"eval/loss": ipo_loss(pc, pr, *eval_ref, cfg.beta)[0].mean(), "eval/margin": h.mean()})
+            def evaluate(epoch):
+                logged = {"eval/epoch": epoch}
+                policy.eval()
+                if eval_data is not None:
+                    pc, pr = _all_logps(policy, eval_data, cfg.length_normalize)
+                    h = (pc - eval_ref[0]) - (pr - eval_ref[1])
+                    logged.update({"eval/loss": ipo_loss(pc, pr, *eval_ref, cfg.beta)[0].mean(),
+                                   "eval/margin": h.mean()})
+                if callback is not None:
+                    logged.update(dpo.callback_metrics(callback(policy), own=("epoch", "loss", "margin")))
+                policy.train()
+                history.log(logged)
+
             if callback is not None:
-                logged.update({f"eval/{k}": v for k, v in callback(policy).items() if isinstance(v, (int, float))})
-            policy.train()
-            history.log(logged)
-
-        if callback is not None:
-            evaluate(0)
-        with run_guard(lambda: result):
+                evaluate(0)
             for epoch in progress(range(cfg.epochs), cfg.progress, desc="ipo"):
                 for idx in torch.randperm(n, generator=order_gen).split(cfg.batch_size):
                     with atomic():
                         with Timer() as timer:
                             idx = idx.to(data["prompt_ids"].device)
-                            pol_c, pol_r = _logps(policy, dpo._trim(data, idx), cfg.length_normalize)
+                            pol_c, pol_r = _logps(policy, dpo.trim_pairs(data, idx), cfg.length_normalize)
                             out = ipo_loss(pol_c, pol_r, ref_c[idx], ref_r[idx], cfg.beta)
                             opt.zero_grad()
                             out[0].mean().backward()
@@ -188,5 +207,4 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
                         history.log({**dpo.preference_log(*out, pol_c, pol_r), "seconds": timer.seconds})
                 if eval_data is not None or callback is not None:
                     evaluate(epoch + 1)
-    policy.eval()
     return result

@@ -24,9 +24,11 @@ Public API (stable; chapter 5 uses it):
   ``decode_responses``.
 - ``response_logits``, ``token_logprobs`` (prompt and padding masked), ``sequence_logprob``;
   ``logprobs_from_logits``: the one home of log pi(y_t) from logits (gather of log-softmax).
-- ``check_texts(name, texts)`` / ``check_context(model, length)``: the argument checks that the
-  entry points share (a list of strings, not a string; prompt + response within the context).
-- ``sample``: batched sampling with temperature, KV cache and a seeded ``torch.Generator``.
+- ``check_texts(name, texts)`` / ``check_context(model, length)`` / ``check_temperature``: the
+  argument checks that the entry points share (a list of strings, not a string; prompt + response
+  within the context; a temperature >= ``MIN_TEMPERATURE``).
+- ``sample``: batched sampling with temperature (>= ``MIN_TEMPERATURE``), KV cache and a seeded
+  ``torch.Generator``.
 - ``distinct_n``: the fraction of distinct n-grams in a set of responses (diversity).
 - ``get_device``: CUDA, then MPS, then CPU (from ``rlnotes.utils``).
 """
@@ -41,6 +43,7 @@ import numbers
 import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_positive, check_positive_int, get_device
+from .utils import check_positive, check_positive_int, check_seed, get_device
 
 __all__ = ["SentimentTask", "build_tokenizer", "tiny_gpt2", "load_causal_lm", "save_pretrained",
            "encode_prompts", "encode_responses", "decode_responses", "response_logits",
            "logprobs_from_logits", "token_logprobs", "sequence_logprob", "sample", "distinct_n",
-           "check_texts", "check_context", "get_device", "bf16_hardware"]
+           "check_texts", "check_context", "check_temperature", "get_device", "bf16_hardware",
+           "MIN_TEMPERATURE", "MAX_PROMPTS", "BARE_HUB_IDS"]
 
 POSITIVE = ("great", "good", "wonderful", "lovely", "fun", "brilliant", "charming", "superb")
 NEGATIVE = ("bad", "boring", "awful", "dull", "poor", "terrible", "weak", "messy")
@@ -70,6 +74,10 @@ RESPONSES = (
     "honestly {a} .", "the {i} is {a} .", "{a} {n} and {b} {m} .", "not much to say , {a} .",
 )
 SPECIAL = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+# The smallest temperature: logits / temperature must stay finite in float32 (largest 3.4e38), and at
+# 1e-6 sampling is already greedy for any logit gap above ~1e-4 (a ratio of e^100 or more).
+MIN_TEMPERATURE = 1e-6
+MAX_PROMPTS = 10**6  # the most prompts (and SFT pairs) SentimentTask draws in one call (pools of 48 and 12)
 
 
 def check_texts(name: str, texts) -> list[str]:
@@ -91,12 +99,6 @@ def check_texts(name: str, texts) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}] must be a string, got {type(text).__name__} {text!r}")
     return texts
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,17 @@ class SentimentTask:
                 if ((i + j) % 5 == 0) == (split == "test")]
 
     def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
-        """``n`` prompts x drawn uniformly (with replacement) from a split's pool, reproducibly from ``seed``."""
-        check_positive_int("n", n)
-        pool, rng = self.prompt_pool(split), random.Random(_check_seed(seed))
+        """``n`` prompts x drawn uniformly (with replacement) from a split's pool, reproducibly from ``seed``
+        (any integer >= 0: the trainers pass ``seed * 100_003 + step``, which may pass 2**63).
+
+        ``n`` is at most ``MAX_PROMPTS`` (a million): the pools hold 48 and 12 prompts, so more only
+        repeats them, and a mistyped ``10**9`` would run for minutes and fill the memory.
+        """
+        n = check_positive_int("n", n)
+        if n > MAX_PROMPTS:
+            raise ValueError(f"n must be <= {MAX_PROMPTS} (MAX_PROMPTS; the pool holds "
+                             f"{len(self.prompt_pool(split))} distinct prompts, drawn with replacement), got {n}")
+        pool, rng = self.prompt_pool(split), random.Random(check_positive_int("seed", seed, 0))
         return [rng.choice(pool) for _ in range(n)]
 
     def _response(self, prompt: str, rng: random.Random) -> str:
@@ -157,7 +167,7 @@ class SentimentTask:
     def sft_corpus(self, n: int, seed: int, split: str = "train") -> tuple[list[str], list[str]]:
         """``n`` fluent (prompt, response) pairs of mixed sentiment: the SFT data, as two lists."""
         prompts = self.prompts(n, seed, split)
-        rng = random.Random(_check_seed(seed) + 1)
+        rng = random.Random(check_positive_int("seed", seed, 0) + 1)
         return prompts, [self._response(x, rng) for x in prompts]
 
     def true_reward(self, prompt: str, response: str) -> float:
@@ -204,10 +214,11 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
               seed: int = 0, activation: str = "gelu_pytorch_tanh"):
     """A freshly initialised ``GPT2LMHeadModel`` sized for a laptop CPU (about 0.1 M parameters).
 
-    The weights come from ``seed`` alone and leave the global RNG untouched. ``activation`` is
-    the MLP's GELU: ``"gelu_pytorch_tanh"`` (default) is GPT-2's tanh approximation as one fused
-    kernel, several times faster than ``"gelu_new"`` (GPT-2's original, the same formula as a
-    composition of Python-level tensor operations), which agrees with it to float rounding.
+    The weights come from ``seed`` alone (an integer in [0, 2**63), ``utils.check_seed``) and leave
+    the global RNG untouched. ``activation`` is the MLP's GELU: ``"gelu_pytorch_tanh"`` (default)
+    is GPT-2's tanh approximation as one fused kernel, several times faster than ``"gelu_new"``
+    (GPT-2's original, the same formula as a composition of Python-level tensor operations),
+    which agrees with it to float rounding.
     Attention uses PyTorch's fused ``scaled_dot_product_attention`` (``"sdpa"``). Scaling up to
     GPT-2 small: ``n_layer=12, n_embd=768, n_head=12``.
     """
@@ -221,6 +232,7 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
         check_positive_int(name, value)
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    seed = check_seed("seed", seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -234,13 +246,27 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# The hub's causal LMs named without an org (its legacy ids); every other hub model is "org/name".
+BARE_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt", "ctrl",
+                "xlnet-base-cased", "xlnet-large-cased")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local hub cache holds ``repo_id``'s config.json (a lookup on disk, no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except (ImportError, ValueError):
+        return False
 
 
 def _local_folder(name_or_path) -> Path | None:
     """The folder ``name_or_path`` names, checked, or None for a hub id (``gpt2``, ``org/model``).
 
     It names a folder when it is a ``Path``, exists, starts with ``.``, ``~`` or a separator,
-    does not have the form of a hub id, or is ``dir/name`` with ``dir`` an existing folder.
+    does not have the form of a hub id, is ``dir/name`` with ``dir`` an existing folder, or is a
+    name without a ``/`` that is neither one of the hub's ``BARE_HUB_IDS`` nor in the local hub
+    cache (``my_saved_model``: a folder that is not there, not a hub id).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a hub id or a folder (str or Path), got {name_or_path!r}")
@@ -248,11 +274,15 @@ def _local_folder(name_or_path) -> Path | None:
     path = Path(text).expanduser()
     local = (isinstance(name_or_path, os.PathLike) or path.exists() or text.startswith((".", "~", os.sep))
              or (os.altsep is not None and os.altsep in text) or not _HUB_ID.fullmatch(text)
-             or ("/" in text and Path(text.split("/")[0]).is_dir()))
+             or ("/" in text and Path(text.split("/")[0]).is_dir())
+             or ("/" not in text and text not in BARE_HUB_IDS and not _in_hub_cache(text)))
     if not local:
         return None
     if not path.exists():
-        raise ValueError(f"name_or_path: no such folder {text!r} (resolved to {path.resolve()})")
+        hub = "" if "/" in text or not _HUB_ID.fullmatch(text) else (
+            "; a hub model is named 'org/name' (e.g. 'openai-community/gpt2') or is one of "
+            + ", ".join(BARE_HUB_IDS))
+        raise ValueError(f"name_or_path: no such folder {text!r} (resolved to {path.resolve()}){hub}")
     if not path.is_dir():
         raise ValueError(f"name_or_path: {text!r} is a file; give the folder save_pretrained wrote")
     missing = [] if (path / "config.json").is_file() else ["config.json"]
@@ -267,9 +297,10 @@ def _local_folder(name_or_path) -> Path | None:
 def load_causal_lm(name_or_path: str | Path, device=None):
     """The scale-up path: any ``transformers`` causal LM and its tokenizer, by hub name or folder.
 
-    A folder (a ``Path``, or a string that exists or looks like a path) is checked first, so a
-    mistyped one fails at once, naming it, instead of being retried as a hub id. Hub ids go to
-    ``transformers`` (set ``HF_HUB_OFFLINE=1`` to use only the local cache). Code shipped with a
+    A folder (a ``Path``, a string that exists or looks like a path, or a name without ``/`` that
+    is neither one of the hub's ``BARE_HUB_IDS`` nor in the local hub cache) is checked first, so
+    a mistyped one fails at once ("no such folder"), naming it, instead of being retried as a hub
+    id. Hub ids go to ``transformers`` (set ``HF_HUB_OFFLINE=1`` to use only the local cache). Code shipped with a
     model is never run (``trust_remote_code=False``).
 
     A tokenizer without a pad token gets its EOS token as pad (as GPT-2 needs); masks, not pad
@@ -297,20 +328,57 @@ def save_pretrained(model, tokenizer, path: str | Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _special_id(tokenizer, kind: str) -> int:
+    """``tokenizer.<kind>_token_id`` ("pad" or "eos"), or a ``ValueError`` naming the attribute to set."""
+    value = getattr(tokenizer, f"{kind}_token_id", None)
+    if value is None:
+        hint = " (e.g. tokenizer.pad_token = tokenizer.eos_token, as load_causal_lm does)" if kind == "pad" else ""
+        raise ValueError(f"tokenizer has no {kind} token (tokenizer.{kind}_token_id is None): "
+                         f"set tokenizer.{kind}_token{hint}")
+    return value
+
+
+def _warn_unknown(tokenizer, name: str, texts: list[str], rows: list[list[int]]) -> None:
+    """One warning naming the words that the tokenizer could only encode as its unknown token.
+
+    A word-level tokenizer (``build_tokenizer``'s) knows the task's lowercase words only: an accent,
+    an emoji, a capital letter or a typo becomes ``<unk>``, which the model cannot tell apart."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    hit = [i for i, row in enumerate(rows) if unk is not None and unk in row]
+    if not hit:
+        return
+    words = {}
+    for i in hit:
+        try:
+            spans = tokenizer(texts[i], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        except (NotImplementedError, KeyError, TypeError):  # a slow tokenizer has no offsets: name the text
+            spans = [(0, len(texts[i]))] * len(rows[i])
+        words.update((texts[i][a:b], None) for t, (a, b) in zip(rows[i], spans)
+                     if t == unk and texts[i][a:b] != tokenizer.unk_token)
+    if words:
+        shown = ", ".join(repr(w.strip()) for w in list(words)[:10]) + (", ..." if len(words) > 10 else "")
+        warnings.warn(f"{name}: {len(words)} word(s) not in the tokenizer's vocabulary, encoded as "
+                      f"{tokenizer.unk_token!r}: {shown} (in {len(hit)} of {len(texts)} texts, first "
+                      f"{name}[{hit[0]}])", UserWarning, stacklevel=3)
+
+
 def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of the prompts, LEFT-padded to one length: ([B, P], [B, P]).
 
     Every prompt must have at least one token: the response's first token is predicted from
-    the prompt's last one.
+    the prompt's last one. The tokenizer must have a pad token (``ValueError`` otherwise); words
+    it encodes as its unknown token are named in one ``UserWarning``.
     """
     prompts = check_texts("prompts", prompts)
+    pad_id = _special_id(tokenizer, "pad")
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    _warn_unknown(tokenizer, "prompts", prompts, rows)
     empty = [i for i, r in enumerate(rows) if not r]
     if empty:
         raise ValueError(f"prompts must each have at least one token: prompts[{empty[0]}] = "
                          f"{prompts[empty[0]]!r} is empty ({len(empty)} empty prompt(s) in all)")
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if len(r):
@@ -325,14 +393,19 @@ def encode_responses(tokenizer, responses: list[str], max_len: int | None = None
 
     Responses are encoded with a leading space, so byte-level BPE tokenizers (GPT-2) see the
     same word boundary as after a prompt. ``max_len`` truncates (EOS included in the count).
+    The tokenizer must have an EOS and a pad token (``ValueError`` otherwise); words it encodes
+    as its unknown token are named in one ``UserWarning``.
     """
     responses = check_texts("responses", responses)
-    rows = [tokenizer(" " + r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            for r in responses]
+    eos_id, pad_id = _special_id(tokenizer, "eos"), _special_id(tokenizer, "pad")
+    texts = [" " + r for r in responses]
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    _warn_unknown(tokenizer, "responses", texts, rows)
+    rows = [row + [eos_id] for row in rows]
     if max_len is not None:
         rows = [r[:check_positive_int("max_len", max_len)] for r in rows]
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r)
@@ -388,27 +461,40 @@ def _vocab_size(model) -> int | None:
     return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
-def _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask) -> None:
-    """Shapes, padding sides, token ids and context length of a (prompt, response) batch."""
+def _check_vocab(model, name: str, ids: torch.Tensor) -> None:
+    vocab = _vocab_size(model)
+    if ids.numel() and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{name} must be token ids in [0, {vocab}) (the model's vocabulary), "
+                         f"got values from {int(ids.min())} to {int(ids.max())}")
+
+
+def _check_prompts(model, prompt_ids, prompt_mask) -> None:
+    """Shape, padding side (LEFT, as ``encode_prompts`` makes it) and token ids of a batch of prompts."""
     _check_ids_mask("prompt", prompt_ids, prompt_mask)
-    _check_ids_mask("response", response_ids, response_mask)
-    if prompt_ids.shape[0] != response_ids.shape[0]:
-        raise ValueError(f"prompt_ids and response_ids must have the same batch size, "
-                         f"got {prompt_ids.shape[0]} and {response_ids.shape[0]}")
+    if prompt_ids.shape[0] == 0:
+        raise ValueError("prompt_ids must hold at least one prompt, got an empty batch")
     if prompt_ids.shape[1] == 0:
         raise ValueError("prompt_ids must hold at least one token per prompt, got width 0")
     if not bool(prompt_mask[:, -1].bool().all()):
         raise ValueError("prompt_mask must be LEFT-padded with a non-empty prompt in every row "
                          "(its last column all 1), as encode_prompts makes it")
+    _check_vocab(model, "prompt_ids", prompt_ids)
+
+
+def _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask, k: int = 1) -> None:
+    """Shapes, padding sides, token ids and context length of a batch of prompts and their
+    responses, ``k`` per prompt (prompt-major)."""
+    _check_prompts(model, prompt_ids, prompt_mask)
+    _check_ids_mask("response", response_ids, response_mask)
+    if k * prompt_ids.shape[0] != response_ids.shape[0]:
+        raise ValueError(f"prompt_ids and response_ids must have the same batch size, "
+                         f"got {prompt_ids.shape[0]} and {response_ids.shape[0]}")
     if bool((response_mask[:, 1:].long() > response_mask[:, :-1].long()).any()):
         raise ValueError("response_mask must be RIGHT-padded (ones, then zeros), as encode_responses "
                          "and sample make it")
-    vocab = _vocab_size(model)
-    for name, ids in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
-        if ids.numel() and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise ValueError(f"{name} must be token ids in [0, {vocab}) (the model's vocabulary), "
-                             f"got values from {int(ids.min())} to {int(ids.max())}")
-    check_context(model, int((prompt_mask.long().sum(1) + response_mask.long().sum(1)).max()))
+    _check_vocab(model, "response_ids", response_ids)
+    n_prompt = prompt_mask.long().sum(1).repeat_interleave(k)
+    check_context(model, int((n_prompt + response_mask.long().sum(1)).max()))
 
 
 def _joint(prompt_ids, prompt_mask, response_ids, response_mask):
@@ -445,6 +531,18 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     return logits
 
 
+def check_temperature(temperature) -> float:
+    """Return ``temperature`` as a float, or raise unless it is a number >= ``MIN_TEMPERATURE`` (1e-6).
+
+    Below the floor, logits / temperature can overflow float32 to inf and the softmax gives NaN;
+    at the floor, sampling is already greedy for any logit gap above ~1e-4."""
+    temperature = check_positive("temperature", temperature)
+    if temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be >= {MIN_TEMPERATURE} (MIN_TEMPERATURE: below it logits / "
+                         f"temperature can overflow to inf; at it sampling is already greedy), got {temperature}")
+    return temperature
+
+
 def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
                          temperature: float = 1.0) -> torch.Tensor:
     """log pi(y_t) = log_softmax(logits / temperature)[y_t], [...], and exactly 0 where ``mask`` is 0.
@@ -454,7 +552,7 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     -inf logit at a padded position (a banned pad token) gives 0, not NaN (as TRL's
     ``selective_log_softmax`` does).
     """
-    temperature = check_positive("temperature", temperature)
+    temperature = check_temperature(temperature)
     if not torch.is_tensor(logits) or not torch.is_tensor(ids) or logits.shape[:-1] != ids.shape:
         raise ValueError("logits must be [..., V] and ids [...] with the same leading shape, got "
                          f"{tuple(getattr(logits, 'shape', ()))} and {tuple(getattr(ids, 'shape', ()))}")
@@ -469,7 +567,7 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
 def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
                    temperature: float = 1.0) -> torch.Tensor:
     """log pi(y_t | x, y_<t) for each response token, [B, T], and exactly 0 where the mask is 0."""
-    check_positive("temperature", temperature)
+    check_temperature(temperature)
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
     return logprobs_from_logits(logits, response_ids, response_mask, temperature)
 
@@ -536,8 +634,7 @@ def group_response_logits(model, prompt_ids, prompt_mask, response_ids, response
     if k == 1 or body is model or head is None:  # nothing to share, or no body and head to call apart
         return response_logits(model, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0),
                                response_ids, response_mask)
-    _check_pair(model, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0), response_ids,
-                response_mask)
+    _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask, k)
     first, rest = _grouped_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, prefill=body)
     with _autocast(prompt_ids.device):  # the output layer on [B, H], 2-D: a [B, 1, H] view would round
         at_prompt = head(first.last_hidden_state[:, -1].contiguous())  # differently when its weight needs grad
@@ -549,8 +646,10 @@ def last_hidden(body, prompt_ids, prompt_mask, response_ids, response_mask) -> t
     """The last layer's hidden state at each sequence's last token (the response's last, or the
     prompt's last where a response is empty), [k B, H], for k responses per prompt (prompt-major,
     each prompt run once when k > 1). ``body`` is a transformer without its output layer (the
-    reward model's ``base_model``)."""
+    reward model's ``base_model``). The batch is checked as ``response_logits`` checks it: padding
+    sides, token ids, prompt + response within the context (``check_context``)."""
     k = group_size(prompt_ids, response_ids)
+    _check_pair(body, prompt_ids, prompt_mask, response_ids, response_mask, k)
     rows = torch.arange(len(response_ids), device=response_ids.device)
     n = response_mask.sum(dim=1)
     if k == 1:
@@ -610,10 +709,16 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     the generator advances the same way whatever finished. Stops when every row has emitted EOS
     (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run under bf16
     autocast (the softmax in float32).
+
+    Refused: prompts that are not LEFT-padded (as ``encode_prompts`` makes them), ids that are not
+    integers in [0, vocabulary), a ``temperature`` below ``MIN_TEMPERATURE`` (1e-6), a tokenizer
+    without a pad or an EOS token, and prompt + ``max_new_tokens`` past the model's context.
     """
-    check_positive_int("max_new_tokens", max_new_tokens)
-    check_positive("temperature", temperature)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
+    temperature = check_temperature(temperature)
     k = check_positive_int("k", k)
+    _check_prompts(model, prompt_ids, prompt_mask)
+    pad_id, eos_id = _special_id(tokenizer, "pad"), _special_id(tokenizer, "eos")
     # every token but the last sampled one is fed back: the positions run to prompt + max_new_tokens - 1
     check_context(model, int(prompt_mask.sum(1).max()) + max_new_tokens - 1)
     P, device = prompt_ids.shape[1], prompt_ids.device
@@ -634,10 +739,10 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     for t in range(max_new_tokens):
         probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        token = token.masked_fill(done, tokenizer.pad_token_id)
+        token = token.masked_fill(done, pad_id)
         ids.append(token)
         alive.append(~done)
-        done = done | (token == tokenizer.eos_token_id)
+        done = done | (token == eos_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
         running = ~done[rows]

@@ -33,12 +33,17 @@ from .returns import gae, normalize
 from .rollout import ControlConfig, Runner
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
+from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
 
 def ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(log pi_theta - log pi_theta_old) (eq. 6)."""
+    """r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(log pi_theta - log pi_theta_old) (eq. 6).
+
+    ``logp`` and ``logp_old``: tensors or array-likes of one shape, finite (``ValueError`` otherwise)."""
+    logp, logp_old = torch.as_tensor(logp), torch.as_tensor(logp_old)
     check_same_shape(logp=logp, logp_old=logp_old)
+    check_finite("logp", logp.detach())
+    check_finite("logp_old", logp_old.detach())
     return torch.exp(logp - logp_old)
 
 
@@ -46,18 +51,29 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps: float)
     """The per-sample clipped objective of eq. 7, min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t).
 
     This is the quantity to *maximise* (its mean is L^CLIP). Inputs may be tensors or array-likes
-    of one shape; ``eps`` must be finite and > 0 (``ValueError`` otherwise).
+    of one shape, finite; ``eps`` must be finite and > 0 (``ValueError`` otherwise).
     """
     eps = check_positive("eps", eps)
     ratio = torch.as_tensor(ratio)
     advantages = torch.as_tensor(advantages, dtype=ratio.dtype if ratio.is_floating_point() else None)
     check_same_shape(ratio=ratio, advantages=advantages)
+    check_finite("ratio", ratio.detach())
+    check_finite("advantages", advantages.detach())
+    return _clipped_surrogate(ratio, advantages, eps)
+
+
+def _clipped_surrogate(ratio, advantages, eps):
     return torch.min(ratio * advantages, ratio.clamp(1.0 - eps, 1.0 + eps) * advantages)
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
     """E_t[(r_t - 1) - log r_t], the k3 estimator of KL[pi_old || pi_theta] (``rlnotes.kl.k3``) averaged
-    over the samples: >= 0 sample by sample and unbiased. ``log_ratio`` is log r_t = log pi_theta - log pi_old."""
+    over the samples: >= 0 sample by sample and unbiased. ``log_ratio`` is log r_t = log pi_theta - log pi_old,
+    finite, with at least one sample (``ValueError`` otherwise)."""
+    log_ratio = torch.as_tensor(log_ratio)
+    check_finite("log_ratio", log_ratio.detach())
+    if log_ratio.numel() == 0:
+        raise ValueError("log_ratio must hold at least one sample, got an empty tensor")
     return k3(torch.zeros_like(log_ratio), log_ratio).mean()
 
 
@@ -79,26 +95,31 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
 
     ``logp`` (log pi_theta(a_t|s_t), with gradient), ``logp_old``, ``advantages``, ``values``
     (V(s_t), with gradient), ``returns`` (the targets V^targ_t) and ``entropy`` (S per state) are
-    1-D tensors of one length; ``entropy`` may be None when ``ent_coef`` is 0 (then reported as
-    nan). The value loss is ``rlnotes.nets.value_loss``, the half squared error, so c_1 = 1 here
-    is SB3's and RL Zoo's c_1 = 0.5 on the plain squared error. Also returned, for logging: the
-    approximate KL E_t[(r - 1) - log r] (k3) and the fraction of samples whose ratio lies outside
-    [1 - eps, 1 + eps].
+    1-D tensors of one length (>= 1), finite; ``entropy`` may be None when ``ent_coef`` is 0 (then
+    reported as nan). The value loss is ``rlnotes.nets.value_loss``, the half squared error, so
+    c_1 = 1 here is SB3's and RL Zoo's c_1 = 0.5 on the plain squared error. Also returned, for
+    logging: the approximate KL E_t[(r - 1) - log r] (k3) and the fraction of samples whose ratio
+    lies outside [1 - eps, 1 + eps].
     """
     eps = check_positive("eps", eps)
     vf_coef = check_in_range("vf_coef", vf_coef, 0.0, math.inf)
     ent_coef = check_in_range("ent_coef", ent_coef, 0.0, math.inf)
     if entropy is None and ent_coef > 0:
         raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
-    check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
-                     **({} if entropy is None else {"entropy": entropy}))
+    tensors = dict(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
+                   **({} if entropy is None else {"entropy": entropy}))
+    check_same_shape(**tensors)
+    for name, t in tensors.items():
+        check_finite(name, t.detach())
+    if logp.numel() == 0:
+        raise ValueError("logp must hold at least one sample, got an empty tensor")
     return _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, True)
 
 
 def _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, diagnostics):
     log_ratio = logp - logp_old
     r = torch.exp(log_ratio)
-    policy_loss = -clipped_surrogate(r, advantages, eps).mean()
+    policy_loss = -_clipped_surrogate(r, advantages, eps).mean()
     v_loss = value_loss(values, returns)
     loss = policy_loss + vf_coef * v_loss
     entropy = torch.tensor(math.nan) if entropy is None else entropy.mean()
@@ -143,10 +164,13 @@ def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor
     Keyword arguments: those of ``UpdateConfig``. The batch is reshuffled each epoch
     (``torch.randperm``; no shuffle when one minibatch holds it all), the advantages are
     normalised per minibatch, and the gradient norm of all parameters is clipped to
-    ``max_grad_norm``. Returns the last minibatch's loss terms.
+    ``max_grad_norm``. Returns the last minibatch's loss terms. ``obs``, ``logp_old``,
+    ``advantages`` and ``returns`` must be finite (``ValueError`` otherwise).
     """
     cfg = UpdateConfig(**kwargs)
     check_same_shape(actions=actions, logp_old=logp_old, advantages=advantages, returns=returns)
+    for name, t in (("obs", obs), ("logp_old", logp_old), ("advantages", advantages), ("returns", returns)):
+        check_finite(name, t)
     if len(obs) != len(actions) or len(actions) == 0:
         raise ValueError(f"obs and actions must hold the same number (>= 1) of samples, "
                          f"got {len(obs)} and {len(actions)}")
@@ -309,7 +333,7 @@ class OneBatchConfig(UpdateConfig):
 
     def __post_init__(self):
         UpdateConfig.__post_init__(self)
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         for name in ("num_envs", "num_steps", "hidden"):
             self.check(name, check_positive_int)
         self.check("lr", check_positive)

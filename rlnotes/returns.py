@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .utils import check_in_range, check_same_shape
+from .trainer import check_bool
+from .utils import check_in_range, check_positive, check_same_shape
 
 
 def _check_rate(name: str, value) -> float:
@@ -95,7 +96,13 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Shift and scale the advantages to mean 0 and standard deviation 1 (a per-batch baseline).
 
     A single advantage has no spread: it becomes 0 (the batch mean is its own baseline).
+    ``advantages`` must be a finite floating-point tensor and ``eps`` finite and > 0 (``TypeError``
+    or ``ValueError`` naming them otherwise).
     """
+    eps = check_positive("eps", eps)
+    _check_tensor("advantages", advantages)
+    if not advantages.is_floating_point():
+        raise TypeError(f"advantages must be a floating-point tensor, got dtype {advantages.dtype}")
     if advantages.numel() < 2:
         return advantages - advantages.mean()
     return (advantages - advantages.mean()) / (advantages.std() + eps)
@@ -103,8 +110,10 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool = True):
     """A rollout made ready for a policy update: GAE advantages and value targets (``gae``),
-    the time and environment axes merged, and the advantages normalised per batch if asked.
-    Returns (obs, actions, advantages, returns)."""
+    the time and environment axes merged, and the advantages normalised per batch if asked
+    (``normalize_advantages``: True or False, ``TypeError`` otherwise). Returns (obs, actions,
+    advantages, returns)."""
+    normalize_advantages = check_bool("normalize_advantages", normalize_advantages)
     adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
     obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
     return obs, actions, normalize(adv) if normalize_advantages else adv, ret

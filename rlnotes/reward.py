@@ -18,27 +18,66 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .sft import SFTConfig
+from .sft import SFTConfig, check_model
 from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
-from .utils import check_in_range, check_same_shape
+from .utils import check_finite, check_in_range, check_positive_int, check_same_shape, check_seed
+
+
+def _as_rewards(**scores) -> list[torch.Tensor]:
+    """The given rewards (tensors, numbers or lists of numbers) as tensors, or raise naming the argument.
+
+    Refused: anything that is not real numbers (``TypeError``: strings, bools, complex numbers) and
+    NaN or infinite values (``ValueError``). A float tensor comes back as it is (no copy); integers
+    become the default float dtype."""
+    out = []
+    for name, x in scores.items():
+        try:
+            t = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be real numbers (a tensor or a list of floats), got {x!r}") from None
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name} must be real numbers (a tensor or a list of floats), got {t.dtype}")
+        t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
+        check_finite(name, t)
+        out.append(t)
+    return out
 
 
 def bt_probability(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry p*(y1 > y2 | x) = exp r1 / (exp r1 + exp r2) = sigma(r1 - r2) (eq. rlhf-bt)."""
-    return torch.sigmoid(torch.as_tensor(r1) - torch.as_tensor(r2))
+    """Bradley-Terry p*(y1 > y2 | x) = exp r1 / (exp r1 + exp r2) = sigma(r1 - r2) (eq. rlhf-bt).
+
+    ``r1`` and ``r2``: finite rewards of one shape, or one of them a single number (compared with
+    every entry of the other); other shapes are refused rather than broadcast (``ValueError``)."""
+    r1, r2 = _as_rewards(r1=r1, r2=r2)
+    if r1.dim() and r2.dim():
+        check_same_shape(r1=r1, r2=r2)
+    return torch.sigmoid(r1 - r2)
+
+
+def _check_pairs(r_chosen, r_rejected) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rewards of a batch of preference pairs, checked: finite real numbers (``_as_rewards``),
+    one shape, at least one pair (``ValueError`` naming the arguments otherwise)."""
+    r_chosen, r_rejected = _as_rewards(r_chosen=r_chosen, r_rejected=r_rejected)
+    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    if r_chosen.numel() == 0:
+        raise ValueError("r_chosen and r_rejected must hold at least one pair, got none")
+    return r_chosen, r_rejected
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """L_R = -E_D[ log sigma(r_phi(x, y_w) - r_phi(x, y_l)) ] (eq. rlhf-rm), with logsigmoid: finite at any margin."""
-    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
-    if r_chosen.numel() == 0:
-        raise ValueError("r_chosen and r_rejected must hold at least one pair")
+    """L_R = -E_D[ log sigma(r_phi(x, y_w) - r_phi(x, y_l)) ] (eq. rlhf-rm), with logsigmoid: finite at any margin.
+
+    Refused: NaN or infinite rewards, shapes that differ, no pairs (``ValueError``), non-numbers (``TypeError``)."""
+    r_chosen, r_rejected = _check_pairs(r_chosen, r_rejected)
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
 def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    """The fraction of pairs a reward ranks like the labels (r_chosen > r_rejected); a tie counts one half."""
-    check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    """The fraction of pairs a reward ranks like the labels (r_chosen > r_rejected); a tie counts one half.
+
+    Refused: NaN or infinite rewards, shapes that differ, no pairs (whose mean is NaN) (``ValueError``),
+    non-numbers (``TypeError``)."""
+    r_chosen, r_rejected = _check_pairs(r_chosen, r_rejected)
     return ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean().item()
 
 
@@ -65,6 +104,8 @@ class Preferences:
                 raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
         self.r_chosen = torch.as_tensor(self.r_chosen, dtype=torch.float32)
         self.r_rejected = torch.as_tensor(self.r_rejected, dtype=torch.float32)
+        check_finite("r_chosen", self.r_chosen)
+        check_finite("r_rejected", self.r_rejected)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -85,7 +126,12 @@ class Preferences:
 
 def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tokens: int = 8,
                  batch_size: int = 512) -> tuple[list[str], list[str]]:
-    """Two independent responses y1, y2 ~ pi(.|x) per prompt (phase 2's comparison pairs)."""
+    """Two independent responses y1, y2 ~ pi(.|x) per prompt (phase 2's comparison pairs).
+
+    ``prompts``: a non-empty list of strings (``lm.check_texts``); ``batch_size``: an integer >= 1;
+    ``seed``: an integer in [0, 2**63) (``utils.check_seed``)."""
+    prompts, seed = lm.check_texts("prompts", prompts), check_seed("seed", seed)
+    batch_size = check_positive_int("batch_size", batch_size)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     y1, y2 = [], []
@@ -100,10 +146,14 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
 
 
 def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *, seed: int) -> Preferences:
-    """A simulated labeller: prefers y1 with probability sigma(r*(x, y1) - r*(x, y2)) (Bradley-Terry on r*)."""
+    """A simulated labeller: prefers y1 with probability sigma(r*(x, y1) - r*(x, y2)) (Bradley-Terry on r*).
+
+    ``prompts``, ``y1``, ``y2``: non-empty lists of strings of one length; ``seed``: ``utils.check_seed``."""
     if not (len(prompts) == len(y1) == len(y2)) or not prompts:
         raise ValueError("prompts, y1 and y2 must be non-empty and of equal length, "
                          f"got {len(prompts)}, {len(y1)}, {len(y2)}")
+    prompts, y1, y2 = lm.check_texts("prompts", prompts), lm.check_texts("y1", y1), lm.check_texts("y2", y2)
+    seed = check_seed("seed", seed)
     r1, r2 = task.true_rewards(prompts, y1), task.true_rewards(prompts, y2)
     first = torch.rand(len(prompts), generator=torch.Generator().manual_seed(seed)) < bt_probability(r1, r2)
     chosen = [a if f else b for a, b, f in zip(y1, y2, first.tolist())]
@@ -119,6 +169,7 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, base_lm):
+        check_model("base_lm", base_lm)
         super().__init__()
         self.lm = copy.deepcopy(base_lm).requires_grad_(True)
         self.head = nn.Linear(self.lm.config.hidden_size, 1)
@@ -133,7 +184,14 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score(self, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 512) -> torch.Tensor:
-        """r_phi for text pairs, [B] (on the CPU)."""
+        """r_phi for text pairs, [B] (on the CPU). ``prompts`` and ``responses``: non-empty lists of
+        strings of one length; ``batch_size``: an integer >= 1. Prompt + response must fit the
+        model's context (``lm.check_context``, checked by ``lm.last_hidden``)."""
+        prompts, responses = lm.check_texts("prompts", prompts), lm.check_texts("responses", responses)
+        if len(prompts) != len(responses):
+            raise ValueError("prompts and responses must have the same length (one response per prompt), "
+                             f"got {len(prompts)} and {len(responses)}")
+        batch_size = check_positive_int("batch_size", batch_size)
         device = next(self.parameters()).device
         out = []
         for i in range(0, len(prompts), batch_size):

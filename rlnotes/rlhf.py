@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+import reprlib
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -37,9 +38,10 @@ from .returns import gae, normalize
 from .reward import (Preferences, RewardConfig, RewardModel, bt_probability, label_preferences,  # noqa: F401
                      preference_accuracy, reward_loss, sample_pairs, train_reward_model)
 from .sft import SFTConfig, heldout_loss, sft_loss, train_sft  # noqa: F401
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape, get_device
+from .trainer import (Config, History, Timer, TrainingInterrupted, TrainResult, atomic, check_bool, make_config,
+                      progress, rng_scope, run_guard)
+from .utils import (check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape,
+                    get_device)
 
 
 # ------------------------------------------------------------ the token-level reward and KL
@@ -59,7 +61,11 @@ def token_rewards(r_phi: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tenso
     """r_t = -beta log(pi/pi_ref)(y_t|s_t) + [t = last] r_phi(x, y), [B, T] (eq. rlhf-token-reward).
 
     The sum over t is the sample estimate of r_phi - beta KL(pi || pi_ref) for the sequence.
+    Refused: an ``r_phi`` that is not a tensor (TypeError), of another shape or not finite (ValueError).
     """
+    if not torch.is_tensor(r_phi):
+        raise TypeError(f"r_phi must be a tensor [B], got {type(r_phi).__name__}")
+    check_finite("r_phi", r_phi)
     if r_phi.shape != mask.shape[:1]:
         raise ValueError(f"r_phi must be [B] = [{mask.shape[0]}], got shape {tuple(r_phi.shape)}")
     rewards = kl_penalty(logp, logp_ref, mask, beta)
@@ -128,9 +134,12 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     """-L^CLIP over tokens: -mean_t min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t), rho_t = pi/pi_old, padding masked.
 
     The elementwise objective is chapter 3's ``ppo.clipped_surrogate`` (PPO paper, eq. 7); only the
-    mean changes: it runs over the response tokens under ``mask``.
+    mean changes: it runs over the response tokens under ``mask``. Refused (ValueError): shapes
+    that differ and a ``mask`` that marks no token (the mean of nothing).
     """
     check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    if not bool((mask != 0).any()):
+        raise ValueError(f"mask must mark at least one response token, got none (shape {tuple(mask.shape)})")
     return _ppo_token_loss(logp, old_logp, advantages, mask, eps)
 
 
@@ -144,7 +153,11 @@ def _ppo_token_loss(logp, old_logp, advantages, mask, eps):
 
 @dataclass
 class Prepared:
-    """Phases 1 and 2, ready for phase 3 (and for chapter 5's DPO on the same data)."""
+    """Phases 1 and 2, ready for phase 3 (and for chapter 5's DPO on the same data).
+
+    An interrupted ``prepare`` hands back a partial one (``PrepareInterrupted.result``): the parts
+    that exist, None for the rest; ``check_prepared`` refuses it where a complete one is needed.
+    """
 
     task: lm.SentimentTask
     tokenizer: object
@@ -197,6 +210,62 @@ class Prepared:
         return [name for name, same in checks.items() if not same]
 
 
+def check_prepared(name: str, value) -> Prepared:
+    """Return ``value`` if it is a complete ``Prepared`` (``rlhf.prepare``'s result); ``TypeError``
+    naming ``name`` for anything else, ``ValueError`` for a partial one (an interrupted ``prepare``)."""
+    if not isinstance(value, Prepared):
+        raise TypeError(f"{name} must be a Prepared (from rlhf.prepare), got {type(value).__name__}")
+    missing = [f.name for f in fields(Prepared) if getattr(value, f.name) is None]
+    if missing:
+        raise ValueError(f"{name} is a partial Prepared (from an interrupted rlhf.prepare): {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} None; run rlhf.prepare to the end")
+    return value
+
+
+def check_rewards(name: str, value, n: int, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``value``, what ``name`` returned for ``n`` responses, as a tensor [n] on ``device``.
+
+    Accepted: a tensor, NumPy array, list or tuple of ``n`` real numbers (integers too), or one
+    number when ``n`` is 1; converted once to ``dtype`` (None: a floating tensor keeps its dtype,
+    anything else becomes torch's default float dtype). Refused: TypeError for anything but real
+    numbers (None, strings, dicts, bools, complex), ValueError for another count or shape (a 2-D
+    array, nested lists) and for NaN or inf.
+    """
+    allowed = f"one number per response ({n}): a list, tuple, NumPy array or tensor of {n} real numbers"
+    if not torch.is_tensor(value):
+        try:
+            if isinstance(value, (str, bytes, dict)):
+                raise TypeError
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must return {allowed}; got {type(value).__name__} {reprlib.repr(value)}") from None
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must return {allowed}; got {value.dtype} values (convert with float())")
+    if value.ndim == 0 and n == 1:
+        value = value.reshape(1)
+    if value.ndim != 1 or len(value) != n:
+        got = "one number" if value.ndim == 0 else (f"{len(value)} values" if value.ndim == 1 else
+                                                      f"an array of shape {tuple(value.shape)}")
+        raise ValueError(f"{name} must return {allowed}; got {got}")
+    if not bool(torch.isfinite(value).all()):
+        bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
+        raise ValueError(f"{name} must return finite numbers; got NaN or inf for responses {bad[:8]}")
+    if dtype is None:
+        dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
+    return value.to(device=device, dtype=dtype)
+
+
+class PrepareInterrupted(TrainingInterrupted):
+    """``prepare`` interrupted: a ``TrainingInterrupted`` whose ``result`` is a partial ``Prepared``
+    (the parts made so far, None for the rest) and ``phase`` the step it stopped in."""
+
+    def __init__(self, result: Prepared, phase: str, cause: BaseException):
+        missing = [f.name for f in fields(Prepared) if getattr(result, f.name) is None]
+        KeyboardInterrupt.__init__(self, f"prepare stopped in {phase} ({type(cause).__name__}); the parts made so far "
+                                         f"are in .result, a Prepared with None for {', '.join(missing) or 'nothing'}")
+        self.result, self.phase = result, phase
+
+
 # The random streams of ``prepare``, one per use, each seeded with seed + its offset.
 SEED_STREAMS = {"init": 0, "sft_corpus": 0, "sft": 0, "reward_model": 0, "train_pairs": 1, "test_pairs": 2,
                 "eval_prompts": 3, "heldout_corpus": 7}
@@ -207,7 +276,9 @@ def seed_streams(seed: int = 0) -> dict[str, int]:
 
     Calling the steps of ``prepare`` one by one with these seeds gives the same objects.
     """
-    seed = check_positive_int("seed", seed, 0)
+    seed, top = check_seed("seed", seed), max(SEED_STREAMS.values())
+    if seed + top >= 2**63:
+        raise ValueError(f"seed must be below 2**63 - {top} (prepare adds up to {top} to it), got {seed}")
     return {name: seed + offset for name, offset in SEED_STREAMS.items()}
 
 
@@ -231,6 +302,13 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     word-level tokenizer: the scale-up path. Train pairs use the train prompts, test pairs and
     ``eval_prompts`` the held-out (template, item) combinations. Each random use has its own seed
     (``seed_streams``); chapter 4 runs the same steps one by one and gets the same objects.
+
+    Refused: sizes that are not integers >= 1, a ``model`` without a ``tokenizer`` or the other way
+    round, a ``model`` that is not a ``torch.nn.Module``. An interrupt (Ctrl-C) at any point raises
+    ``PrepareInterrupted`` (a ``TrainingInterrupted``) whose ``result`` is a partial ``Prepared``:
+    the parts made so far and None for the rest. ``sft`` is then the model as far as SFT got
+    (``sft_history`` says how far; None if SFT had not started), ``reward_model`` likewise with
+    ``rm_history`` (not yet normalised to mean zero if its training was cut short).
     """
     for name, value in (("n_sft", n_sft), ("sft_steps", sft_steps), ("n_pairs", n_pairs),
                         ("n_test_pairs", n_test_pairs), ("rm_steps", rm_steps), ("n_eval_prompts", n_eval_prompts)):
@@ -238,25 +316,44 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     s = seed_streams(seed)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
-    task = lm.SentimentTask()
-    if tokenizer is None:
-        tokenizer = lm.build_tokenizer(task)
-        model = lm.tiny_gpt2(tokenizer, seed=s["init"])
-    model = model.to(get_device(device))
-    xs, ys = task.sft_corpus(n_sft, s["sft_corpus"])
-    hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
-    before = heldout_loss(model, tokenizer, hx, hy)
-    sft = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=s["sft"])
-    heldout = {"untrained": before, "sft": heldout_loss(model, tokenizer, hx, hy)}
-    model.requires_grad_(False)
-    train_prefs = preference_data(task, model, tokenizer, "train", n_pairs, seed=s["train_pairs"])
-    test_prefs = preference_data(task, model, tokenizer, "test", n_test_pairs, seed=s["test_pairs"])
-    rm = train_reward_model(model, tokenizer, train_prefs, steps=rm_steps, seed=s["reward_model"])
-    return Prepared(task, tokenizer, model, rm.model, train_prefs, test_prefs,
-                    task.prompts(n_eval_prompts, s["eval_prompts"], "test"), sft.history, rm.history, heldout)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a causal LM, e.g. from lm.load_causal_lm), "
+                        f"got {type(model).__name__}")
+    parts = {f.name: None for f in fields(Prepared)} | {"sft_heldout": {}}
+    phase = "the task and tokenizer"
+    try:
+        task = parts["task"] = lm.SentimentTask()
+        if tokenizer is None:
+            tokenizer = lm.build_tokenizer(task)
+            model = lm.tiny_gpt2(tokenizer, seed=s["init"])
+        parts["tokenizer"] = tokenizer
+        model = parts["sft"] = model.to(get_device(device))
+        phase = "SFT"
+        xs, ys = task.sft_corpus(n_sft, s["sft_corpus"])
+        hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
+        parts["sft_heldout"] = {"untrained": heldout_loss(model, tokenizer, hx, hy)}
+        parts["sft_history"] = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=s["sft"]).history
+        parts["sft_heldout"]["sft"] = heldout_loss(model, tokenizer, hx, hy)
+        model.requires_grad_(False)
+        phase = "the preference data"
+        parts["train_prefs"] = preference_data(task, model, tokenizer, "train", n_pairs, seed=s["train_pairs"])
+        parts["test_prefs"] = preference_data(task, model, tokenizer, "test", n_test_pairs, seed=s["test_pairs"])
+        phase = "the reward model"
+        rm = train_reward_model(model, tokenizer, parts["train_prefs"], steps=rm_steps, seed=s["reward_model"])
+        parts["reward_model"], parts["rm_history"] = rm.model, rm.history
+        parts["eval_prompts"] = task.prompts(n_eval_prompts, s["eval_prompts"], "test")
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, TrainingInterrupted) and isinstance(stop.result, TrainResult):  # SFT or the reward model
+            model_key, history_key = ("sft", "sft_history") if phase == "SFT" else ("reward_model", "rm_history")
+            parts[model_key], parts[history_key] = stop.result.model, stop.result.history
+        raise PrepareInterrupted(Prepared(**parts), phase, stop) from stop
+    return Prepared(**parts)
 
 
 def _lm(policy):
+    if not isinstance(policy, nn.Module):
+        raise TypeError("policy must be a causal LM or a PolicyWithValue (a torch.nn.Module), "
+                        f"got {type(policy).__name__}")
     return policy.lm if isinstance(policy, PolicyWithValue) else policy
 
 
@@ -279,17 +376,21 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     times) and measure: ``r_star`` (mean r*), ``r_phi`` (mean reward-model score), ``kl``
     (``kl/exact_per_sequence``: mean KL(pi || pi_ref), see ``kl_to_ref``), each with its standard
     error over the ``n`` samples under ``<key>/se`` (s / sqrt(n)); ``distinct_1``, ``distinct_2``
-    and ``samples``. Means are taken in float64, so they do not depend on the order of summation."""
+    and ``samples``. Means are taken in float64, so they do not depend on the order of summation.
+    Refused: a ``policy`` that is not a module, ``prepared`` that is not a complete ``Prepared``
+    (TypeError), a negative ``seed``, and a reward model whose scores are not one finite number
+    per sample (``check_rewards``)."""
     model = _lm(policy)
     device = next(model.parameters()).device
+    prepared = check_prepared("prepared", prepared)
     prompts = lm.check_texts("prompts", prepared.eval_prompts if prompts is None else prompts)
     prompts = prompts * check_positive_int("n_repeats", n_repeats)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
     ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
     text = lm.decode_responses(prepared.tokenizer, ids, mask)
     measured = {"r_star": prepared.task.true_rewards(prompts, text),
-                "r_phi": prepared.reward_model(p, pm, ids, mask),
+                "r_phi": check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(prompts)),
                 "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask)}
     out = {}
     for key, values in measured.items():  # the mean over the samples, and its standard error s / sqrt(n)
@@ -309,11 +410,17 @@ def compare_kl_estimators(policy, prepared: Prepared, *, n_prompts: int = 64, n_
     ``n_draws`` tokens y ~ pi(.|s) are drawn and each estimator is compared with the exact KL
     over the vocabulary. Returns ``exact`` (mean exact KL per state) and, per estimator,
     ``mean``, ``bias`` (mean - exact), ``std`` (of one draw) and ``negative`` (fraction < 0).
+    Refused: ``n_prompts`` above ``len(prepared.eval_prompts)`` (it would silently use fewer), a
+    negative ``seed``, ``prepared`` that is not a complete ``Prepared``.
     """
     model = _lm(policy)
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    prompts = prepared.eval_prompts[:check_positive_int("n_prompts", n_prompts)]
+    available = len(check_prepared("prepared", prepared).eval_prompts)
+    n_prompts = check_positive_int("n_prompts", n_prompts)
+    if n_prompts > available:
+        raise ValueError(f"n_prompts must be <= len(prepared.eval_prompts) ({available}), got {n_prompts}")
+    gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
+    prompts = prepared.eval_prompts[:n_prompts]
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
     ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
     m = mask.bool()
@@ -360,7 +467,7 @@ class RLHFConfig(Config):
         self.check("beta", check_in_range, 0.0, math.inf)
         for name in ("steps", "batch_size", "epochs", "minibatch_size", "kl_horizon"):
             self.check(name, check_positive_int)
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         for name in ("lr", "eps", "max_grad_norm", "kl_target"):
             self.check(name, check_positive)
         self.check("gamma", check_in_range, 0.0, 1.0)
@@ -421,7 +528,7 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
     logits, old_logp, values = logits.detach(), logp.detach(), values.detach()
     logits_ref = lm.response_logits(ref, p, pm, ids, mask)
     ref_logp = lm.logprobs_from_logits(logits_ref, ids, mask)
-    r_phi = prepared.reward_model(p, pm, ids, mask)
+    r_phi = check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(prompts), device)
     finished = (ids == tok.eos_token_id).logical_and(mask.bool()).any(dim=1)
     score = r_phi - cfg.missing_eos_penalty * (~finished).float()
     rewards = token_rewards(score, old_logp, ref_logp, mask, beta)
@@ -481,26 +588,32 @@ def train_ppo(prepared: Prepared, config: RLHFConfig | None = None, **kwargs) ->
     ``kl/exact_per_sequence`` (see ``kl_to_ref``), ``kl/k1_per_sequence`` (the summed log-ratio),
     ``entropy`` (per token), ``distinct_1``, ``distinct_2``, ``beta``, ``completions/clipped_ratio``
     (the fraction cut off without EOS), ``loss/value`` and ``seconds``.
+
+    Refused: ``prepared`` that is not a complete ``Prepared`` (TypeError), a reward model whose
+    scores are not one finite number per response (``check_rewards``). An interrupt at any point
+    after the checks raises ``TrainingInterrupted`` whose ``result`` is the ``TrainResult`` so far
+    (``model`` and ``value_fn`` None if it came before they were made); each update and its log
+    entry are applied whole.
     """
     cfg = make_config(RLHFConfig, config, **kwargs)
-    device = prepared.device
+    device = check_prepared("prepared", prepared).device
     history = History()
-    with rng_scope(cfg.seed):
+    result = TrainResult(None, history, cfg)  # until the policy exists
+    with run_guard(lambda: result, lambda: result.value_fn is None or result.value_fn.eval()), rng_scope(cfg.seed):
         policy = PolicyWithValue(prepared.sft).to(device)
+        result = TrainResult(policy.lm, history, cfg, policy)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
         ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
                else FixedKLController(cfg.beta))
         sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        result = TrainResult(policy.lm, history, cfg, policy)
-        with run_guard(lambda: result, policy.eval):
-            for step in progress(range(cfg.steps), cfg.progress, desc="rlhf ppo"):
-                with atomic():
-                    with Timer() as timer:
-                        prompts = prepared.task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
-                        batch = collect(policy, prepared, prompts, ctl.beta, cfg, sample_gen)
-                        v_loss = update(policy, opt, batch, cfg, shuffle_gen)
-                        beta_used = ctl.beta
-                        ctl.update(batch.stats["kl/exact_per_sequence"], cfg.batch_size)
-                    history.log({**batch.stats, "beta": beta_used, "loss/value": v_loss, "seconds": timer.seconds})
+        for step in progress(range(cfg.steps), cfg.progress, desc="rlhf ppo"):
+            with atomic():
+                with Timer() as timer:
+                    prompts = prepared.task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    batch = collect(policy, prepared, prompts, ctl.beta, cfg, sample_gen)
+                    v_loss = update(policy, opt, batch, cfg, shuffle_gen)
+                    beta_used = ctl.beta
+                    ctl.update(batch.stats["kl/exact_per_sequence"], cfg.batch_size)
+                history.log({**batch.stats, "beta": beta_used, "loss/value": v_loss, "seconds": timer.seconds})
     return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import reprlib
 from dataclasses import dataclass
 
 import torch
@@ -32,19 +33,37 @@ from . import lm
 from .kl import sequence_kl
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_in_range, check_positive, check_positive_int, check_same_shape
+from .rlhf import check_prepared, check_rewards
+from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
 
-def _check_groups(name: str, rewards: torch.Tensor) -> torch.Tensor:
-    rewards = torch.as_tensor(rewards, dtype=torch.float32) if not torch.is_tensor(rewards) else rewards
+def check_groups(name: str, rewards) -> torch.Tensor:
+    """Return ``rewards`` as a float tensor [B, k], k >= 2 samples per prompt (a list or array of
+    numbers is converted to float32, integers to torch's default float dtype).
+
+    Refused: TypeError for what is not real numbers (strings, bools, complex); ValueError for
+    another shape and for NaN or inf.
+    """
+    if not torch.is_tensor(rewards):
+        try:
+            rewards = torch.as_tensor(rewards, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a [B, k] tensor or nested list of numbers, got "
+                            f"{type(rewards).__name__} {reprlib.repr(rewards)}") from None
+    if rewards.dtype == torch.bool or rewards.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got {rewards.dtype} (convert with .float())")
     if rewards.ndim != 2 or rewards.shape[1] < 2:
         raise ValueError(f"{name} must be [B, k] with k >= 2 samples per prompt, got shape {tuple(rewards.shape)}")
-    return rewards
+    check_finite(name, rewards)
+    return rewards if rewards.is_floating_point() else rewards.to(torch.get_default_dtype())
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """A_i = R_i - mean_{j != i} R_j for each of the k samples of each prompt (eq. rloo-adv), [B, k] -> [B, k]."""
-    rewards = _check_groups("rewards", rewards)
+    """A_i = R_i - mean_{j != i} R_j for each of the k samples of each prompt (eq. rloo-adv), [B, k] -> [B, k].
+
+    ``rewards`` as ``check_groups`` accepts them (NaN, inf and fewer than 2 samples are refused).
+    """
+    rewards = check_groups("rewards", rewards)
     k = rewards.shape[1]
     return rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
 
@@ -54,12 +73,28 @@ def rloo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 
     At pi = pi_old its value is -mean A and its gradient -mean A_i grad log pi(y_i|x): REINFORCE
     with the leave-one-out baseline, written as TRL's RLOO writes it (a sequence-level ratio).
+    Refused: arguments that are not tensors (TypeError), shapes that differ, no response (N = 0)
+    and advantages that are NaN or inf (ValueError).
     """
+    for name, x in (("logp", logp), ("logp_old", logp_old), ("advantages", advantages)):
+        if not torch.is_tensor(x):
+            raise TypeError(f"{name} must be a tensor [N], got {type(x).__name__}")
     check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages)
+    if advantages.numel() == 0:
+        raise ValueError("rloo_loss needs at least one response, got N = 0 (the mean would be NaN)")
+    check_finite("advantages", advantages)
+    return _rloo_loss(logp, logp_old, advantages)
+
+
+def _rloo_loss(logp, logp_old, advantages):
     return -(torch.exp(logp - logp_old) * advantages).mean()
 
 
 # ------------------------------------------------------------- the bias of a baseline, exactly
+
+# The exact sum of ``exact_estimator_moments`` holds about four float64 tensors of K^k x k x K numbers.
+MAX_EXACT_BYTES = 2 ** 30
+
 
 def exact_estimator_moments(probs, rewards, k: int) -> dict:
     """Mean and total variance of four policy-gradient estimators on a softmax bandit, exactly.
@@ -70,12 +105,19 @@ def exact_estimator_moments(probs, rewards, k: int) -> dict:
     (``leave_one_out``) and (r_i - mean) / (std + 1e-4) (``group_std``, GRPO's). The expectation
     is a sum over all K^k draws, so ``mean`` is exact; ``true`` is grad J = pi * (r - pi . r).
     Returns ``true`` [K] and, per estimator, ``mean`` [K] and ``variance`` (E||g - E g||^2).
+
+    Refused (ValueError): ``probs`` that is not a distribution over K >= 1 responses (1-D, finite,
+    >= 0, summing to 1 within 1e-5), ``rewards`` of another shape or not finite, k < 2, and a k
+    whose sum would hold more than ``MAX_EXACT_BYTES`` (1 GiB; the message names the largest k).
     """
     probs = torch.as_tensor(probs, dtype=torch.float64)
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    _check_distribution("probs", probs)
     check_same_shape(probs=probs, rewards=rewards)
+    check_finite("rewards", rewards)
     k = check_positive_int("k", k, 2)
     K = len(probs)
+    _check_exact_size(K, k)
     draws = torch.tensor(list(itertools.product(range(K), repeat=k)))           # [K^k, k]
     weight = probs[draws].prod(1)                                                # P(draw)
     r = rewards[draws]
@@ -92,6 +134,34 @@ def exact_estimator_moments(probs, rewards, k: int) -> dict:
     return out
 
 
+def _check_distribution(name, probs):
+    if probs.ndim != 1 or len(probs) == 0:
+        raise ValueError(f"{name} must be a 1-D distribution over K >= 1 responses, got shape {tuple(probs.shape)}")
+    check_finite(name, probs)
+    if bool((probs < 0).any()) or abs(float(probs.sum()) - 1.0) > 1e-5:
+        raise ValueError(f"{name} must be >= 0 and sum to 1, got {reprlib.repr(probs.tolist())} "
+                         f"(sum {float(probs.sum()):.6g})")
+
+
+def _log_exact_bytes(K: int, k: int) -> float:
+    return k * math.log(K) + math.log(32 * k * K)
+
+
+def _check_exact_size(K: int, k: int) -> None:
+    """Refuse a k whose K^k draws would not fit in ``MAX_EXACT_BYTES``, naming the largest k that does."""
+    limit = math.log(MAX_EXACT_BYTES)
+    need = _log_exact_bytes(K, k)
+    if need <= limit:
+        return
+    largest = MAX_EXACT_BYTES // 32 if K == 1 else 1
+    while K > 1 and _log_exact_bytes(K, largest + 1) <= limit:
+        largest += 1
+    size = f"about {math.exp(need) / 2 ** 30:.3g} GiB" if need < 700 else "more than 10^300 bytes"
+    fix = f"use k <= {largest} for K = {K}" if largest >= 2 else f"even k = 2 does not fit K = {K} responses"
+    raise ValueError(f"k = {k} needs a sum over all {K}^{k} draws, {size}; exact_estimator_moments allows "
+                     f"MAX_EXACT_BYTES = {MAX_EXACT_BYTES / 2 ** 30:g} GiB: {fix}")
+
+
 def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repeats: int = 16,
                       value_samples: int = 64, shift: float = 2.0, seed: int = 0) -> dict:
     """Spread of the policy-gradient estimate g = mean_i A_i grad log pi(y_i|x) of a causal LM, per baseline.
@@ -104,12 +174,15 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
     V(x) the mean r* of ``value_samples`` separate samples per prompt: a per-prompt value fitted
     on held-out samples, not a learned network), ``group_mean`` (the sample included) and
     ``leave_one_out``. The baselined estimators are the same for r* and r* + shift.
+    Refused: ``prepared`` that is not a ``Prepared``, k < 2, repeats < 2, value_samples < 1, a
+    ``shift`` that is not a finite number, a negative or non-integer ``seed``.
     """
-    check_positive_int("repeats", repeats, 2)
-    task, tok = prepared.task, prepared.tokenizer
-    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
-    held = sample_groups(policy, policy, tok, prompts, check_positive_int("value_samples", value_samples),
-                         task.max_response_tokens, gen)
+    task, tok = check_prepared("prepared", prepared).task, prepared.tokenizer
+    k, repeats = check_positive_int("k", k, 2), check_positive_int("repeats", repeats, 2)
+    value_samples = check_positive_int("value_samples", value_samples)
+    shift = check_in_range("shift", shift, -math.inf, math.inf)
+    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(check_seed("seed", seed))
+    held = sample_groups(policy, policy, tok, prompts, value_samples, task.max_response_tokens, gen)
     value = task.true_rewards(held.prompts, held.text).view(len(prompts), value_samples).mean(1, keepdim=True)
     params = [p for p in policy.parameters() if p.requires_grad]
     grads = {}
@@ -177,7 +250,8 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     pass of each, every prompt run once for its k responses). With ``keep_graph`` the policy's
     scoring pass keeps its autograd graph (``Groups.first_pass``), so that an update whose one
     gradient step sees these very parameters back-propagates through it instead of running the
-    same forward pass again (``reuses_scoring_pass``)."""
+    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1."""
+    k = check_positive_int("k", k)
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
     p, pm = lm.encode_prompts(tokenizer, prompts, device)
@@ -208,12 +282,21 @@ def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool 
     return epochs == 1 and one_minibatch and not lm.active_dropout(policy)
 
 
+def check_reward_fn(reward_fn):
+    """Return ``reward_fn`` if it is None or callable, else raise ``TypeError``."""
+    if reward_fn is not None and not callable(reward_fn):
+        raise TypeError(f"reward_fn must be a function (prompts, responses) -> one number per response, or None "
+                        f"(the verifiable r*), got {type(reward_fn).__name__} {reprlib.repr(reward_fn)}")
+    return reward_fn
+
+
 def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reward, r*) of every sampled response: ``reward_fn``'s score (None: r* itself, computed once)
-    and the verifiable r* logged beside it."""
+    """(reward, r*) of every sampled response: ``reward_fn``'s score (None: r* itself, computed once),
+    checked by ``check_rewards``, and the verifiable r* logged beside it."""
     r_star = task.true_rewards(g.prompts, g.text)
-    reward = r_star if reward_fn is None else reward_fn(g.prompts, g.text)
-    return reward.to(g.logp), r_star
+    if reward_fn is None:
+        return r_star.to(g.logp), r_star
+    return check_rewards("reward_fn", reward_fn(g.prompts, g.text), len(g.text), g.logp.device, g.logp.dtype), r_star
 
 
 def group_metrics(g: Groups, rewards: torch.Tensor, r_star: torch.Tensor, k: int) -> dict:
@@ -263,7 +346,7 @@ class RLOOConfig(Config):
     progress: bool = False
 
     def __post_init__(self):
-        self.check("seed", check_positive_int, 0)
+        self.check("seed", check_seed)
         self.check("steps", check_positive_int)
         self.check("batch_size", check_positive_int)
         self.check("k", check_positive_int, 2)
@@ -274,7 +357,10 @@ class RLOOConfig(Config):
 
 
 def new_policy(ref) -> nn.Module:
-    """A trainable copy of the frozen reference model pi_ref (the starting point of every trainer here)."""
+    """A trainable copy of the frozen reference model pi_ref (the starting point of every trainer here);
+    ``ref`` must be a ``torch.nn.Module`` (TypeError)."""
+    if not isinstance(ref, nn.Module):
+        raise TypeError(f"ref must be a torch.nn.Module (the reference model), got {type(ref).__name__}")
     return copy.deepcopy(ref).requires_grad_(True).train()
 
 
@@ -282,40 +368,46 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
     """RLOO on ``prepared``'s task (``rlnotes.rlhf.Prepared``), starting from pi_ref = ``prepared.sft``.
 
     ``reward_fn(prompts, responses) -> [N]`` is the reward (default: the verifiable r*,
-    ``prepared.task.true_rewards``). Each step samples ``k`` responses for each of ``batch_size``
+    ``prepared.task.true_rewards``); what it returns must pass ``check_rewards`` (one finite number
+    per response). Each step samples ``k`` responses for each of ``batch_size``
     train prompts, sets R_i = reward - beta * sum_t log(pi_old / pi_ref), takes the leave-one-out
     advantages (eq. rloo-adv) and one Adam step on ``rloo_loss``. Logs ``loss``, ``reward``
     (mean R before the KL term), ``reward_std`` (mean over groups), ``frac_reward_zero_std``,
     ``kl/k1_per_sequence``, ``kl/exact_per_sequence``, ``entropy``, ``completions/mean_length``,
     ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+
+    Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
+    callable (TypeError). An interrupt at any point after the checks raises ``TrainingInterrupted``
+    whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
+    was made); each update and its log entry are applied whole.
     """
     cfg = make_config(RLOOConfig, config, **kwargs)
-    task, tok, ref = prepared.task, prepared.tokenizer, prepared.sft
+    task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
+    reward_fn = check_reward_fn(reward_fn)
     history = History()
-    with rng_scope(cfg.seed):
+    result = TrainResult(None, history, cfg)  # until the policy exists
+    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
         policy = new_policy(ref)
+        result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy)  # one Adam step per batch
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         gen = torch.Generator(device=prepared.device).manual_seed(cfg.seed)
-        result = TrainResult(policy, history, cfg)
-        with run_guard(lambda: result):
-            for step in progress(range(cfg.steps), cfg.progress, desc="rloo"):
-                with atomic():
-                    with Timer() as timer:
-                        prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
-                        g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen,
-                                          keep_graph=reuse)
-                        reward, r_star = score_groups(task, reward_fn, g)
-                        k1 = (g.logp - g.ref_logp).sum(1)
-                        adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
-                        logp = (g.first_pass if reuse else g.token_logprobs(policy)).sum(1)
-                        loss = rloo_loss(logp, g.logp.sum(1), adv)
-                        opt.zero_grad()
-                        loss.backward()
-                        if cfg.max_grad_norm is not None:
-                            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                        opt.step()
-                    history.log({"loss": loss, **group_metrics(g, reward, r_star, cfg.k),
-                                 "kl/k1_per_sequence": k1.mean(), "seconds": timer.seconds})
-    policy.eval()
+        for step in progress(range(cfg.steps), cfg.progress, desc="rloo"):
+            with atomic():
+                with Timer() as timer:
+                    prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen,
+                                      keep_graph=reuse)
+                    reward, r_star = score_groups(task, reward_fn, g)
+                    k1 = (g.logp - g.ref_logp).sum(1)
+                    adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
+                    logp = (g.first_pass if reuse else g.token_logprobs(policy)).sum(1)
+                    loss = _rloo_loss(logp, g.logp.sum(1), adv)
+                    opt.zero_grad()
+                    loss.backward()
+                    if cfg.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    opt.step()
+                history.log({"loss": loss, **group_metrics(g, reward, r_star, cfg.k),
+                             "kl/k1_per_sequence": k1.mean(), "seconds": timer.seconds})
     return result

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .utils import check_in_range, check_positive_int
 
 
 # ----------------------------------------------------------------------------------- History
@@ -68,10 +69,15 @@ class History:
     def log(self, metrics: dict | None = None, **more) -> None:
         """Append one value per metric for the current update (tensors are converted to floats).
 
-        Keys with a slash (``"kl/exact_per_state"``) come in the dict, plain ones as keywords.
+        Keys with a slash (``"kl/exact_per_state"``) come in the dict, plain ones as keywords. A value
+        that is not one number (a string, a tensor of several elements) is refused (``TypeError``).
         """
         for name, value in {**(metrics or {}), **more}.items():
-            self.updates.setdefault(name, []).append(value.item() if torch.is_tensor(value) else float(value))
+            try:
+                value = value.item() if torch.is_tensor(value) else float(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"metric {name!r} must be one number, got {value!r}") from None
+            self.updates.setdefault(name, []).append(value)
 
     def update_array(self, key: str) -> np.ndarray:
         """The values logged under ``key``, one per update; ``KeyError`` naming the keys logged."""
@@ -84,7 +90,12 @@ class History:
         return max((len(v) for v in self.updates.values()), default=0)
 
     def moving_mean(self, window: int = 20) -> np.ndarray:
-        """Mean return of the last ``window`` finished episodes, after each episode."""
+        """Mean return of the last ``window`` finished episodes, after each episode.
+
+        ``window`` must be a positive integer, here and in the methods below (``ValueError`` or
+        ``TypeError`` naming it otherwise; a bool is refused).
+        """
+        window = check_positive_int("window", window)
         r = self.episode_returns
         c = np.concatenate([[0.0], np.cumsum(r)])
         idx = np.arange(1, len(r) + 1)
@@ -93,19 +104,27 @@ class History:
 
     def final_mean_return(self, window: int = 20) -> float:
         """Mean return of the last ``window`` finished episodes (nan if none finished)."""
-        r = self.episode_returns[-window:]
+        r = self.episode_returns[-check_positive_int("window", window):]
         return float(r.mean()) if len(r) else float("nan")
 
     def steps_to_reach(self, threshold: float, window: int = 20) -> float:
-        """First env step at which the mean of the last ``window`` returns is >= threshold (inf if never)."""
+        """First env step at which the mean of the last ``window`` returns is >= threshold (inf if never).
+
+        ``threshold`` must be a finite number (``ValueError`` otherwise)."""
+        threshold = check_in_range("threshold", threshold, -np.inf, np.inf)
+        window = check_positive_int("window", window)
         m = self.moving_mean(window)
         full = np.arange(len(m)) >= window - 1
         hit = np.nonzero((m >= threshold) & full)[0]
         return float(self.episode_ends[hit[0]]) if len(hit) else float("inf")
 
     def curve(self, grid: np.ndarray, window: int = 20) -> np.ndarray:
-        """The moving mean return as a function of env steps, sampled on ``grid`` (nan before any episode)."""
+        """The moving mean return as a function of env steps, sampled on ``grid`` (nan before any episode).
+
+        ``grid`` must hold finite numbers (``ValueError`` otherwise)."""
         m = self.moving_mean(window)
+        if not np.isfinite(np.asarray(grid, dtype=float)).all():
+            raise ValueError("grid must hold finite numbers of env steps (it holds NaN or inf)")
         idx = np.searchsorted(self.episode_ends, grid, side="right") - 1
         return np.where(idx >= 0, m[np.clip(idx, 0, None)] if len(m) else np.nan, np.nan)
 

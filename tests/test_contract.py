@@ -127,9 +127,19 @@ TRAINERS = CONTROL + LM
 @pytest.fixture(params=TRAINERS, ids=[t[0] for t in TRAINERS])
 def trainer(request):
     name, run, kwargs, ints, n_updates, config_cls = request.param
-    if any(name == t[0] for t in LM):
-        run = run(request.getfixturevalue("tiny_prepared"))
-    return name, run, kwargs, ints, n_updates, config_cls
+    prepared = request.getfixturevalue("tiny_prepared") if any(name == t[0] for t in LM) else None
+    if prepared is not None:
+        run = run(prepared)
+    return name, run, kwargs, ints, n_updates, config_cls, prepared
+
+
+def _model_states(prepared) -> list:
+    """Train/eval mode of every module and requires_grad of every parameter of the caller's models."""
+    if prepared is None:
+        return []
+    roots = {"sft": prepared.sft, "reward_model": prepared.reward_model}
+    return ([(r, n, m.training) for r, root in roots.items() for n, m in root.named_modules()]
+            + [(r, n, p.requires_grad) for r, root in roots.items() for n, p in root.named_parameters()])
 
 
 def _random_states():
@@ -153,14 +163,17 @@ def _updates_without_time(history):
 # ------------------------------------------------------------------------- the contract
 
 def test_the_contract(trainer):
-    name, run, kwargs, ints, n_updates, config_cls = trainer
+    name, run, kwargs, ints, n_updates, config_cls, prepared = trainer
     torch.manual_seed(1234)
     np.random.seed(1234)
     random.seed(1234)
-    before = _random_states()
+    before, models = _random_states(), _model_states(prepared)
     out = run(dict(kwargs))
     # the caller's random state (torch, NumPy, Python) is as it was
     assert _same_states(before, _random_states()), f"{name} changed the caller's random state"
+    # the caller's models as they were: train/eval mode and requires_grad, module by module
+    changed = [m for m, m2 in zip(models, _model_states(prepared)) if m != m2]
+    assert not changed, f"{name} changed the caller's models: {changed[:3]}"
 
     # a TrainResult, the model under both names
     assert isinstance(out, TrainResult)

@@ -240,3 +240,230 @@ def test_train_bad_arguments(tiny):
     bad = dict(data, chosen_ids=data["chosen_ids"][:3], chosen_mask=data["chosen_mask"][:3])
     with pytest.raises(ValueError, match="same number"):
         dpo.train(None, model, bad)
+
+
+# ----- issue 27: the caller's models, precision, containers, callbacks, interrupts ----------------
+
+import copy  # noqa: E402
+
+from rlnotes.rlhf import Preferences  # noqa: E402
+from rlnotes.trainer import TrainingInterrupted  # noqa: E402
+
+TINY_RUN = dict(beta=0.5, epochs=1, batch_size=4, lr=1e-2, seed=0)
+
+
+def _flags(model):
+    return [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
+
+
+def _fresh(tok, seed=3):
+    return lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=seed)
+
+
+def test_train_trains_only_what_the_caller_left_trainable(tiny):
+    ref, tok, data = tiny
+    policy = _fresh(tok).eval()
+    policy.transformer.wte.requires_grad_(False)          # the user froze the embeddings
+    frozen, before = policy.transformer.wte.weight.clone(), _flags(policy)
+    head = policy.transformer.ln_f.weight.clone()
+    dpo.train(policy, ref, data, **TINY_RUN)
+    assert torch.equal(policy.transformer.wte.weight, frozen)        # not trained ...
+    assert not torch.equal(policy.transformer.ln_f.weight, head)     # ... the rest is
+    assert _flags(policy) == before                                   # still frozen, still in eval mode
+
+
+def test_train_refuses_a_policy_with_nothing_trainable(tiny):
+    ref, tok, data = tiny
+    with pytest.raises(ValueError, match=r"policy has no trainable parameter \(requires_grad is False"):
+        dpo.train(_fresh(tok).requires_grad_(False), ref, data, **TINY_RUN)
+
+
+def test_train_leaves_the_callers_ref_and_policy_as_found(tiny):
+    _, tok, data = tiny
+    ref = _fresh(tok, seed=0)                  # trainable, and in mixed modes
+    ref.eval()
+    ref.lm_head.train()
+    before = _flags(ref)
+    out = dpo.train(None, ref, data, eval_data=data, **TINY_RUN)
+    assert _flags(ref) == before
+    assert not out.model.training and all(p.requires_grad for p in out.model.parameters())  # the copy: eval mode
+    policy = _fresh(tok).train()
+    dpo.train(policy, ref, data, **TINY_RUN)
+    assert policy.training and _flags(ref) == before
+
+
+def test_train_restores_the_callers_models_after_an_error(tiny, monkeypatch):
+    ref, tok, data = tiny
+    policy = _fresh(tok).eval()
+    policy.transformer.wte.requires_grad_(False)
+    before, ref_before = _flags(policy), _flags(ref)
+
+    def failing_step(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(dpo, "dpo_step", failing_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        dpo.train(policy, ref, data, **TINY_RUN)
+    assert _flags(policy) == before and _flags(ref) == ref_before
+
+
+def test_reference_logps_and_preference_metrics_restore_mixed_modes(tiny):
+    _, tok, data = tiny
+    model = _fresh(tok, seed=0).train()
+    model.transformer.h[0].eval()
+    before = _flags(model)
+    dpo.reference_logps(model, data)
+    assert _flags(model) == before
+    dpo.preference_metrics(model, model, data, beta=0.1)
+    assert _flags(model) == before
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
+        dpo.reference_logps(None, data)
+
+
+def test_train_refuses_float16_where_it_trains(tiny):
+    ref, tok, data = tiny
+    with pytest.raises(TypeError, match=r"ref has torch.float16 parameters.*allowed: float32, float64 or bfloat16"):
+        dpo.train(None, copy.deepcopy(ref).half(), data, **TINY_RUN)
+    with pytest.raises(TypeError, match="policy has torch.float16 parameters"):
+        dpo.train(_fresh(tok).half(), ref, data, **TINY_RUN)
+    # the neighbours: a bfloat16 policy trains; a float16 reference that is only run is accepted
+    out = dpo.train(_fresh(tok).to(torch.bfloat16), ref, data, **TINY_RUN)
+    assert np.isfinite(out.history.update_array("loss")).all()
+    out = dpo.train(_fresh(tok), copy.deepcopy(ref).half(), data, **TINY_RUN)
+    assert np.isfinite(out.history.update_array("loss")).all()
+
+
+def test_train_refuses_data_in_the_wrong_containers(tiny):
+    ref, tok, data = tiny
+    with pytest.raises(TypeError, match=r"data\['prompt_ids'\] must be a 2-D integer torch.Tensor .* got list"):
+        dpo.train(None, ref, {k: v.tolist() for k, v in data.items()}, **TINY_RUN)
+    prefs = Preferences(["a :"], ["good ."], ["bad ."], torch.zeros(1), torch.zeros(1))
+    with pytest.raises(TypeError, match=r"data must be a dict with the tensors .* got Preferences"):
+        dpo.train(None, ref, prefs, **TINY_RUN)
+    with pytest.raises(TypeError, match=r"data\['chosen_ids'\] must be a 2-D integer torch.Tensor .* torch.float32"):
+        dpo.train(None, ref, dict(data, chosen_ids=data["chosen_ids"].float()), **TINY_RUN)
+    with pytest.raises(ValueError, match=r"data\['rejected_mask'\] must have the shape of data\['rejected_ids'\]"):
+        dpo.train(None, ref, dict(data, rejected_mask=data["rejected_mask"][:, :2]), **TINY_RUN)
+
+
+def test_train_checks_eval_data_like_data(tiny):
+    ref, _, data = tiny
+    with pytest.raises(TypeError, match="eval_data must be a dict with the tensors .* got list"):
+        dpo.train(None, ref, data, eval_data=[data], **TINY_RUN)
+    with pytest.raises(ValueError, match=r"eval_data must be a dict .* missing \['chosen_ids'"):
+        dpo.train(None, ref, data, eval_data={k: v for k, v in data.items() if k != "chosen_ids"}, **TINY_RUN)
+    with pytest.raises(TypeError, match=r"eval_data\['prompt_mask'\] must be a 2-D integer torch.Tensor"):
+        dpo.train(None, ref, data, eval_data=dict(data, prompt_mask=data["prompt_mask"][0]), **TINY_RUN)
+
+
+def test_train_refuses_ref_logps_that_are_not_two_finite_tensors(tiny):
+    ref, _, data = tiny
+    c, r = dpo.reference_logps(ref, data)
+    with pytest.raises(TypeError, match="ref_logps must be two tensors"):
+        dpo.train(None, ref, data, ref_logps=(c.tolist(), r.tolist()), **TINY_RUN)
+    with pytest.raises(ValueError, match="ref_logps must be finite"):
+        dpo.train(None, ref, data, ref_logps=(c, torch.full_like(r, float("nan"))), **TINY_RUN)
+
+
+def test_callback_none_logs_nothing_and_scalars_of_any_kind_are_numbers(tiny):
+    ref, _, data = tiny
+    out = dpo.train(None, ref, data, callback=lambda policy: None, **TINY_RUN)
+    assert [k for k in out.history.updates if k.startswith("eval/")] == ["eval/step"]
+    values = {"np32": np.float32(0.25), "np_int": np.int64(3), "np0d": np.array(1.5), "torch0d": torch.tensor(2.5),
+              "int": 4, "float": 0.5}
+    u = dpo.train(None, ref, data, callback=lambda policy: values, **TINY_RUN).history.updates
+    assert {k: u[f"eval/{k}"] for k in values} == {"np32": [0.25], "np_int": [3.0], "np0d": [1.5], "torch0d": [2.5],
+                                                    "int": [4.0], "float": [0.5]}
+
+
+@pytest.mark.parametrize("returned, error, match", [
+    ({"r": "high"}, TypeError, r"callback's value for 'r' must be a real number .* got 'high'"),
+    ({"ok": True}, TypeError, r"callback's value for 'ok' must be a real number .* got True"),
+    ({"v": torch.ones(2)}, TypeError, "callback's value for 'v' must be a real number"),
+    ({"loss": 1.0}, ValueError, r"callback's key 'loss' clashes with the trainer's own eval/loss"),
+    ([1.0], TypeError, r"callback must return a dict of numbers \(or None\), got list"),
+])
+def test_callback_values_that_are_not_numbers_are_refused_by_name(tiny, returned, error, match):
+    ref, _, data = tiny
+    with pytest.raises(error, match=match):
+        dpo.train(None, ref, data, callback=lambda policy: returned, **TINY_RUN)
+
+
+def test_callback_must_be_callable(tiny):
+    ref, _, data = tiny
+    with pytest.raises(TypeError, match="callback must be a function"):
+        dpo.train(None, ref, data, callback={"x": 1.0}, **TINY_RUN)
+
+
+def test_ctrl_c_in_the_reference_pass_raises_training_interrupted(tiny):
+    ref, _, data = tiny
+    ref = copy.deepcopy(ref)
+
+    def interrupt(module, args, kwargs):
+        raise KeyboardInterrupt
+
+    handle = ref.register_forward_pre_hook(interrupt, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt) as stop:
+            dpo.train(None, ref, data, **TINY_RUN)
+    finally:
+        handle.remove()
+    assert isinstance(stop.value, TrainingInterrupted) and "after 0 complete updates" in str(stop.value)
+    out = stop.value.result
+    assert len(out.history) == 0 and out.model is not ref and not out.model.training
+    assert all(torch.equal(p, q) for p, q in zip(out.model.parameters(), ref.parameters()))  # untrained
+
+
+@pytest.mark.parametrize("pi, match", [([0.9, 0.9], r"policy_probs must sum to 1 .* got sums from 1.8 to 1.8"),
+                                       ([float("nan"), 1.0], "policy_probs must be finite"),
+                                       ([[0.5, 0.5], [0.2, 0.2]], r"policy_probs must sum to 1 .* from 0.4 to 1")])
+def test_rlhf_objective_refuses_a_policy_that_is_not_a_distribution(pi, match):
+    with pytest.raises(ValueError, match=match):
+        dpo.rlhf_objective(pi, [0.5, 0.5], [0.0, 1.0], 1.0)
+    # the neighbours: a float32 softmax over many responses, a list of floats
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ref = np.full(50, 1 / 50)
+    assert torch.isfinite(dpo.rlhf_objective(torch.softmax(logits, -1), ref, np.zeros(50), 0.5)).all()
+    assert np.isclose(dpo.rlhf_objective([0.3, 0.7], [0.5, 0.5], [0.0, 1.0], 1.0),
+                      0.7 - (0.3 * np.log(0.6) + 0.7 * np.log(1.4)))
+
+
+def test_preference_losses_name_a_list_and_a_nan():
+    x = torch.zeros(3)
+    with pytest.raises(TypeError, match="policy_chosen_logps must be a torch.Tensor of log-probabilities, got list"):
+        dpo_loss([0.0, 0.0, 0.0], x, x, x, 0.1)
+    with pytest.raises(ValueError, match="policy_logps must be finite"):
+        implicit_reward(torch.tensor([0.0, float("nan")]), torch.zeros(2), 0.1)
+
+
+def test_dpo_gradient_refuses_no_pairs_no_graph_and_mismatched_shapes():
+    theta = torch.zeros(4, requires_grad=True)
+    logp = torch.log_softmax(theta, -1)
+    e = torch.zeros(0)
+    with pytest.raises(ValueError, match="policy_chosen_logps must hold at least one pair"):
+        dpo_gradient([theta], logp[:0], logp[:0], e, e, 0.1)
+    with pytest.raises(ValueError, match="must be computed from params"):
+        dpo_gradient([theta], logp.detach(), logp.detach(), logp.detach(), logp.detach(), 0.1)
+    with pytest.raises(ValueError, match="shapes must match"):
+        dpo_gradient([theta], logp, logp[:2], logp.detach(), logp.detach(), 0.1)
+
+
+@pytest.mark.parametrize("ref_probs, winners, match", [
+    ([0.5, float("nan")], [0], "ref_probs must be a distribution"),
+    ([0.5, 0.5], [True], "winners and losers must be non-empty 1-D integer arrays"),
+])
+def test_fit_categorical_refuses_nan_probabilities_and_bool_tokens(ref_probs, winners, match):
+    with pytest.raises(ValueError, match=match):
+        dpo.fit_categorical(ref_probs, winners, [1], 1.0, epochs=1, batch_size=1)
+
+
+def test_pair_logps_and_frontier_point_name_a_bad_batch_or_eval_data(tiny, tiny_prepared):
+    model, _, data = tiny
+    with pytest.raises(ValueError, match=r"batch must be a dict with the tensors .* missing \['rejected_mask'\]"):
+        dpo.pair_logps(model, {k: v for k, v in data.items() if k != "rejected_mask"})
+    P = tiny_prepared
+    with pytest.raises(TypeError, match="eval_data must be a dict with the tensors .* got list"):   # before training
+        dpo.frontier_point(P, P.train_prefs.encode(P.tokenizer), "DPO", 0.1, eval_data=[data], batch_size=8)
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
+        with dpo.count_passes(None):
+            pass

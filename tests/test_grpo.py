@@ -1,5 +1,6 @@
 """rlnotes.grpo: group advantages (zero std included), the loss's three aggregations, the trainer."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,98 @@ def test_interrupt_gives_the_partial_result(prepared):
     with pytest.raises(TrainingInterrupted) as stop:
         grpo.train(prepared, reward, steps=5, batch_size=2, num_generations=2, seed=0)
     assert len(stop.value.result.history) == 2 and stop.value.result.config.steps == 5
+
+
+# ------------------------------------------------------------- bad input (issue 27)
+
+def _run(prepared, reward_fn=None, **kw):
+    return grpo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "num_generations": 2, "seed": 0, **kw})
+
+
+def test_reward_fn_returning_twice_the_responses_is_refused(tiny_prepared):
+    P = tiny_prepared
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(4\).*got 8 values"):
+        grpo.train(P, lambda xs, ys: torch.arange(2.0 * len(ys)), steps=1, batch_size=2, num_generations=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_reward_fn_nan_or_inf_is_refused(tiny_prepared, bad):
+    with pytest.raises(ValueError, match=r"reward_fn must return finite numbers; got NaN or inf for responses \[0\]"):
+        _run(tiny_prepared, lambda xs, ys: [bad] + [0.0] * (len(ys) - 1))
+
+
+@pytest.mark.parametrize("returned, error", [(None, TypeError), ("good", TypeError), ({"r": 1.0}, TypeError),
+                                             (np.zeros((4, 1)), ValueError), ([[0.0, 1.0]] * 2, ValueError)])
+def test_reward_fn_returning_what_is_not_one_number_per_response(tiny_prepared, returned, error):
+    with pytest.raises(error, match=r"reward_fn must return one number per response \(4\)"):
+        _run(tiny_prepared, lambda xs, ys: returned)
+
+
+def test_reward_fn_list_or_numpy_trains_as_the_tensor(tiny_prepared):
+    def reward(xs, ys):
+        return tiny_prepared.task.true_rewards(xs, ys)
+
+    base = _run(tiny_prepared, reward, steps=2)
+    for convert in (lambda r: r.tolist(), lambda r: r.numpy().astype(np.float64)):
+        run = _run(tiny_prepared, lambda xs, ys: convert(reward(xs, ys)), steps=2)
+        assert run.history.updates["loss"] == base.history.updates["loss"]
+
+
+def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared):
+    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from rlhf.prepare\), got NoneType"):
+        grpo.train(None)
+    with pytest.raises(TypeError, match="reward_fn must be a function .* got str 'r_star'"):
+        grpo.train(tiny_prepared, "r_star")
+
+
+def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
+    from rlnotes.trainer import TrainingInterrupted, TrainResult
+
+    def stop(ref):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grpo, "new_policy", stop)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _run(tiny_prepared)
+    assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)
+    assert caught.value.result.model is None and len(caught.value.result.history) == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_group_advantages_refuse_nan_and_inf(bad):
+    with pytest.raises(ValueError, match=r"rewards must be finite \(it holds NaN or inf\)"):
+        grpo.group_advantages(torch.tensor([[1.0, bad], [0.0, 1.0]]))
+
+
+def test_group_advantages_types():
+    r = torch.tensor([[1.0, 3.0, 2.0]])
+    assert torch.equal(grpo.group_advantages([[1.0, 3.0, 2.0]]), grpo.group_advantages(r))   # a list, as a tensor
+    assert torch.equal(grpo.group_advantages(torch.tensor([[1, 3, 2]])), grpo.group_advantages(r))  # integers
+    with pytest.raises(TypeError, match="rewards must hold real numbers, got torch.bool"):
+        grpo.group_advantages(torch.tensor([[True, False]]))
+    with pytest.raises(TypeError, match="scale must be True or False, got 'no'"):
+        grpo.group_advantages(r, scale="no")
+
+
+def test_grpo_loss_refuses_nan_advantages_no_response_and_a_short_max_length():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    with pytest.raises(ValueError, match=r"advantages must be finite"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, torch.tensor([1.0, float("nan"), 0.0]), mask)
+    with pytest.raises(TypeError, match="advantages must be a tensor, got list"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, [1.0, -0.5, 2.0], mask)
+    empty = torch.zeros(0, 4)
+    with pytest.raises(ValueError, match=r"N >= 1 .* got shapes \(0, 4\) and \(0,\)"):
+        grpo.grpo_loss(empty, empty, empty, torch.zeros(0), empty)
+    with pytest.raises(ValueError, match="max_length must be >= 4, got 2"):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, loss_type="dr_grpo", max_length=2)
+    grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, loss_type="dr_grpo", max_length=4)   # T itself is fine
+
+
+def test_kl_term_gradients_one_state_finite():
+    with pytest.raises(ValueError, match=r"logits must be one state's logits, 1-D \[K\], got shape \(2, 3\)"):
+        grpo.kl_term_gradients(torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="ref_logits must be finite"):
+        grpo.kl_term_gradients(torch.zeros(3), torch.tensor([0.0, float("-inf"), 1.0]))
+    as_list = grpo.kl_term_gradients([0.5, -1.0, 2.0], [0.0, 0.0, 0.0])
+    as_tensor = grpo.kl_term_gradients(torch.tensor([0.5, -1.0, 2.0]), torch.zeros(3))
+    assert all(torch.equal(as_list[k], as_tensor[k]) for k in as_tensor)

@@ -351,3 +351,149 @@ def test_bf16_autocast_only_on_gpus_with_bf16_hardware(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert lm.bf16_hardware(cuda)
     assert not lm.bf16_hardware(torch.device("cpu"))
+
+
+# ------------------------------------------------------------- issue 27: bad input, round two
+
+def test_sample_refuses_right_padded_prompts(tok, model):
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    right = torch.stack([p[1].roll(-2), p[0]]), torch.stack([pm[1].roll(-2), pm[0]])  # row 0: [x, x, x, pad, pad]
+    with pytest.raises(ValueError, match="prompt_mask must be LEFT-padded"):
+        lm.sample(model, tok, *right, 4, generator=torch.Generator().manual_seed(0))
+    ids, mask = lm.sample(model, tok, p, pm, 4, generator=torch.Generator().manual_seed(0))  # left-padded: runs
+    assert ids.shape == mask.shape == (2, mask.shape[1])
+
+
+def test_sample_checks_ids_temperature_and_batch(tok, model):
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    with pytest.raises(TypeError, match="prompt_ids must hold integer token ids, got torch.float32"):
+        lm.sample(model, tok, p.float(), pm, 4)
+    with pytest.raises(ValueError, match=r"prompt_ids must be token ids in \[0, 78\) .* from 1000 to"):
+        lm.sample(model, tok, p + 1000, pm, 4)
+    with pytest.raises(ValueError, match=r"prompt_ids must be token ids in \[0, 78\) .* from -100 to"):
+        lm.sample(model, tok, p - 100, pm, 4)
+    with pytest.raises(ValueError, match="prompt_ids must hold at least one prompt, got an empty batch"):
+        lm.sample(model, tok, p[:0], pm[:0], 4)
+    with pytest.raises(TypeError, match=r"prompt_ids must be a 2-D tensor \[B, length\], got shape \(5,\)"):
+        lm.sample(model, tok, p[0], pm[0], 4)
+    with pytest.raises(ValueError, match=r"temperature must be >= 1e-06 \(MIN_TEMPERATURE.*got 1e-40"):
+        lm.sample(model, tok, p, pm, 4, temperature=1e-40)
+    with pytest.raises(TypeError, match="temperature must be a number, got True"):
+        lm.sample(model, tok, p, pm, 4, temperature=True)
+    with pytest.raises(ValueError, match="temperature must be >= 1e-06"):
+        lm.token_logprobs(model, p, pm, *lm.encode_responses(tok, ["good .", "bad ."]), temperature=1e-40)
+    # the valid neighbours: int32 ids draw what int64 ids draw; the floor itself is allowed (and greedy)
+    a = lm.sample(model, tok, p, pm, 4, generator=torch.Generator().manual_seed(0))
+    b = lm.sample(model, tok, p.int(), pm, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    greedy = [lm.sample(model, tok, p, pm, 4, temperature=lm.MIN_TEMPERATURE,
+                        generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    assert torch.equal(greedy[0][0], greedy[1][0])
+
+
+def test_a_tokenizer_without_pad_or_eos_is_named(tok, model):
+    no_pad, no_eos = copy.deepcopy(tok), copy.deepcopy(tok)
+    no_pad.pad_token, no_eos.eos_token = None, None
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    with pytest.raises(ValueError, match=r"tokenizer.pad_token_id is None\): set tokenizer.pad_token"):
+        lm.encode_prompts(no_pad, ["review of the movie :"])
+    with pytest.raises(ValueError, match=r"tokenizer.pad_token_id is None\): set tokenizer.pad_token"):
+        lm.sample(model, no_pad, p, pm, 4)
+    with pytest.raises(ValueError, match=r"tokenizer.eos_token_id is None\): set tokenizer.eos_token"):
+        lm.encode_responses(no_eos, ["good ."])
+    with pytest.raises(ValueError, match=r"tokenizer.eos_token_id is None\): set tokenizer.eos_token"):
+        lm.sample(model, no_eos, p, pm, 4)
+    no_pad.pad_token = no_pad.eos_token  # what the message suggests: then it encodes (EOS as padding)
+    ids, mask = lm.encode_prompts(no_pad, ["review of the movie :", "phone review :"])
+    assert torch.equal(mask, pm) and ids[1, 0].item() == tok.eos_token_id
+
+
+def test_load_causal_lm_names_a_missing_folder_without_asking_the_hub(tmp_path, monkeypatch, tok, model):
+    import huggingface_hub
+    import transformers
+
+    calls = []
+
+    def offline(source, **kwargs):
+        calls.append(source)
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no such folder 'my_saved_model' .*a hub model is named 'org/name'"):
+        lm.load_causal_lm("my_saved_model")
+    assert calls == []  # the hub was never asked
+    # the neighbours: the hub's names without an org, 'org/name' ids and names in the hub cache go to the hub
+    snapshot = tmp_path / "hub" / "models--my_cached_model" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--my_cached_model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--my_cached_model" / "refs" / "main").write_text("abc")
+    for name in ("gpt2", "openai-community/gpt2", "my_cached_model"):
+        with pytest.raises(OSError, match="offline"):
+            lm.load_causal_lm(name)
+    assert calls == ["gpt2", "openai-community/gpt2", "my_cached_model"]
+    monkeypatch.undo()
+    lm.save_pretrained(model, tok, tmp_path / "my_saved_model")  # once saved there, the same name loads it
+    monkeypatch.chdir(tmp_path)
+    assert lm.load_causal_lm("my_saved_model", device="cpu")[1].pad_token_id == tok.pad_token_id
+
+
+def test_last_hidden_checks_the_context(tok, model):
+    long_prompt = " ".join(["good"] * 31)  # 31 tokens + the response's 3: past the 32 positions
+    p, pm = lm.encode_prompts(tok, [long_prompt])
+    r, rm = lm.encode_responses(tok, ["good ."])
+    with pytest.raises(ValueError, match="prompt \\+ response is 34 tokens, more than the model's context of 32"):
+        lm.last_hidden(model.base_model, p, pm, r, rm)
+    with pytest.raises(ValueError, match="prompt \\+ response is 34 tokens"):  # k = 2 responses per prompt
+        lm.last_hidden(model.base_model, p, pm, *lm.encode_responses(tok, ["good .", "bad ."]))
+    two, two_mask = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    with pytest.raises(ValueError, match="prompt_mask must be LEFT-padded"):  # right-padded prompts
+        lm.last_hidden(model.base_model, two.flip(1), two_mask.flip(1),
+                       *lm.encode_responses(tok, ["good .", "bad ."]))
+    p, pm = lm.encode_prompts(tok, [" ".join(["good"] * 29)])  # 29 + 3 = 32: fits
+    assert lm.last_hidden(model.base_model, p, pm, r, rm).shape == (1, model.config.n_embd)
+
+
+def test_unknown_words_are_named_in_one_warning(tok):
+    import warnings
+
+    with pytest.warns(UserWarning, match="prompts: 2 word\\(s\\) not in the tokenizer's vocabulary, encoded as "
+                                         "'<unk>': 'café', '🎬' \\(in 2 of 3 texts, first prompts\\[0\\]\\)") as seen:
+        ids, _ = lm.encode_prompts(tok, ["review of the café 🎬 :", "phone review :", "café review :"])
+    assert len(seen) == 1 and (ids == tok.unk_token_id).sum() == 3  # encoded as before: <unk>, with a warning
+    with pytest.warns(UserWarning, match="responses: 2 word\\(s\\) .*'Great', '!'"):
+        lm.encode_responses(tok, ["it was Great !"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the task's own words, and the <unk> token written out: no warning
+        lm.encode_prompts(tok, ["review of the movie :", "<unk> review :"])
+        lm.encode_responses(tok, ["it was great ."])
+
+
+def test_prompts_are_bounded(task):
+    with pytest.raises(ValueError, match=r"n must be <= 1000000 \(MAX_PROMPTS; the pool holds 48 distinct "
+                                         r"prompts, drawn with replacement\), got 1000000000"):
+        task.prompts(10**9, 0)
+    with pytest.raises(ValueError, match="n must be <= 1000000 .*pool holds 12 distinct prompts"):
+        task.sft_corpus(10**9, 0, split="test")
+    assert len(task.prompts(lm.MAX_PROMPTS, 0, "test")) == lm.MAX_PROMPTS  # the bound itself is allowed
+
+
+def test_seeds_are_checked_by_name(task, tok):
+    import numpy as np
+
+    for call in (lambda s: lm.tiny_gpt2(tok, n_layer=1, n_embd=8, n_head=2, seed=s),
+                 lambda s: task.prompts(3, s), lambda s: task.sft_corpus(3, s)):
+        with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+            call(-1)
+        with pytest.raises(TypeError, match="seed must be an integer, got '0'"):
+            call("0")
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*63, got 18446744073709551616"):
+        lm.tiny_gpt2(tok, n_layer=1, n_embd=8, n_head=2, seed=2**64)
+    # the trainers draw prompts with seed * 100_003 + step, which may pass 2**63
+    assert task.prompts(3, 2**64) == task.prompts(3, 2**64) and len(task.sft_corpus(2, 2**70)[1]) == 2
+    small = dict(n_layer=1, n_embd=8, n_head=2)
+    a, b = lm.tiny_gpt2(tok, seed=3, **small), lm.tiny_gpt2(tok, seed=np.int64(3), **small)  # a NumPy integer
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert task.prompts(3, np.int64(5)) == task.prompts(3, 5) and len(task.prompts(3, 2**63 - 1)) == 3

@@ -241,3 +241,52 @@ def test_update_config_defaults_and_conversion():
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int) and cfg.minibatch_size == 64
     assert cfg.vf_coef == 1.0 and cfg.eps == 0.2 and cfg.max_grad_norm == 0.5
     assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None  # None: no clipping
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def test_clipped_surrogate_refuses_non_finite_input_by_name():
+    with pytest.raises(ValueError, match=r"ratio must be finite \(it holds NaN or inf\)"):
+        ppo.clipped_surrogate(torch.tensor([1.0, math.nan]), torch.ones(2), 0.2)  # NaN passed through before
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        ppo.clipped_surrogate(torch.ones(2), [1.0, math.nan], 0.2)
+    with pytest.raises(ValueError, match="ratio must be finite"):
+        ppo.clipped_surrogate(torch.tensor([math.inf]), torch.zeros(1), 0.2)  # inf * 0 = NaN before
+    # valid neighbours: float64 keeps its dtype, a list equals the tensor
+    r64 = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    assert ppo.clipped_surrogate(r64, [1.0, 1.0], 0.2).dtype == torch.float64
+    torch.testing.assert_close(ppo.clipped_surrogate([0.5, 1.5], [-1.0, 1.0], 0.2),
+                               ppo.clipped_surrogate(torch.tensor([0.5, 1.5]), torch.tensor([-1.0, 1.0]), 0.2))
+
+
+def test_ratio_approx_kl_and_ppo_loss_refuse_non_finite_and_empty_input():
+    with pytest.raises(ValueError, match="logp_old must be finite"):
+        ppo.ratio(torch.zeros(2), torch.tensor([0.0, math.nan]))
+    with pytest.raises(ValueError, match="log_ratio must be finite"):
+        ppo.approx_kl(torch.tensor([0.1, math.nan]))
+    with pytest.raises(ValueError, match="log_ratio must hold at least one sample"):
+        ppo.approx_kl(torch.zeros(0))  # nan before
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        ppo.ppo_loss(x, x, torch.tensor([0.0, math.nan, 0.0]), x, x)
+    with pytest.raises(ValueError, match="returns must be finite"):
+        ppo.ppo_loss(x, x, x, x, torch.tensor([0.0, math.inf, 0.0]))
+    with pytest.raises(ValueError, match="logp must hold at least one sample"):
+        ppo.ppo_loss(*[torch.zeros(0)] * 5)
+    # valid neighbours: lists for ratio, a gradient still flows through the checked loss
+    torch.testing.assert_close(ppo.ratio([0.0, -1.0], [-1.0, -1.0]), torch.tensor([math.e, 1.0]))
+    logp = torch.zeros(3, requires_grad=True)
+    ppo.ppo_loss(logp, x, torch.ones(3), x, x).loss.backward()
+    assert logp.grad is not None
+
+
+def test_update_refuses_non_finite_batches():
+    net = ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
+    obs, act, n = torch.randn(8, 4), torch.randint(0, 2, (8,)), torch.zeros(8)
+    bad = torch.zeros(8)
+    bad[3] = math.nan
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        ppo.update(net, make_optimizer(net, 1e-3), obs, act, n, bad, n, epochs=1)
+    with pytest.raises(ValueError, match="obs must be finite"):
+        ppo.update(net, make_optimizer(net, 1e-3), obs.masked_fill(obs > 1, math.inf), act, n, n, n, epochs=1)
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # nothing was stepped

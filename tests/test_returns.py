@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,34 @@ def test_advantage_batch_is_gae_flattened_and_normalised():
     _, _, a_norm, r_norm = advantage_batch(batch, 0.9, 0.8)
     torch.testing.assert_close(a_norm, normalize(adv.reshape(-1)))
     torch.testing.assert_close(r_norm, ret.reshape(-1))  # the value targets are not normalised
+
+
+def test_normalize_refuses_non_finite_advantages_and_bad_eps():
+    with pytest.raises(ValueError, match=r"advantages must be finite \(it holds NaN or inf\)"):
+        normalize(torch.tensor([1.0, float("nan"), 3.0]))  # an all-NaN result before
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        normalize(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="eps must be > 0, got -1.0"):
+        normalize(torch.tensor([1.0, 2.0]), eps=-1.0)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        normalize(torch.tensor([1.0, 2.0]), eps=float("nan"))
+    with pytest.raises(TypeError, match=r"advantages must be a torch.Tensor, got list"):
+        normalize([1.0, 2.0])
+    with pytest.raises(TypeError, match="advantages must be a floating-point tensor, got dtype torch.int64"):
+        normalize(torch.tensor([1, 2]))
+    # valid neighbours: float64 stays float64 and the numbers are the formula's; an empty batch stays empty
+    a = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.equal(normalize(a), (a - a.mean()) / (a.std() + 1e-8))
+    assert normalize(torch.zeros(0)).shape == (0,)
+
+
+def test_advantage_batch_refuses_a_flag_that_is_not_a_bool():
+    T, N = 3, 2
+    batch = Rollout(obs=torch.randn(T, N, 4), actions=torch.zeros(T, N, dtype=torch.long), logp=torch.zeros(T, N),
+                    rewards=torch.randn(T, N), dones=torch.zeros(T, N), values=torch.zeros(T, N),
+                    last_value=torch.zeros(N))
+    with pytest.raises(TypeError, match="normalize_advantages must be True or False, got 'no'"):
+        advantage_batch(batch, 0.9, 0.8, normalize_advantages="no")  # a truthy string normalised before
+    _, _, a, _ = advantage_batch(batch, 0.9, 0.8, normalize_advantages=np.bool_(False))  # NumPy's bool is a bool
+    adv, _ = gae(batch.rewards, batch.values, batch.dones, batch.last_value, 0.9, 0.8)
+    torch.testing.assert_close(a, adv.reshape(-1))

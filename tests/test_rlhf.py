@@ -258,3 +258,137 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
     assert not rlhf._reuses_first_pass(reused.value_fn, cfg)
     assert rlhf._reuses_first_pass(reused.value_fn, rlhf.RLHFConfig(batch_size=8, minibatch_size=8))
     assert not rlhf._reuses_first_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)), rlhf.RLHFConfig(batch_size=8))
+
+
+# ------------------------------------------------------------- bad input (issue 27)
+
+TINY = dict(n_sft=64, sft_steps=3, n_pairs=32, n_test_pairs=16, rm_steps=3, n_eval_prompts=8)
+
+
+def test_train_ppo_and_measurements_refuse_what_is_not_a_prepared(tiny_prepared):
+    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from rlhf.prepare\), got NoneType"):
+        rlhf.train_ppo(None)
+    with pytest.raises(TypeError, match="prepared must be a Prepared .* got NoneType"):
+        rlhf.evaluate(tiny_prepared.sft, None)
+    with pytest.raises(TypeError, match="policy must be a causal LM or a PolicyWithValue .* got NoneType"):
+        rlhf.evaluate(None, tiny_prepared)
+    with pytest.raises(ValueError, match="prepared is a partial Prepared .*sft_history, rm_history are None"):
+        rlhf.train_ppo(dataclasses.replace(tiny_prepared, sft_history=None, rm_history=None))
+
+
+@pytest.mark.parametrize("scores, error, match", [
+    (lambda n: torch.full((n,), float("nan")), ValueError,
+     r"must return finite numbers; got NaN or inf for responses \[0, 1\]"),
+    (lambda n: torch.zeros(2 * n), ValueError, r"must return one number per response \(2\).*got 4 values"),
+    (lambda n: None, TypeError, r"must return one number per response \(2\).*got NoneType")])
+def test_train_ppo_checks_the_reward_models_scores(tiny_prepared, scores, error, match):
+    bad = dataclasses.replace(tiny_prepared, reward_model=lambda p, pm, ids, mask: scores(len(p)))
+    with pytest.raises(error, match="prepared.reward_model " + match):
+        rlhf.train_ppo(bad, steps=1, batch_size=2, epochs=1)
+
+
+def test_evaluate_checks_the_reward_models_scores(tiny_prepared):
+    twice = dataclasses.replace(tiny_prepared, reward_model=lambda p, pm, ids, mask: torch.zeros(2 * len(p)))
+    with pytest.raises(ValueError, match=r"prepared.reward_model must return one number per response \(8\).*16 values"):
+        rlhf.evaluate(tiny_prepared.sft, twice)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        rlhf.evaluate(tiny_prepared.sft, tiny_prepared, seed=-1)
+
+
+def test_compare_kl_estimators_refuses_more_prompts_than_there_are(tiny_prepared):
+    with pytest.raises(ValueError, match=r"n_prompts must be <= len\(prepared.eval_prompts\) \(8\), got 64"):
+        rlhf.compare_kl_estimators(tiny_prepared.sft, tiny_prepared, n_prompts=64)
+    assert rlhf.compare_kl_estimators(tiny_prepared.sft, tiny_prepared, n_prompts=8, n_draws=2)["exact"] == \
+        pytest.approx(0.0, abs=1e-6)   # all of them is fine
+
+
+def test_token_rewards_and_ppo_token_loss_bad_input():
+    logp, mask = torch.zeros(2, 3), torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"r_phi must be finite \(it holds NaN or inf\)"):
+        rlhf.token_rewards(torch.tensor([1.0, float("nan")]), logp, logp, mask, beta=0.1)
+    with pytest.raises(TypeError, match="r_phi must be a tensor"):
+        rlhf.token_rewards([1.0, 2.0], logp, logp, mask, beta=0.1)
+    with pytest.raises(ValueError, match="mask must mark at least one response token, got none"):
+        rlhf.ppo_token_loss(logp, logp, logp, torch.zeros(2, 3), 0.2)
+
+
+def test_prepare_refuses_a_model_that_is_not_a_module(tiny_prepared):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got str"):
+        rlhf.prepare(0, model="gpt2", tokenizer=tiny_prepared.tokenizer, **TINY)
+
+
+def _interrupt_on_call(n):
+    calls = []
+
+    def wrap(fn):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return fn(*args, **kwargs)
+        return wrapped
+    return wrap
+
+
+def _interrupted_prepare():
+    from rlnotes.trainer import TrainingInterrupted
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        rlhf.prepare(0, **TINY)
+    assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, rlhf.Prepared)
+    return caught.value
+
+
+def test_prepare_interrupted_at_once_gives_an_empty_prepared(monkeypatch):
+    monkeypatch.setattr(lm, "SentimentTask", _interrupt_on_call(1)(lm.SentimentTask))
+    stop = _interrupted_prepare()
+    assert stop.phase == "the task and tokenizer"
+    assert all(getattr(stop.result, f.name) is None for f in dataclasses.fields(rlhf.Prepared)
+               if f.name != "sft_heldout")
+
+
+def test_prepare_interrupted_in_sft_gives_a_prepared_with_the_partial_sft(monkeypatch):
+    import rlnotes.sft
+
+    monkeypatch.setattr(rlnotes.sft, "sft_loss", _interrupt_on_call(2)(rlnotes.sft.sft_loss))
+    stop = _interrupted_prepare()
+    P = stop.result
+    assert stop.phase == "SFT" and isinstance(P.task, lm.SentimentTask) and P.tokenizer is not None
+    assert isinstance(P.sft, torch.nn.Module) and len(P.sft_history) == 1 and "untrained" in P.sft_heldout
+    assert P.reward_model is None and P.train_prefs is None and P.rm_history is None and P.eval_prompts is None
+    with pytest.raises(ValueError, match="prepared is a partial Prepared"):
+        rlhf.train_ppo(P)
+
+
+def test_prepare_interrupted_in_the_preference_data_or_the_reward_model(monkeypatch):
+    import rlnotes.reward
+
+    with monkeypatch.context() as m:
+        m.setattr(rlhf, "sample_pairs", _interrupt_on_call(2)(rlhf.sample_pairs))
+        stop = _interrupted_prepare()
+    assert stop.phase == "the preference data" and len(stop.result.sft_history) == 3
+    assert len(stop.result.train_prefs) == 32 and stop.result.test_prefs is None and stop.result.reward_model is None
+    monkeypatch.setattr(rlnotes.reward, "reward_loss", _interrupt_on_call(2)(rlnotes.reward.reward_loss))
+    stop = _interrupted_prepare()
+    P = stop.result
+    assert stop.phase == "the reward model" and isinstance(P.reward_model, rlhf.RewardModel)
+    assert len(P.rm_history) == 1 and len(P.test_prefs) == 16 and P.eval_prompts is None
+
+
+def test_train_ppo_interrupted_before_the_policy_exists(tiny_prepared, monkeypatch):
+    from rlnotes.trainer import TrainingInterrupted
+
+    monkeypatch.setattr(rlhf, "PolicyWithValue", _interrupt_on_call(1)(rlhf.PolicyWithValue))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        rlhf.train_ppo(tiny_prepared, steps=2, batch_size=2, epochs=1)
+    assert isinstance(caught.value, TrainingInterrupted)
+    assert caught.value.result.model is None and caught.value.result.value_fn is None
+    assert len(caught.value.result.history) == 0 and caught.value.result.config.steps == 2
+
+
+
+def test_seed_streams_leave_room_for_their_offsets():
+    top = max(rlhf.SEED_STREAMS.values())
+    assert max(rlhf.seed_streams(2**63 - 1 - top).values()) == 2**63 - 1
+    with pytest.raises(ValueError, match=rf"seed must be below 2\*\*63 - {top}"):
+        rlhf.seed_streams(2**63 - top)

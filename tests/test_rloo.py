@@ -1,6 +1,6 @@
 """rlnotes.rloo: leave-one-out baselines, the exact bias of the group mean, and the RLOO trainer."""
 
-
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +166,180 @@ def test_sample_groups_keeps_the_graph_only_when_asked(prepared):
     assert kept.first_pass.requires_grad and not kept.logp.requires_grad
     assert torch.equal(kept.first_pass.detach(), kept.logp) and torch.equal(kept.ids, plain.ids)
     torch.testing.assert_close(kept.logp, plain.logp, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------- bad input (issue 27)
+
+def _run(prepared, reward_fn=None, **kw):
+    return rloo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "k": 2, "seed": 0, **kw})
+
+
+def test_reward_fn_must_return_one_number_per_response(tiny_prepared):
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(4\).*got 8 values"):
+        _run(tiny_prepared, lambda xs, ys: torch.arange(2.0 * len(ys)))
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(4\).*shape \(4, 1\)"):
+        _run(tiny_prepared, lambda xs, ys: np.zeros((len(ys), 1)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_reward_fn_nan_or_inf_is_refused(tiny_prepared, bad):
+    def reward(xs, ys):
+        r = torch.zeros(len(ys))
+        r[1] = bad
+        return r
+
+    with pytest.raises(ValueError, match=r"reward_fn must return finite numbers; got NaN or inf for responses \[1\]"):
+        _run(tiny_prepared, reward)
+
+
+@pytest.mark.parametrize("convert", [lambda r: r.tolist(), lambda r: tuple(r.tolist()), lambda r: r.numpy(),
+                                     lambda r: r.double().numpy(), lambda r: [torch.tensor(x) for x in r.tolist()]],
+                         ids=["list", "tuple", "numpy-float32", "numpy-float64", "list-of-0d-tensors"])
+def test_reward_fn_may_return_any_sequence_of_numbers(tiny_prepared, convert):
+    def as_tensor(xs, ys):
+        return tiny_prepared.task.true_rewards(xs, ys) * 0.5
+
+    as_tensor_run = _run(tiny_prepared, as_tensor, steps=2)
+    converted = _run(tiny_prepared, lambda xs, ys: convert(as_tensor(xs, ys)), steps=2)
+    assert converted.history.updates["loss"] == as_tensor_run.history.updates["loss"]
+    assert converted.history.updates["reward"] == as_tensor_run.history.updates["reward"]
+
+
+@pytest.mark.parametrize("returned, error, what", [
+    (None, TypeError, "NoneType None"), ("good", TypeError, "str 'good'"), ({"a": 1.0}, TypeError, "dict"),
+    (["a", "b", "c", "d"], TypeError, "list"), ([True, False, True, False], TypeError, "torch.bool"),
+    ([[1.0], [2.0], [3.0], [4.0]], ValueError, r"shape \(4, 1\)"), (1.0, ValueError, "got one number")])
+def test_reward_fn_returning_anything_else_is_refused(tiny_prepared, returned, error, what):
+    with pytest.raises(error, match=rf"reward_fn must return one number per response \(4\).*{what}"):
+        _run(tiny_prepared, lambda xs, ys: returned)
+
+
+def test_check_rewards_one_number_for_one_response_and_integers():
+    assert torch.equal(rloo.check_rewards("reward_fn", 0.5, 1), torch.tensor([0.5]))
+    assert torch.equal(rloo.check_rewards("reward_fn", np.float64(2.0), 1, dtype=torch.float32), torch.tensor([2.0]))
+    ints = rloo.check_rewards("reward_fn", [1, 0, 1], 3)
+    assert ints.dtype == torch.get_default_dtype() and ints.tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(3\).*got 2 values"):
+        rloo.check_rewards("reward_fn", [1.0, 2.0], 3)
+
+
+def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared):
+    import dataclasses
+
+    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from rlhf.prepare\), got NoneType"):
+        rloo.train(None)
+    with pytest.raises(TypeError, match="prepared must be a Prepared .* got dict"):
+        rloo.train(vars(tiny_prepared))
+    with pytest.raises(ValueError, match="prepared is a partial Prepared .*reward_model is None"):
+        rloo.train(dataclasses.replace(tiny_prepared, reward_model=None))
+    with pytest.raises(TypeError, match="reward_fn must be a function .* got int 3"):
+        rloo.train(tiny_prepared, 3)
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
+        rloo.new_policy(None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rloo_advantages_refuse_nan_and_inf(bad):
+    with pytest.raises(ValueError, match=r"rewards must be finite \(it holds NaN or inf\)"):
+        rloo.rloo_advantages(torch.tensor([[1.0, bad, 0.0]]))
+
+
+def test_rloo_advantages_types():
+    r = torch.tensor([[1.0, 2.0, 4.0]])
+    assert torch.equal(rloo.rloo_advantages([[1.0, 2.0, 4.0]]), rloo.rloo_advantages(r))    # a list, as a tensor
+    assert torch.equal(rloo.rloo_advantages(torch.tensor([[1, 2, 4]])), rloo.rloo_advantages(r))  # integers
+    with pytest.raises(TypeError, match="rewards must hold real numbers, got torch.bool"):
+        rloo.rloo_advantages(torch.tensor([[True, False]]))
+    with pytest.raises(TypeError, match="rewards must be a .* got list"):
+        rloo.rloo_advantages([["a", "b"]])
+
+
+def test_rloo_loss_refuses_no_response_non_tensors_and_nan():
+    with pytest.raises(ValueError, match="rloo_loss needs at least one response, got N = 0"):
+        rloo.rloo_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+    with pytest.raises(TypeError, match="logp must be a tensor"):
+        rloo.rloo_loss([0.0], torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="advantages must be finite"):
+        rloo.rloo_loss(torch.zeros(2), torch.zeros(2), torch.tensor([1.0, float("nan")]))
+
+
+def test_exact_estimator_moments_refuses_a_k_that_does_not_fit():
+    probs, r = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([6.0, 5.0, 3.0])
+    with pytest.raises(ValueError, match=r"k = 16 needs a sum over all 3\^16 draws, about .* GiB; .*MAX_EXACT_BYTES "
+                                         r"= 1 GiB: use k <= 1[0-9] for K = 3"):
+        rloo.exact_estimator_moments(probs, r, k=16)
+    with pytest.raises(ValueError, match="k = 10000000000"):
+        rloo.exact_estimator_moments(probs, r, k=10**10)
+    with pytest.raises(ValueError, match="k <= ") as caught:
+        rloo.exact_estimator_moments([0.5, 0.5], [1.0, 0.0], 40)
+    largest = int(str(caught.value).rsplit("k <= ", 1)[1].split()[0])
+
+    def nbytes(k):  # four float64 tensors of 2^k draws x k samples x K = 2 responses
+        return 4 * 8 * 2 ** k * k * 2
+
+    assert nbytes(largest) <= rloo.MAX_EXACT_BYTES < nbytes(largest + 1)
+
+
+@pytest.mark.parametrize("probs, rewards, match", [
+    ([0.5, float("nan")], [1.0, 0.0], r"probs must be finite"),
+    ([0.5, 0.7], [1.0, 0.0], "probs must be >= 0 and sum to 1"),
+    ([1.5, -0.5], [1.0, 0.0], "probs must be >= 0"), ([[0.5, 0.5]], [[1.0, 0.0]], "probs must be a 1-D distribution"),
+    ([], [], "probs must be a 1-D distribution"), ([0.5, 0.5], [1.0, float("inf")], "rewards must be finite")])
+def test_exact_estimator_moments_refuses_what_is_not_a_distribution(probs, rewards, match):
+    with pytest.raises(ValueError, match=match):
+        rloo.exact_estimator_moments(probs, rewards, 2)
+
+
+def test_exact_estimator_moments_accepts_lists():
+    a = rloo.exact_estimator_moments([0.5, 0.3, 0.2], [6.0, 5.0, 3.0], 2)
+    b = rloo.exact_estimator_moments(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64),
+                                     torch.tensor([6.0, 5.0, 3.0], dtype=torch.float64), 2)
+    assert torch.equal(a["leave_one_out"]["mean"], b["leave_one_out"]["mean"])
+
+
+def test_gradient_variance_and_sample_groups_bad_arguments(tiny_prepared):
+    P, prompts = tiny_prepared, tiny_prepared.eval_prompts[:2]
+    policy = rloo.new_policy(P.sft)
+    with pytest.raises(ValueError, match="k must be >= 2, got 1"):
+        rloo.gradient_variance(policy, P, prompts, k=1)
+    with pytest.raises(ValueError, match="shift must be finite"):
+        rloo.gradient_variance(policy, P, prompts, shift=float("nan"))
+    with pytest.raises(TypeError, match="prepared must be a Prepared"):
+        rloo.gradient_variance(policy, None, prompts)
+    with pytest.raises(TypeError, match="k must be an integer, got 1.5"):
+        rloo.sample_groups(P.sft, P.sft, P.tokenizer, prompts, 1.5, 4)
+    g = rloo.sample_groups(P.sft, P.sft, P.tokenizer, prompts, 2.0, 4, torch.Generator().manual_seed(0))
+    assert g.k == 2 and len(g.text) == 4       # a whole float is accepted as the int
+
+
+def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
+    from rlnotes.trainer import TrainingInterrupted
+
+    def stop(ref):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rloo, "new_policy", stop)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _run(tiny_prepared)
+    assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)
+    assert caught.value.result.model is None
+    assert len(caught.value.result.history) == 0 and caught.value.result.config.k == 2
+
+
+def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepared):
+    """A SIGINT during step 1 is held until the update ends; the update and its log entry are both in
+    the partial result, and the policy is handed back in eval mode (as after a complete run)."""
+    import signal
+
+    from rlnotes.trainer import TrainingInterrupted
+
+    def reward(xs, ys):
+        signal.raise_signal(signal.SIGINT)
+        return tiny_prepared.task.true_rewards(xs, ys)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _run(tiny_prepared, reward, steps=3)
+    assert isinstance(caught.value, TrainingInterrupted)
+    result = caught.value.result
+    assert len(result.history) == 1 and not result.model.training
+    assert not all(torch.equal(p, q) for p, q in zip(result.model.parameters(), tiny_prepared.sft.parameters()))

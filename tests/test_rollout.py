@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
+from rlnotes import rollout
 from rlnotes.kl import mean_kl
 from rlnotes.nets import CategoricalPolicy, ValueNet
-from rlnotes.rollout import Runner, make_envs
+from rlnotes.rollout import ControlConfig, Runner, make_envs
 from rlnotes.trainer import History
 
 
@@ -104,3 +105,155 @@ def test_an_old_gymnasium_is_refused_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(gymnasium, "__version__", "1.3.0")
     with pytest.raises(ImportError, match="gymnasium >= 1.4"):
         make_envs("CartPole-v1", 1, 0)
+
+
+# ------------------------------------------------------------- issue 27: what an environment returns
+
+class Scripted(gym.Env):
+    """Box(3) observations of 0.1, Discrete(2) actions, reward 1.0, truncated after 4 steps.
+
+    ``edit(t, result)`` replaces what ``reset`` (t = 0) or step t returns, in sub-environment 1 only
+    (``Runner(..., seed=0)`` resets sub-environment i with seed i).
+    """
+
+    def __init__(self, edit=None):
+        self.action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+        self.edit, self.t, self.index = edit, 0, None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.index = seed if seed is not None else self.index
+        self.t = 0
+        return self.edited((np.full(3, 0.1, dtype=np.float32), {}))
+
+    def step(self, action):
+        self.t += 1
+        return self.edited((np.full(3, 0.1, dtype=np.float32), 1.0, False, self.t >= 4, {}))
+
+    def edited(self, result):
+        return self.edit(self.t, result) if self.edit is not None and self.index == 1 else result
+
+
+def scripted(name, edit):
+    env_id = f"rlnotes-rollout-test/{name}-v0"
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=Scripted, kwargs=dict(edit=edit))
+    return env_id
+
+
+NAN_OBS = np.array([np.nan, 0.1, 0.1], dtype=np.float32)
+
+
+def opened_envs(monkeypatch):
+    """The vector environments that ``Runner`` makes, recorded as it makes them."""
+    made = []
+    original = rollout.make_envs
+    monkeypatch.setattr(rollout, "make_envs", lambda *a, **kw: made.append(original(*a, **kw)) or made[-1])
+    return made
+
+
+def test_a_nan_observation_from_reset_is_named_and_the_environments_are_closed(monkeypatch):
+    made = opened_envs(monkeypatch)
+    env_id = scripted("NaNReset", lambda t, r: (NAN_OBS, {}) if t == 0 else r)
+    with pytest.raises(ValueError, match=r"environment 'rlnotes-rollout-test/NaNReset-v0' returned a non-finite "
+                                         r"observation \(\[nan 0.1 0.1\]\) from reset\(\) \(sub-environment 1\)"):
+        Runner(env_id, 2, 0, 0.99, History())
+    assert len(made) == 1 and made[0].closed
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # NumPy's, as the reward is cast
+def test_a_reward_beyond_float32_is_named_with_its_environment_and_step():
+    env_id = scripted("HugeReward", lambda t, r: (r[0], 1e39, *r[2:]) if t == 2 else r)
+    runner = Runner(env_id, 2, 0, 0.99, History())
+    with pytest.raises(ValueError, match=r"environment 'rlnotes-rollout-test/HugeReward-v0' returned a reward too "
+                                         r"large for float32 \(\[1.e\+00 1.e\+39\]\) at environment step 4 "
+                                         r"\(sub-environment 1\): rlnotes stores rewards and observations as float32"):
+        runner.rollout(Always(0), constant_value(0.0), 3)
+    runner.close()
+
+
+def test_a_nan_final_observation_of_a_truncated_episode_is_reported_as_an_observation():
+    env_id = scripted("NaNFinal", lambda t, r: (NAN_OBS, *r[1:]) if t == 4 else r)
+    runner = Runner(env_id, 2, 0, 0.99, History())
+    with pytest.raises(ValueError, match=r"returned a non-finite final observation \(info\['final_obs'\]\) "
+                                         r"\(\[nan 0.1 0.1\]\) at environment step 8 \(sub-environment 1\)"):
+        runner.rollout(Always(0), constant_value(0.0), 5)
+    runner.close()
+
+
+@pytest.mark.parametrize("name, edit, error, message", [
+    ("ArrayReward", lambda t, r: (r[0], np.array([r[1]]), *r[2:]) if t else r, TypeError,
+     r"\(sub-environment 1\): step\(\) returned the reward array\(\[1.\]\) at its step 1; gymnasium's API expects one "
+     r"number per step \(a float or an int\)"),
+    ("WrongShape", lambda t, r: (np.zeros(4, dtype=np.float32), *r[1:]) if t == 2 else r, ValueError,
+     r"\(sub-environment 1\): step\(\) at its step 2 returned an observation of shape \(4,\); its observation space "
+     r"Box\(-1.0, 1.0, \(3,\), float32\) holds observations of shape \(3,\)"),
+    ("OldStep", lambda t, r: (r[0], r[1], r[2] or r[3], r[4]) if t else r, ValueError,
+     r"\(sub-environment 1\): step\(\) returned 4 values at its step 1; gymnasium's API expects a tuple of 5, "
+     r"\(observation, reward, terminated, truncated, info\), not the old gym API's 4"),
+])
+def test_a_step_outside_gymnasiums_api_is_named(name, edit, error, message):
+    runner = Runner(scripted(name, edit), 2, 0, 0.99, History())
+    with pytest.raises(error, match=rf"environment 'rlnotes-rollout-test/{name}-v0' {message}"):
+        runner.rollout(Always(0), constant_value(0.0), 3)
+    runner.close()
+
+
+def test_the_old_gym_reset_is_named_and_the_environments_are_closed(monkeypatch):
+    made = opened_envs(monkeypatch)
+    with pytest.raises(TypeError, match=r"environment 'rlnotes-rollout-test/OldReset-v0' \(sub-environment 1\): "
+                                        r"reset\(\) returned array\(\[0.1, 0.*; gymnasium's API expects a tuple "
+                                        r"\(observation, info dict\), not the old gym API's observation alone"):
+        Runner(scripted("OldReset", lambda t, r: r[0] if t == 0 else r), 2, 0, 0.99, History())
+    assert len(made) == 1 and made[0].closed
+
+
+def test_any_real_number_is_a_reward_and_any_sequence_of_the_right_shape_an_observation():
+    rewards = {1: np.float32(0.5), 2: np.int64(2), 3: True, 4: np.array(1e38)}  # 1e38: finite as a float32
+
+    def edit(t, r):
+        return r if t == 0 else ([0.2, 0.1, 0.1], rewards[t], *r[2:])
+    runner = Runner(scripted("Numbers", edit), 2, 0, 0.5, History())
+    batch = runner.rollout(Always(0), constant_value(0.0), 4)
+    runner.close()
+    torch.testing.assert_close(batch.rewards[:, 1], torch.tensor([0.5, 2.0, 1.0, 1e38]))
+    torch.testing.assert_close(batch.rewards[:, 0], torch.ones(4))
+    torch.testing.assert_close(batch.obs[1:, 1], torch.tensor([[0.2, 0.1, 0.1]] * 3))
+
+
+def test_runner_and_make_envs_refuse_bad_arguments_by_name():
+    with pytest.raises(TypeError, match="env_id must be a gymnasium id such as 'CartPole-v1', got 5"):
+        make_envs(5, 1, 0)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        make_envs("CartPole-v1", 1, -1)
+    with pytest.raises(TypeError, match="gamma must be a number, got True"):
+        Runner("CartPole-v1", 1, 0, True, History())
+    with pytest.raises(TypeError, match="history must be an rlnotes.trainer.History, got NoneType"):
+        Runner("CartPole-v1", 1, 0, 0.99, None)
+    runner = Runner("CartPole-v1", 1, 0, 0.99, History())
+    with pytest.raises(TypeError, match="num_steps must be an integer, got True"):
+        runner.rollout(Always(0), constant_value(0.0), True)
+    with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+        runner.rollout(Always(0), constant_value(0.0), 0)
+    assert runner.rollout(Always(0), constant_value(0.0), 2.0).rewards.shape == (2, 1)  # a whole float is fine
+    runner.close()
+
+
+def test_control_config_refuses_a_bad_seed_by_name():
+    for seed, error, message in [(-1, ValueError, "seed must be >= 0, got -1"),
+                                 ("0", TypeError, "seed must be an integer, got '0'"),
+                                 (True, TypeError, "seed must be an integer, got True"),
+                                 (2**64, ValueError, r"seed must be below 2\*\*63, got 18446744073709551616")]:
+        with pytest.raises(error, match=message):
+            ControlConfig(total_steps=64, seed=seed)
+
+
+def test_control_config_takes_numpy_integers_as_seeds_and_refuses_flags_as_numbers():
+    cfg = ControlConfig(total_steps=64, seed=np.int64(3))
+    assert cfg.seed == 3 and type(cfg.seed) is int
+    assert ControlConfig(total_steps=64, seed=2**63 - 1).seed == 2**63 - 1
+    for name in ("gamma", "lam"):
+        with pytest.raises(TypeError, match=f"{name} must be a number, got True"):
+            ControlConfig(total_steps=64, seed=0, **{name: True})
+    assert ControlConfig(total_steps=64, seed=0, gamma=1, lam=np.float32(0.5)).gamma == 1.0

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -47,3 +48,66 @@ def test_check_version_warns_on_mismatch():
         rlnotes.check_version(rlnotes.__version__)  # silent when they match
     with pytest.warns(UserWarning, match="built with rlnotes 0.0.1"):
         rlnotes.check_version("0.0.1")
+
+
+# ------------------------------------------------------------- issue 27: bools, strings, seeds, shapes
+
+@pytest.mark.parametrize("flag", [True, np.bool_(False), np.array(True), torch.tensor(True)])
+def test_a_flag_is_not_a_number(flag):
+    with pytest.raises(TypeError, match=f"gamma must be a number, got {re.escape(repr(flag))}"):
+        utils.check_in_range("gamma", flag, 0.0, 1.0)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        utils.check_positive("lr", flag)
+
+
+def test_a_string_is_not_a_number_and_numbers_of_every_kind_are():
+    with pytest.raises(TypeError, match="lr must be a number, got '0.1'"):
+        utils.check_positive("lr", "0.1")
+    with pytest.raises(ValueError, match="lr must be finite as a float"):
+        utils.check_positive("lr", 10**400)
+    for number in (0.5, np.float32(0.5), np.float64(0.5), torch.tensor(0.5), np.array(0.5)):
+        assert utils.check_positive("lr", number) == 0.5 and utils.check_in_range("lam", number, 0.0, 1.0) == 0.5
+    assert utils.check_in_range("gamma", 1, 0.0, 1.0) == 1.0 and utils.check_positive_int("n", np.int64(3)) == 3
+    assert utils.check_positive_int("n", 10**400) == 10**400  # an int is not squeezed through a float
+
+
+def test_check_seed():
+    for seed in (-1, 2**63, 2**64, np.uint64(2**64 - 1)):
+        with pytest.raises(ValueError, match=r"seed must be (>= 0|below 2\*\*63), got"):
+            utils.check_seed("seed", seed)
+    for seed in (True, np.bool_(True), "0", 1.5, None, math.nan):
+        with pytest.raises(TypeError, match="seed must be an integer, got"):
+            utils.check_seed("seed", seed)
+    for seed, expected in ((0, 0), (np.int64(7), 7), (np.uint32(7), 7), (3.0, 3), (2**63 - 1, 2**63 - 1)):
+        got = utils.check_seed("seed", seed)
+        assert got == expected and type(got) is int
+
+
+def test_seed_everything_refuses_what_numpys_global_generator_cannot_take():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        utils.seed_everything(-1)
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*32 for NumPy's global generator"):
+        utils.seed_everything(2**32)
+    with pytest.raises(TypeError, match="seed must be an integer, got True"):
+        utils.seed_everything(True)
+    utils.seed_everything(np.int64(2**32 - 1))
+
+
+def test_check_same_shape_and_check_finite_take_lists_and_name_what_is_not_numbers():
+    with pytest.raises(ValueError, match=r"shapes must match: a \(2,\), b \(3,\)"):
+        utils.check_same_shape(a=[1.0, 2.0], b=torch.zeros(3))
+    utils.check_same_shape(a=[1.0, 2.0], b=np.zeros(2), c=torch.zeros(2))
+    with pytest.raises(ValueError, match="x must be finite"):
+        utils.check_finite("x", [1.0, math.nan])
+    utils.check_finite("x", [1.0, 2.0])
+    for bad in (["a"], None, "abc"):
+        with pytest.raises(TypeError, match="x must hold numbers, got"):
+            utils.check_finite("x", bad)
+
+
+def test_get_device_names_a_bad_device():
+    with pytest.raises(ValueError, match="device must be a device torch knows, such as 'cpu' or 'cuda:0', got 'gpu'"):
+        utils.get_device("gpu")
+    with pytest.raises(TypeError, match="device must be a torch.device, a name such as 'cpu' or 'cuda:0'"):
+        utils.get_device(True)
+    assert utils.get_device(torch.device("cpu")) == utils.get_device("cpu") == torch.device("cpu")

@@ -202,3 +202,18 @@ def test_assigning_a_trait_is_validated_and_snapped_to_the_slider_grid():
     optimum = widgets.kl_regularised_optimum(beta=0.3)  # log slider: exponents -2 + 0.1 k
     assert optimum.figure.beta == pytest.approx(10 ** -0.5) and optimum.sliders["beta"].value == optimum.figure.beta
     assert widgets.kl_regularised_optimum(beta=10.0).figure.beta == 10.0
+
+
+def test_flat_region_refuses_non_finite_arguments_by_name():
+    # before: a NaN advantage compared false both ways and came back "flat everywhere", (0, r_max)
+    with pytest.raises(ValueError, match="advantage must be finite, got nan"):
+        widgets.flat_region(0.2, float("nan"))
+    with pytest.raises(ValueError, match="eps must be finite"):
+        widgets.flat_region(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="r_max must be finite"):
+        widgets.flat_region(0.2, 1.0, r_max=float("nan"))  # None ("nowhere flat") before
+    with pytest.raises(ValueError, match="advantage must be finite"):
+        widgets.flat_region(0.2, float("inf"))
+    # valid neighbours: integers and NumPy numbers, as floats
+    assert widgets.flat_region(0.2, 1) == (1.2, 2.0) and widgets.flat_region(np.float32(0.5), -3) == (0.0, 0.5)
+    assert widgets.flat_region(0.2, 0.0, r_max=3) == (0.0, 3.0)

@@ -47,8 +47,11 @@ def flat_region(eps: float, advantage: float, r_max: float = R_MAX) -> tuple[flo
     """The interval of r in [0, r_max] where L^CLIP is flat (d L^CLIP / d r = 0), or None.
 
     A > 0: (1 + eps, r_max); A < 0: (0, 1 - eps), empty if eps >= 1; A = 0: all of [0, r_max].
+    ``eps`` and ``r_max`` must be finite and > 0, ``advantage`` finite (``ValueError`` otherwise).
     """
     eps = check_positive("eps", eps)
+    advantage = check_in_range("advantage", advantage, -np.inf, np.inf)
+    r_max = check_positive("r_max", r_max)
     if advantage > 0:
         return (1.0 + eps, r_max) if 1.0 + eps < r_max else None
     if advantage < 0:

@@ -1,0 +1,128 @@
+"""rlnotes.reward: the checks on its inputs (issue 27); the closed-form tests of the Bradley-Terry
+model, the loss and the trained reward model live in test_rlhf.py."""
+
+import math
+
+import pytest
+import torch
+
+from rlnotes import lm, reward
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_reward_loss_refuses_non_finite_rewards():
+    with pytest.raises(ValueError, match=r"r_chosen must be finite \(it holds NaN or inf\)"):
+        reward.reward_loss(torch.tensor([NAN, 0.0]), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"r_rejected must be finite \(it holds NaN or inf\)"):
+        reward.reward_loss(torch.zeros(2), torch.tensor([0.0, -INF]))
+    with pytest.raises(TypeError, match="r_chosen must be real numbers .* got torch.bool"):
+        reward.reward_loss(torch.tensor([True]), torch.tensor([False]))
+    with pytest.raises(TypeError, match="r_rejected must be real numbers .* got 'a'"):
+        reward.reward_loss([1.0], "a")
+    # the neighbours: lists of floats give the tensors' loss; a float tensor keeps its gradient
+    rc = torch.tensor([1.0, -2.0], requires_grad=True)
+    loss = reward.reward_loss(rc, torch.tensor([0.5, 0.5]))
+    assert reward.reward_loss([1.0, -2.0], [0.5, 0.5]).item() == loss.item()
+    loss.backward()
+    assert rc.grad is not None
+
+
+def test_preference_accuracy_refuses_empty_mismatched_and_nan():
+    with pytest.raises(ValueError, match="r_chosen and r_rejected must hold at least one pair, got none"):
+        reward.preference_accuracy([], [])
+    with pytest.raises(ValueError, match="r_chosen and r_rejected must hold at least one pair, got none"):
+        reward.preference_accuracy(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match=r"shapes must match: r_chosen \(3,\), r_rejected \(2,\)"):
+        reward.preference_accuracy([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"shapes must match: r_chosen \(2,\), r_rejected \(2, 1\)"):
+        reward.preference_accuracy(torch.zeros(2), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="r_chosen must be finite"):  # NaN used to count as a wrong ranking
+        reward.preference_accuracy(torch.tensor([NAN, 1.0]), torch.tensor([0.0, 0.0]))
+    with pytest.raises(TypeError, match="r_chosen must be real numbers"):
+        reward.preference_accuracy(True, False)
+    # the neighbours: lists, integers and one pair as two numbers
+    assert reward.preference_accuracy([2.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]) == 0.625
+    assert reward.preference_accuracy(torch.tensor([2, 0]), torch.tensor([1, 0])) == 0.75
+    assert reward.preference_accuracy(1.0, 0.0) == 1.0
+
+
+def test_bt_probability_refuses_nan_and_broadcasting():
+    with pytest.raises(ValueError, match="r1 must be finite"):
+        reward.bt_probability(torch.tensor([NAN]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="r2 must be finite"):  # inf - inf would give NaN
+        reward.bt_probability(torch.tensor([1.0]), torch.tensor([INF]))
+    with pytest.raises(ValueError, match=r"shapes must match: r1 \(3,\), r2 \(3, 1\)"):  # not a [3, 3] table
+        reward.bt_probability(torch.zeros(3), torch.zeros(3, 1))
+    with pytest.raises(TypeError, match="r1 must be real numbers"):
+        reward.bt_probability("1", 0.0)
+    # the neighbours: one side a single number (chapter 4 compares gaps with 0), lists, plain numbers
+    gaps = torch.tensor([0.0, 1.0, -2.0])
+    assert torch.equal(reward.bt_probability(gaps, torch.tensor(0.0)), torch.sigmoid(gaps))
+    assert torch.equal(reward.bt_probability([0.0, 1.0, -2.0], 0.0), torch.sigmoid(gaps))
+    assert reward.bt_probability(1, 0).item() == pytest.approx(1 / (1 + math.exp(-1)))
+
+
+def test_preferences_refuse_non_finite_true_rewards():
+    good = dict(prompts=["x"], chosen=["a"], rejected=["b"], r_chosen=[1.0], r_rejected=[0.0])
+    with pytest.raises(ValueError, match="r_chosen must be finite"):
+        reward.Preferences(**{**good, "r_chosen": [NAN]})
+    with pytest.raises(ValueError, match="r_rejected must be finite"):
+        reward.Preferences(**{**good, "r_rejected": [-INF]})
+    assert reward.Preferences(**good).r_chosen.tolist() == [1.0]
+
+
+def test_reward_model_checks_texts_and_context(tok, model):
+    rm = reward.RewardModel(model).eval()
+    long_prompt = " ".join(["good"] * 31)  # + " good ." and EOS: 34 tokens, past the 32 positions
+    with pytest.raises(ValueError, match="prompt \\+ response is 34 tokens, more than the model's context of 32"):
+        rm.score(tok, [long_prompt], ["good ."])
+    with pytest.raises(ValueError, match="prompts and responses must have the same length .* got 2 and 1"):
+        rm.score(tok, ["review of the movie :", "phone review :"], ["good ."])
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got str"):
+        rm.score(tok, "review of the movie :", ["good ."])
+    with pytest.raises(TypeError, match="batch_size must be an integer, got True"):
+        rm.score(tok, ["phone review :"], ["good ."], batch_size=True)
+    with pytest.raises(TypeError, match="base_lm must be a torch.nn.Module"):
+        reward.RewardModel("gpt2")
+    scores = rm.score(tok, ["review of the movie :", "phone review :"], ["good .", "bad ."], batch_size=1)
+    assert scores.shape == (2,) and torch.allclose(scores, rm.score(tok, ["review of the movie :", "phone review :"],
+                                                                    ["good .", "bad ."]), atol=1e-6)
+
+
+def test_train_reward_model_checks_the_context(tok, model):
+    long_prompt = " ".join(["good"] * 31)
+    prefs = reward.Preferences([long_prompt, "phone review :"], ["good .", "good ."], ["bad .", "bad ."],
+                               [1.0, 1.0], [-1.0, -1.0])
+    with pytest.raises(ValueError, match="prompt \\+ response is 34 tokens, more than the model's context of 32"):
+        reward.train_reward_model(model, tok, prefs, steps=1, batch_size=2)
+    fits = prefs.subset([1])
+    assert len(reward.train_reward_model(model, tok, fits, steps=1, batch_size=2).history.update_array("loss")) == 1
+
+
+def test_sample_pairs_and_labels_check_their_arguments(task, tok, model):
+    with pytest.raises(ValueError, match="prompts must be a non-empty list of strings"):
+        reward.sample_pairs(model, tok, [], seed=0)  # used to return two empty lists
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got str"):
+        reward.sample_pairs(model, tok, "review of the movie :", seed=0)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        reward.sample_pairs(model, tok, ["phone review :"], seed=-1)
+    with pytest.raises(TypeError, match="batch_size must be an integer, got 0.5"):
+        reward.sample_pairs(model, tok, ["phone review :"], seed=0, batch_size=0.5)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        reward.label_preferences(task, ["x"], ["good ."], ["bad ."], seed=-1)
+    with pytest.raises(TypeError, match=r"y2\[0\] must be a string, got int 3"):
+        reward.label_preferences(task, ["x"], ["good ."], [3], seed=0)
+    y1, y2 = reward.sample_pairs(model, tok, task.prompts(4, 0), seed=1, batch_size=3)
+    assert len(y1) == len(y2) == 4
+    assert len(reward.label_preferences(task, task.prompts(4, 0), y1, y2, seed=0)) == 4
+
+
+def test_encoding_a_tokenizer_without_pad_is_refused_in_score(tok, model):
+    import copy
+
+    no_pad = copy.deepcopy(tok)
+    no_pad.pad_token = None
+    with pytest.raises(ValueError, match=r"tokenizer.pad_token_id is None\): set tokenizer.pad_token"):
+        reward.RewardModel(model).score(no_pad, ["phone review :"], ["good ."])
+    assert lm.encode_prompts(tok, ["phone review :"])[0].shape == (1, 3)

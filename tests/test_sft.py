@@ -1,0 +1,118 @@
+"""rlnotes.sft: what train_sft does to the caller's model (issue 27), the dtypes it trains in, and the
+held-out loss on bad input. (What SFT learns is tested in test_rlhf.py and test_rlhf_ch4.py.)"""
+
+import numpy as np
+import pytest
+import torch
+
+from rlnotes import lm, sft
+from rlnotes.trainer import TrainingInterrupted
+
+RUN = dict(steps=3, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(task):
+    return task.sft_corpus(16, seed=0)
+
+
+def _fresh(tok):
+    return lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
+
+
+def _flags(model):
+    return [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_train_sft_hands_the_model_back_in_the_mode_it_came_in(tok, corpus, mode):
+    model = _fresh(tok).train(mode != "eval")
+    if mode == "mixed":
+        model.lm_head.eval()
+    before = _flags(model)
+    out = sft.train_sft(model, tok, *corpus, **RUN)
+    assert out.model is model and _flags(model) == before
+    assert len(out.history) == 3
+
+
+def test_train_sft_restores_the_mode_after_an_error_and_an_interrupt(tok, corpus, monkeypatch):
+    model = _fresh(tok).train()
+    calls = []
+
+    def loss_then_fail(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(*args)
+
+    original = sft.sft_loss
+    monkeypatch.setattr(sft, "sft_loss", loss_then_fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sft.train_sft(model, tok, *corpus, **RUN)
+    assert model.training
+    monkeypatch.setattr(sft, "sft_loss", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt) as stop:
+        sft.train_sft(model, tok, *corpus, **RUN)
+    assert isinstance(stop.value, TrainingInterrupted) and model.training
+
+
+def test_ctrl_c_while_encoding_the_corpus_raises_training_interrupted(tok, corpus, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm, "encode_prompts", interrupted)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        sft.train_sft(_fresh(tok), tok, *corpus, **RUN)
+    assert isinstance(stop.value, TrainingInterrupted) and "after 0 complete updates" in str(stop.value)
+    assert len(stop.value.result.history) == 0 and isinstance(stop.value.result.config, sft.SFTConfig)
+
+
+def test_train_sft_refuses_float16_and_a_frozen_model(tok, corpus):
+    with pytest.raises(TypeError, match=r"model has torch.float16 parameters.*allowed: float32, float64 or "
+                                        r"bfloat16, e.g. model.float\(\)"):
+        sft.train_sft(_fresh(tok).half(), tok, *corpus, **RUN)
+    with pytest.raises(ValueError, match=r"model has no trainable parameter \(requires_grad is False"):
+        sft.train_sft(_fresh(tok).requires_grad_(False), tok, *corpus, **RUN)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        sft.train_sft("gpt2", tok, *corpus, **RUN)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_train_sft_trains_in_the_allowed_dtypes(tok, corpus, dtype):
+    model = _fresh(tok).to(dtype)
+    loss = sft.train_sft(model, tok, *corpus, **RUN).history.update_array("loss")
+    assert np.isfinite(loss).all() and loss[-1] < loss[0]
+    assert all(p.dtype == dtype for p in model.parameters())
+
+
+def test_train_sft_trains_only_what_is_trainable(tok, corpus):
+    model = _fresh(tok)
+    model.transformer.wte.requires_grad_(False)
+    frozen = model.transformer.wte.weight.clone()
+    sft.train_sft(model, tok, *corpus, **RUN)
+    assert torch.equal(model.transformer.wte.weight, frozen) and not model.transformer.wte.weight.requires_grad
+
+
+@pytest.mark.parametrize("prompts, responses, error, match", [
+    ([], [], ValueError, "prompts must be a non-empty list of strings"),
+    (["a :", "b :"], ["good ."], ValueError, "prompts and responses must be of equal length, got 2 and 1"),
+])
+def test_heldout_loss_refuses_empty_and_unequal_texts(tok, model, prompts, responses, error, match):
+    with pytest.raises(error, match=match):
+        sft.heldout_loss(model, tok, prompts, responses)
+
+
+def test_heldout_loss_refuses_a_batch_size_of_zero_and_batches_change_nothing(tok, model, corpus):
+    xs, ys = corpus
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        sft.heldout_loss(model, tok, xs, ys, batch_size=0)
+    assert sft.heldout_loss(model, tok, xs, ys, batch_size=3) == pytest.approx(sft.heldout_loss(model, tok, xs, ys))
+    assert sft.heldout_loss(model, tok, tuple(xs), tuple(ys)) == sft.heldout_loss(model, tok, xs, ys)
+
+
+def test_sft_loss_refuses_a_mask_with_no_response_token(tok, model):
+    p, pm = lm.encode_prompts(tok, ["a :"])
+    r, rm = lm.encode_responses(tok, ["good ."])
+    assert torch.isfinite(sft.sft_loss(model, p, pm, r, rm))
+    with pytest.raises(ValueError, match="response_mask must mark at least one response token"):
+        sft.sft_loss(model, p, pm, r, torch.zeros_like(rm))
