@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored lab test unit nbval browser test-lab chromium bench claims colab oldest clean repository
+.PHONY: setup book book-stored lab test unit nbval browser test-lab test-colab chromium bench claims colab oldest clean repository
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,17 +36,20 @@ book-stored: setup
 	  _config.yml > _build/_config_stored.yml
 	$(BIN)/jupyter-book build . --config _build/_config_stored.yml --warningiserror --keep-going
 
-# JupyterLab on the chapters, from .venv: the notebooks' kernel (python3) is .venv's own Python,
-# and the widgets are live (the widget manager and anywidget's front end come with the pinned
-# packages). Same as `.venv/bin/jupyter lab --ip=127.0.0.1 book/`; extra options in LAB_ARGS.
+# JupyterLab on the reading edition (colab/, the chapters with their quoted numbers filled in), from
+# .venv: the notebooks' kernel (python3) is .venv's own Python, the widgets are live (the widget
+# manager and anywidget's front end come with the pinned packages) and jupyterlab-myst renders the
+# markdown. `make lab LAB_DIR=book` opens the source notebooks (MyST rendered, glued numbers not:
+# only the built book and the reading edition show those). Extra server options in LAB_ARGS.
+LAB_DIR ?= colab
 LAB_ARGS ?=
 lab: setup
-	$(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_ARGS) book/
+	$(BIN)/jupyter lab --ip=127.0.0.1 $(LAB_ARGS) $(LAB_DIR)/
 
-test: unit nbval browser test-lab
+test: unit nbval browser test-lab test-colab
 
 unit: setup
-	$(BIN)/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py
+	$(BIN)/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py --ignore=tests/test_colab_setup.py
 
 nbval: setup
 	$(BIN)/python -m pytest $(NBVAL) book -q
@@ -76,6 +79,12 @@ colab: setup
 test-lab: setup chromium
 	$(BIN)/python -m pytest tests/test_lab.py -v -rs
 
+# The Colab set-up cell as Colab runs it (tests/test_colab_setup.py; a few minutes): a fresh venv
+# with another torch (Colab's own), a google.colab stub, no checkout; the cell installs rlnotes
+# from the release tag (git fetches it from this repository's HEAD) and chapter 1 runs to the end.
+test-colab: setup
+	$(BIN)/python -m pytest tests/test_colab_setup.py -v -rs
+
 # Every chapter executed under several numeric variants (the CPU's own kernels, then torch's
 # AVX2 and its portable default kernels, a cheap stand-in for another CPU): fails on any exception,
 # so a claim that holds only on the machine that stored the outputs fails here. About 3x `make book`.
@@ -96,7 +105,7 @@ oldest:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install -q "torch==2.6.*" $(OLDEST) --extra-index-url https://download.pytorch.org/whl/cpu
 	.venv-oldest/bin/python -m pip install -q --no-deps -e .
-	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py
+	.venv-oldest/bin/python -m pytest tests -q --ignore=tests/test_browser.py --ignore=tests/test_lab.py --ignore=tests/test_colab_setup.py
 
 # Publish under another repository: `make repository URL=https://github.com/OWNER/NAME` rewrites
 # _config.yml's repository.url, the README and every set-up cell (tests/test_release.py checks them).

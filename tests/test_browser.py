@@ -111,6 +111,9 @@ def test_page_renders(base, browser, name):
             edition = name.replace("book/", "colab/", 1)   # the reading edition (tools/reading_edition.py)
             want = f"colab.research.google.com/github/{urlparse(REPO).path.strip('/')}/blob/main/{edition}.ipynb"
             assert want in colab.first.get_attribute("href")
+            binder = page.locator("a[href*='urlpath=']")   # Binder opens the same edition
+            assert binder.count() >= 1 and all(f"tree/{edition}.ipynb" in binder.nth(i).get_attribute("href")
+                                               for i in range(binder.count())), "Binder does not open the reading edition"
         assert not problems, "\n".join(problems)
         if base.startswith("http"):  # full-page shots of every page, once
             SHOTS.mkdir(parents=True, exist_ok=True)

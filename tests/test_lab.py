@@ -6,9 +6,11 @@ Jupyter config/data/runtime folders (so no user configuration is read or written
 user-level ``python3`` kernelspec sits in that private data folder, as many readers have one: the
 notebooks name the kernel ``python3``, and the environment's own kernelspec must win.
 
-In headless Chromium (every host but 127.0.0.1 blocked) it opens ``book/03_ppo.ipynb``, runs the
-set-up cells and the cell that calls ``rlnotes.widgets.clip_plot`` through the UI, moves a
-slider with the keyboard and checks that the figure changes. Through the kernel's connection file
+In headless Chromium (every host but 127.0.0.1 blocked) it opens chapter 1 of the reading edition
+(``colab/``, what ``make lab`` opens) and finds its quoted numbers and no MyST source. It opens
+``colab/03_ppo.ipynb``, runs the set-up cells and the cell that calls
+``rlnotes.widgets.clip_plot`` through the UI, moves a slider with the keyboard and checks that
+the figure changes. Through the kernel's connection file
 it asks that same kernel which interpreter it runs and where ``rlnotes`` comes from: the
 environment's interpreter, and the package of the repository under test. The screenshot goes to
 ``_build/screenshots/lab.png``. JupyterLab's news, update check and extension manager are off and
@@ -20,6 +22,7 @@ It skips, saying why, only when Playwright or Chromium is missing; a missing Jup
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -32,11 +35,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = "book/03_ppo.ipynb"
+NOTEBOOK = "colab/03_ppo.ipynb"   # what `make lab` opens: the reading edition
 WIDGET_CALL = "widgets.clip_plot("  # the source text that identifies the widget's cell
 SHOTS = ROOT / "_build" / "screenshots"
 DECOY = "decoy: a user-level python3 kernelspec"
@@ -325,9 +329,95 @@ def test_launch_button_path_opens_the_notebook(server):
 
 def test_widget_front_ends_are_installed(server):
     """``jupyter labextension list`` from the environment (as the README says): the widget
-    manager and anywidget's front end, enabled and OK."""
+    manager, anywidget's front end and jupyterlab-myst (MyST markdown), enabled and OK."""
     listing = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], env=server["env"],
                              capture_output=True, text=True, timeout=60, check=True)
     text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
-    for name in ("@jupyter-widgets/jupyterlab-manager", "anywidget"):
+    for name in ("@jupyter-widgets/jupyterlab-manager", "anywidget", "jupyterlab-myst"):
         assert re.search(rf"^\s+{re.escape(name)} v\S+ enabled OK", text, re.M), f"{name} is not enabled:\n{text}"
+
+
+READING = "colab/01_policy_gradient.ipynb"   # what `make lab` opens: the reading edition
+SOURCE = "book/01_policy_gradient.ipynb"
+LEFTOVER_MYST = {   # MyST source a reader must not see in a rendered cell (labels: see source_labels)
+    "glue role": re.compile(r"\{glue"),
+    "role": re.compile(r"\{[A-Za-z][\w:.-]*\}`"),
+    "directive fence": re.compile(r"^\s*(:::|```)\s*\{", re.M),
+}
+
+
+def source_labels(source: Path) -> list[str]:
+    """The ``(name)=`` label lines of the source notebook's markdown (a rendered formula may hold a
+    line such as "(a)=", so the check looks for the source's own labels, not for the pattern)."""
+    cells = json.loads(source.read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return sorted(set(re.findall(r"^\s*(\([A-Za-z][\w.:-]*\)=)\s*$", text, re.M)))
+
+
+def glued_numbers(source: Path) -> dict[str, list[str]]:
+    """Cell id -> the texts that the source cell's ``{glue:text}`` roles become (MyST-NB's
+    formatting of the stored value), for every markdown cell of ``source`` that quotes one."""
+    spec = importlib.util.spec_from_file_location("reading_edition", ROOT / "tools" / "reading_edition.py")
+    edition = sys.modules.get("reading_edition") or importlib.util.module_from_spec(spec)
+    if "reading_edition" not in sys.modules:
+        sys.modules["reading_edition"] = edition
+        spec.loader.exec_module(edition)
+    nb = json.loads(source.read_text())
+    values = edition.glue_values(nbformat.from_dict(nb))
+    found = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        texts = []
+        for m in re.finditer(r"\{glue:text\}`([^`]+)`", "".join(cell["source"])):
+            key, _, fmt = m.group(1).rpartition(":") if ":" in m.group(1) else (m.group(1), "", "s")
+            texts.append(edition.format_plain_text(values[key], fmt or "s"))
+        if texts:
+            found[cell["id"]] = texts
+    return found
+
+
+def test_chapter_1_reads_with_its_numbers_in_jupyterlab(browser, server):
+    """`make lab` opens the reading edition: in JupyterLab (jupyterlab-myst renders the markdown)
+    chapter 1's prose shows the stored run's numbers where the book quotes one, and no MyST source
+    (no glue or other role, no ``(label)=`` line, no directive fence)."""
+    expected = glued_numbers(ROOT / SOURCE)
+    assert sum(map(len, expected.values())) >= 50, "chapter 1 quotes fewer numbers than expected"
+    cell_ids = [c["id"] for c in json.loads((ROOT / READING).read_text())["cells"]]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
+    try:
+        # ?reset: a fresh workspace, not the one the widget test left (its notebook open beside this)
+        page.goto(f"{server['url']}lab/tree/{READING}?reset&token={server['token']}", wait_until="load")
+        cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+        with waiting(server, f"JupyterLab did not show the {len(cell_ids)} cells of {READING}"):
+            page.wait_for_function(f"document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')"
+                                   f".length === {len(cell_ids)}", timeout=STARTUP_S * 1000)
+        with waiting(server, "jupyterlab-myst did not render the markdown (no .myst output in a markdown cell)"):
+            page.locator(".jp-MarkdownCell .myst").first.wait_for(timeout=STARTUP_S * 1000)
+        with waiting(server, "not every markdown cell was rendered by jupyterlab-myst"):
+            page.wait_for_function("""() => [...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownCell')]
+                .every(c => { const m = c.querySelector('.myst'); return m && m.innerText.trim().length > 0; })""",
+                                   timeout=STARTUP_S * 1000)
+        texts = page.evaluate("""() => [...document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')]
+            .map(c => c.classList.contains('jp-MarkdownCell')
+                 ? (c.querySelector('.myst') || {innerText: null}).innerText : null)""")
+        missing, leftover, shown = [], [], 0
+        labels = source_labels(ROOT / SOURCE)
+        assert len(labels) >= 5, labels
+        for cell_id, text in zip(cell_ids, texts):
+            for name, pattern in LEFTOVER_MYST.items():
+                if text and pattern.search(text):
+                    leftover.append(f"cell {cell_id}: {name}: {pattern.search(text).group(0)!r}")
+            leftover += [f"cell {cell_id}: label {label}" for label in labels if text and label in text]
+            for number in expected.get(cell_id, []):
+                if text is None or number not in text:
+                    missing.append(f"cell {cell_id}: {number!r}")
+                else:
+                    shown += 1
+        assert not missing, f"{len(missing)} quoted numbers not shown, e.g. {missing[:5]}"
+        assert not leftover, f"MyST source shown in {READING}: {leftover[:5]}"
+        assert shown == sum(map(len, expected.values()))
+        page.screenshot(path=str(SHOTS / "lab-reading.png"))
+    finally:
+        page.close()

@@ -239,9 +239,9 @@ def _maths_in_link_text(app, doctree, docname):
 
 
 def _colab_reading_edition(app, pagename, templatename, context, doctree):
-    """Point the Colab launch button at the reading edition, colab/NAME.ipynb: the same code cells,
-    with every glued number substituted and MyST's roles turned into plain Markdown, which is all
-    Colab renders (tools/reading_edition.py generates it from book/NAME.ipynb)."""
+    """Point the Colab and Binder launch buttons at the reading edition, colab/NAME.ipynb: the same
+    code cells, with every glued number substituted and MyST's roles turned into plain Markdown,
+    which is all Colab renders (tools/reading_edition.py generates it from book/NAME.ipynb)."""
     def walk(buttons):
         for button in buttons:
             walk(button.get("buttons", []))
@@ -249,6 +249,8 @@ def _colab_reading_edition(app, pagename, templatename, context, doctree):
             if "colab.research.google.com" in url and "/book/" in url:
                 head, _, tail = url.rpartition("/book/")
                 button["url"] = f"{head}/colab/{tail}"
+            elif "urlpath=" in url and "tree/book/" in url:   # Binder
+                button["url"] = url.replace("tree/book/", "tree/colab/")
     walk(context.get("header_buttons", []))
 
 
