@@ -1,7 +1,13 @@
 """The unit tests run torch on one thread, as the book does: the networks are tiny, one thread is
-as fast as several and repeats bit for bit. (``import rlnotes`` itself leaves the count alone.)"""
+as fast as several and repeats bit for bit. (``import rlnotes`` itself leaves the count alone.)
 
+The fixtures that more than one test file uses live here: the toy task's tokenizer and model,
+phases 1 and 2 (``rlhf.prepare``) once per session at each size the tests need, a headless
+Chromium, and a Ctrl-C sent in the middle of a run."""
+
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -68,6 +74,10 @@ def browser():
         browser.close()
 
 
+# ------------------------------------------------------------- phases 1 and 2 (rlhf.prepare), once per session
+# One fixture per size; a test that trains from one must leave it as it found it (the trainers
+# hand the caller's models back as found). Seed 0 throughout.
+
 @pytest.fixture(scope="session")
 def tiny_prepare_run():
     """Phases 1 and 2 at toy sizes (3 SFT steps, 3 reward-model steps), for tests of the LM trainers'
@@ -83,3 +93,57 @@ def tiny_prepare_run():
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_prepare_run):
     return tiny_prepare_run[0]
+
+
+@pytest.fixture(scope="session")
+def prepared_sft5():
+    """Phases 1 and 2 with 5 SFT steps on 64 texts, 16 training and 8 test pairs, 2 reward-model
+    steps and 8 evaluation prompts: every method of ``rlnotes.frontier`` moves this policy in one
+    update (test_frontier)."""
+    from rlnotes import rlhf
+
+    return rlhf.prepare(0, n_sft=64, sft_steps=5, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=8)
+
+
+@pytest.fixture(scope="session")
+def prepared_sft20():
+    """Phases 1 and 2 with 20 SFT steps on 128 texts, 32 training and 16 test pairs, 5 reward-model
+    steps and 8 evaluation prompts: a miniature of the chapter's run, in seconds (test_rlhf)."""
+    from rlnotes import rlhf
+
+    return rlhf.prepare(0, n_sft=128, sft_steps=20, n_pairs=32, n_test_pairs=16, rm_steps=5, n_eval_prompts=8)
+
+
+@pytest.fixture(scope="session")
+def prepared_sft40():
+    """Phases 1 and 2 with 40 SFT steps on 512 texts, 16 training and 8 test pairs, 2 reward-model
+    steps and 64 evaluation prompts: an SFT policy good enough that RLOO and GRPO raise r* clearly
+    in 25 steps, measured on 64 prompts (test_rloo, test_grpo)."""
+    from rlnotes import rlhf
+
+    return rlhf.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
+
+
+# ------------------------------------------------------------- Ctrl-C in the middle of a run
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in an interactive session or a notebook (a job started in
+    the background, as CI may be, begins with SIGINT ignored, and a trainer respects that)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def sigint_on_call():
+    """``sigint_on_call(fn, when, calls)``: ``fn`` wrapped so that its ``when``-th call (from 1) first
+    sends this process a real SIGINT; every call appends to the list ``calls``."""
+    def wrap(fn, when: int, calls: list):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == when:
+                os.kill(os.getpid(), signal.SIGINT)
+            return fn(*args, **kwargs)
+        return wrapped
+    return wrap

@@ -1,3 +1,8 @@
+"""rlnotes.bandits: the softmax bandit, its score, Fisher matrix and exact KL, on ordinary and on
+extreme logits; actions, samples and shapes checked."""
+
+import math
+
 import numpy as np
 import pytest
 
@@ -74,3 +79,50 @@ def test_bad_input():
         SoftmaxBandit(means=[1.0, 2.0], noise_std=-1.0)
     with pytest.raises(ValueError, match="n must be >= 1"):
         SoftmaxBandit(means=[1.0, 2.0]).sample(np.zeros(2), 0, np.random.default_rng(0))
+
+
+# ----- extreme logits, actions, samples and shapes ----------------------------------------------
+
+def test_kl_is_exact_on_extreme_logits():
+    assert bandits.kl([800.0, 0.0], [0.0, 0.0]) == pytest.approx(math.log(2), abs=1e-12)
+    assert bandits.kl([0.0, -800.0], [0.0, 0.0]) == pytest.approx(math.log(2), abs=1e-12)  # 0 log 0 = 0
+    assert bandits.kl([0.0, 0.0], [800.0, 0.0]) == pytest.approx(400 + math.log(0.5), rel=1e-12)
+    theta = np.array([1e4, 0.0, -1e4])
+    assert bandits.kl(theta, theta) == 0.0
+
+
+def test_softmax_score_fisher_on_extreme_logits():
+    assert bandits.softmax([1e4, 0.0, -1e4]).tolist() == [1.0, 0.0, 0.0]
+    np.testing.assert_array_equal(bandits.score([1e4, 0.0], [1]), [[-1.0, 1.0]])
+    np.testing.assert_array_equal(bandits.fisher([1e4, 0.0]), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="theta must be finite"):
+        bandits.softmax([np.inf, 0.0])
+    with pytest.raises(ValueError, match="theta must be finite"):
+        bandits.fisher([np.nan, 0.0])
+
+
+def test_bandit_actions_and_shapes():
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 3\)"):
+        bandits.score(np.zeros(3), [-1])  # formerly: silently the last arm
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 3\)"):
+        bandits.score(np.zeros(3), [3])
+    with pytest.raises(TypeError, match="actions must be integers"):
+        bandits.score(np.zeros(3), [0.5])
+    with pytest.raises(ValueError, match="theta must be a 1-D vector"):
+        bandits.fisher(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"theta_old and theta must have the same shape, got \(2,\) and \(3,\)"):
+        bandits.kl(np.zeros(2), np.zeros(3))
+    bandit = bandits.SoftmaxBandit(means=[0.0, 1.0])
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        bandit.sample(np.zeros(2), 0, rng)
+    with pytest.raises(ValueError, match="theta must have one logit per arm, k = 2"):
+        bandit.sample(np.zeros(3), 5, rng)
+    with pytest.raises(TypeError, match="rng must be a numpy Generator"):
+        bandit.sample(np.zeros(2), 5, 0)
+    with pytest.raises(ValueError, match="theta must have one logit per arm"):
+        bandit.expected_reward(np.zeros(3))
+    with pytest.raises(ValueError, match="means must be finite"):
+        bandits.SoftmaxBandit(means=[0.0, np.nan])
+    with pytest.raises(ValueError, match="baseline must be a finite number"):
+        bandit.score_function_samples(np.zeros(2), 5, rng, baseline=float("nan"))

@@ -1,4 +1,5 @@
-"""rlnotes.grpo: group advantages (zero std included), the loss's three aggregations, the trainer."""
+"""rlnotes.grpo: group advantages (zero std included), the loss's three aggregations, the trainer,
+and the expected gradients of the ways to put a KL into training (``kl_term_gradients``)."""
 
 import numpy as np
 import pytest
@@ -82,8 +83,9 @@ def test_grpo_loss_bad_arguments_and_extreme_logits():
 
 
 @pytest.fixture(scope="module")
-def prepared():
-    return rlhf.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
+def prepared(prepared_sft40):
+    """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft40``)."""
+    return prepared_sft40
 
 
 def test_train_improves_r_star(prepared):
@@ -129,7 +131,7 @@ def test_interrupt_gives_the_partial_result(prepared):
     assert len(stop.value.result.history) == 2 and stop.value.result.config.steps == 5
 
 
-# ------------------------------------------------------------- bad input (issue 27)
+# ------------------------------------------------------------- bad input
 
 def _run(prepared, reward_fn=None, **kw):
     return grpo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "num_generations": 2, "seed": 0, **kw})
@@ -212,6 +214,59 @@ def test_grpo_loss_refuses_nan_advantages_no_response_and_a_short_max_length():
     with pytest.raises(ValueError, match="max_length must be >= 4, got 2"):
         grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, loss_type="dr_grpo", max_length=2)
     grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, loss_type="dr_grpo", max_length=4)   # T itself is fine
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _kl_term_gradients_by_hand(logits, ref_logits):
+    """The five expected gradients w.r.t. the logits theta, in closed form (NumPy, no autograd). With
+    p = softmax(theta), q = softmax(ref_logits), a = log p - log q and d log p_i / d theta = e_i - p:
+    grad KL(p || q) = p (a - KL(p || q)) and grad KL(q || p) = p - q; a k1 loss term has
+    E[grad log p(y)] = sum_i p_i (e_i - p) = 0; k1 as a reward gives sum_i p_i a_i (e_i - p) = grad KL(p || q);
+    k3(i) = q_i/p_i - 1 - log(q_i/p_i) has grad k3(i) = (1 - q_i/p_i)(e_i - p), whose mean under p is p - q."""
+    p, q = _softmax(np.asarray(logits, float)), _softmax(np.asarray(ref_logits, float))
+    a = np.log(p) - np.log(q)
+    reverse, forward = p * (a - (p * a).sum()), p - q
+    return {"k1_loss": np.zeros_like(p), "k1_reward": reverse, "k3_loss": forward, "reverse": reverse,
+            "forward": forward}
+
+
+def _book_state():
+    g = torch.Generator().manual_seed(0)            # chapter 6's cell: one state, 12 tokens
+    return torch.randn(12, generator=g), torch.randn(12, generator=g)
+
+
+@pytest.mark.parametrize("case", ["three tokens", "peaked", "book"])
+def test_kl_term_gradients_are_the_closed_forms(case):
+    """Chapter 6 (6.4) rests on these: a k1 loss term has no expected gradient, k1 in the reward follows
+    KL(pi || pi_ref) and GRPO's k3 loss term follows KL(pi_ref || pi), a different gradient."""
+    logits, ref_logits = {"three tokens": ([2.0, 0.0, -1.0], [0.0, 0.5, 0.5]),
+                          "peaked": ([6.0, -3.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]),
+                          "book": _book_state()}[case]
+    got = grpo.kl_term_gradients(logits, ref_logits)
+    want = _kl_term_gradients_by_hand(logits, ref_logits)
+    assert set(got) == set(want)
+    for name, value in got.items():
+        assert value.dtype == torch.float64 and value.shape == (len(logits),), name
+        np.testing.assert_allclose(value.numpy(), want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    # the closed forms themselves, against central differences of the two KLs
+    p_ref = _softmax(np.asarray(ref_logits, float))
+
+    def kls(theta):
+        p = _softmax(theta)
+        return np.array([(p * np.log(p / p_ref)).sum(), (p_ref * np.log(p_ref / p)).sum()])
+
+    theta, h = np.asarray(logits, float), 1e-6
+    numeric = np.array([(kls(theta + h * e) - kls(theta - h * e)) / (2 * h) for e in np.eye(len(theta))])
+    np.testing.assert_allclose(numeric[:, 0], want["reverse"], atol=1e-8)
+    np.testing.assert_allclose(numeric[:, 1], want["forward"], atol=1e-8)
+    assert np.abs(want["forward"] - want["reverse"]).max() > 1e-2          # two different gradients
+    # at pi = pi_ref every one of them is 0
+    same = grpo.kl_term_gradients(logits, logits)
+    assert all(torch.allclose(v, torch.zeros_like(v), atol=1e-12) for v in same.values())
 
 
 def test_kl_term_gradients_one_state_finite():

@@ -90,7 +90,7 @@ def test_train_bad_arguments(tiny, kwargs, name):
         ipo.train(model, {"prompt_ids": 1})
 
 
-# ----- issue 27: the caller's reference, eval_data, callbacks, interrupts, the bandit's KL ----------
+# ----- the caller's reference, eval_data, callbacks, interrupts, the bandit's KL --------------------
 
 import copy  # noqa: E402
 

@@ -1,5 +1,8 @@
+"""rlnotes.lm: the toy sentiment task, its tokenizer and tiny GPT-2, encoding, log-probabilities,
+sampling, saving and loading; and what each refuses, naming the argument."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -353,7 +356,7 @@ def test_bf16_autocast_only_on_gpus_with_bf16_hardware(monkeypatch):
     assert not lm.bf16_hardware(torch.device("cpu"))
 
 
-# ------------------------------------------------------------- issue 27: bad input, round two
+# ------------------------------------------------------------- bad input
 
 def test_sample_refuses_right_padded_prompts(tok, model):
     p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
@@ -497,3 +500,209 @@ def test_seeds_are_checked_by_name(task, tok):
     a, b = lm.tiny_gpt2(tok, seed=3, **small), lm.tiny_gpt2(tok, seed=np.int64(3), **small)  # a NumPy integer
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert task.prompts(3, np.int64(5)) == task.prompts(3, 5) and len(task.prompts(3, 2**63 - 1)) == 3
+
+
+# ------------------------------------------------------------- texts, empty prompts, the context, the batch
+
+@pytest.fixture(scope="module")
+def batch(tok):
+    p, pm = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    r, rm = lm.encode_responses(tok, ["it was good .", "good ."])
+    return p, pm, r, rm
+
+
+def test_a_string_is_not_split_into_characters(task, tok):
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got str"):
+        lm.encode_prompts(tok, "review of the movie :")
+    with pytest.raises(TypeError, match="responses must be a list of strings, got str"):
+        lm.encode_responses(tok, "it was good .")
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got str"):
+        task.true_rewards("review :", "good .")
+    with pytest.raises(TypeError, match="responses must be a list of strings, got str"):
+        lm.distinct_n("a b a b", 1)
+    with pytest.raises(TypeError, match=r"prompts\[1\] must be a string, got NoneType"):
+        lm.encode_prompts(tok, ["review :", None])
+    with pytest.raises(TypeError, match="response_ids must be a 2-D tensor"):
+        lm.decode_responses(tok, [[1, 2]], [[1, 1]])
+    with pytest.raises(ValueError, match="responses must be a non-empty list"):
+        lm.distinct_n([], 1)
+    assert lm.check_texts("prompts", ("a", "b")) == ["a", "b"]  # any sequence of strings
+    with pytest.raises(TypeError, match="prompts must be a list of strings, got str"):
+        lm.check_texts("prompts", "abc")
+
+
+def test_empty_prompt_is_named(tok):
+    with pytest.raises(ValueError, match=r"prompts\[1\] = '' is empty"):
+        lm.encode_prompts(tok, ["review of the movie :", ""])
+    with pytest.raises(ValueError, match=r"prompts\[0\] = '   ' is empty"):
+        lm.encode_prompts(tok, ["   "])
+
+
+def test_prompt_longer_than_context_is_named(tok, model):
+    p, pm = lm.encode_prompts(tok, [" ".join(["review of the movie :"] * 7)])  # 35 tokens
+    r, rm = lm.encode_responses(tok, ["it was good ."])  # 5 tokens
+    context = r"40 tokens, more than the model's context of 32 tokens \(config.n_positions\)"
+    with pytest.raises(ValueError, match=context):
+        lm.token_logprobs(model, p, pm, r, rm)
+    lm.check_context(model, 32)  # exactly full is fine
+    with pytest.raises(ValueError, match="context of 32"):
+        lm.check_context(model, 33)
+    # padding does not count: a wide but mostly padded batch fits
+    wide_p = torch.cat([torch.full((1, 30), tok.pad_token_id), p[:, -5:]], 1)
+    wide_m = torch.cat([torch.zeros(1, 30, dtype=torch.long), pm[:, -5:]], 1)
+    assert torch.isfinite(lm.token_logprobs(model, wide_p, wide_m, r, rm)).all()
+
+
+def test_response_logits_checks_its_batch(tok, model, batch):
+    p, pm, r, rm = batch
+    with pytest.raises(ValueError, match="same batch size, got 2 and 1"):
+        lm.response_logits(model, p, pm, r[:1], rm[:1])
+    with pytest.raises(ValueError, match="prompt_mask must be LEFT-padded"):
+        lm.response_logits(model, p.flip(1), pm.flip(1), r, rm)
+    with pytest.raises(ValueError, match="response_mask must be RIGHT-padded"):
+        lm.response_logits(model, p, pm, r.flip(1), rm.flip(1))
+    with pytest.raises(ValueError, match=r"response_ids must be token ids in \[0, 78\)"):
+        lm.response_logits(model, p, pm, r + 1000, rm)
+    with pytest.raises(TypeError, match="prompt_ids must hold integer token ids"):
+        lm.response_logits(model, p.float(), pm, r, rm)
+    with pytest.raises(ValueError, match="prompt_ids and prompt_mask must have the same shape"):
+        lm.response_logits(model, p, pm[:, 1:], r, rm)
+
+
+def test_sentiment_task_arguments(task):
+    with pytest.raises(TypeError, match="seed must be an integer, got None"):
+        task.prompts(3, seed=None)  # would otherwise seed from the clock
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        task.sft_corpus(3, seed="0")
+    with pytest.raises(ValueError, match="cap must be finite and >= 0"):
+        lm.SentimentTask(cap=-1.0)
+    with pytest.raises(TypeError, match="response must be a string"):
+        task.true_reward("x", None)
+    with pytest.raises(TypeError, match="task must be a SentimentTask"):
+        lm.build_tokenizer(None)
+
+
+# ------------------------------------------------------------- loading and saving: folders checked, no remote code
+
+@pytest.fixture
+def record_from_pretrained(monkeypatch):
+    """Record every transformers from_pretrained call (source and keywords), still loading."""
+    import transformers
+
+    calls = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        original = cls.from_pretrained
+
+        def spy(source, *args, _original=original, **kwargs):
+            calls.append((source, kwargs))
+            return _original(source, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    return calls
+
+
+def test_load_a_saved_folder_without_remote_code(tmp_path, tok, model, record_from_pretrained):
+    lm.save_pretrained(model, tok, tmp_path / "sft")
+    for source in (tmp_path / "sft", str(tmp_path / "sft")):
+        model2, tok2 = lm.load_causal_lm(source, device="cpu")
+        assert tok2.pad_token_id == tok.pad_token_id
+        assert all(p.equal(q) for p, q in zip(model2.parameters(), model.parameters()))
+    assert len(record_from_pretrained) == 4
+    assert all(kwargs.get("trust_remote_code") is False for _, kwargs in record_from_pretrained)
+
+
+def test_missing_or_empty_folder_fails_at_once(tmp_path, monkeypatch, record_from_pretrained):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no such folder './sftt'"):
+        lm.load_causal_lm("./sftt")
+    with pytest.raises(ValueError, match="no such folder '.*nope'"):
+        lm.load_causal_lm(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no such folder 'checkpoints/sft'"):  # its parent folder exists
+        lm.load_causal_lm("checkpoints/sft")
+    with pytest.raises(ValueError, match="'empty' is not a saved model and tokenizer: it has no config.json"):
+        lm.load_causal_lm("empty")
+    with pytest.raises(ValueError, match="'afile' is a file"):
+        lm.load_causal_lm("afile")
+    with pytest.raises(TypeError, match="name_or_path must be a hub id or a folder"):
+        lm.load_causal_lm(None)
+    assert record_from_pretrained == []  # transformers (and the hub) never asked
+
+
+def test_hub_ids_go_to_transformers(monkeypatch):
+    import transformers
+
+    calls = []
+
+    def refuse(source, **kwargs):
+        calls.append((source, kwargs))
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    for name in ("gpt2", "openai-community/gpt2"):
+        with pytest.raises(OSError, match="offline"):
+            lm.load_causal_lm(name)
+    assert calls == [("gpt2", {"trust_remote_code": False}),
+                     ("openai-community/gpt2", {"trust_remote_code": False})]
+
+
+def test_save_onto_a_file_is_an_error(tmp_path, tok, model):
+    target = tmp_path / "model.bin"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match="model.bin' is a file"):
+        lm.save_pretrained(model, tok, target)
+    assert target.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------- log-probabilities: padding, bits, dtypes
+
+class BannedPad(torch.nn.Module):
+    """A model whose pad-token logit is -inf, as after a logits processor that bans the token."""
+
+    def __init__(self, inner, pad_id):
+        super().__init__()
+        self.inner, self.pad_id, self.config = inner, pad_id, inner.config
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits[..., self.pad_id] = float("-inf")
+        return out
+
+
+def test_padding_is_zero_not_nan_under_a_minus_inf_logit(tok, model, batch):
+    p, pm, r, rm = batch
+    assert (rm == 0).any() and (r[rm == 0] == tok.pad_token_id).all()
+    with torch.no_grad():
+        logp = lm.token_logprobs(BannedPad(model, tok.pad_token_id), p, pm, r, rm)
+        seq = lm.sequence_logprob(BannedPad(model, tok.pad_token_id), p, pm, r, rm)
+    assert torch.isfinite(logp).all() and (logp[rm == 0] == 0).all()
+    assert torch.isfinite(seq).all()
+    logits = torch.tensor([[[0.0, float("-inf")], [3.0, 0.0]]])
+    out = lm.logprobs_from_logits(logits, torch.tensor([[1, 1]]), torch.tensor([[0, 1]]))
+    assert out[0, 0].item() == 0.0 and out[0, 1].item() == pytest.approx(-3.0 - math.log1p(math.exp(-3.0)))
+    with pytest.raises(ValueError, match="same leading shape"):
+        lm.logprobs_from_logits(logits, torch.tensor([[1, 1, 1]]))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        lm.logprobs_from_logits(logits, torch.tensor([[1, 1]]), temperature=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_values_are_bit_for_bit_the_gathered_log_softmax(model, batch, temperature):
+    p, pm, r, rm = batch
+    with torch.no_grad():
+        logits = lm.response_logits(model, p, pm, r, rm)
+        by_hand = F.log_softmax(logits / temperature, dim=-1).gather(-1, r.unsqueeze(-1)).squeeze(-1)
+        logp = lm.token_logprobs(model, p, pm, r, rm, temperature=temperature)
+    assert torch.equal(logp[rm == 1], by_hand[rm == 1])  # the same bits, not just close
+    assert torch.equal(logp, by_hand * rm)  # as the former multiply by the mask gave
+    assert not hasattr(lm, "_device")
+
+
+def test_logits_dtype(tok, batch):
+    p, pm, r, rm = batch
+    with torch.no_grad():
+        assert lm.response_logits(lm.tiny_gpt2(tok).double(), p, pm, r, rm).dtype == torch.float64
+        assert lm.response_logits(lm.tiny_gpt2(tok).to(torch.bfloat16), p, pm, r, rm).dtype == torch.float32
+        assert lm.response_logits(lm.tiny_gpt2(tok), p, pm, r, rm).dtype == torch.float32

@@ -1,13 +1,18 @@
+"""rlnotes.ppo: the clipped surrogate and its loss, the update, the trainer on CartPole, epochs on
+one batch; a Ctrl-C inside an update; and what each refuses."""
+
 import math
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from rlnotes import ppo
+from rlnotes import ppo, rollout
 from rlnotes.actor_critic import ActorCritic, make_optimizer
 from rlnotes.kl import mean_kl
 from rlnotes.nets import CategoricalPolicy, ValueNet
+from rlnotes.trainer import TrainingInterrupted
 
 
 def test_ratio_is_exp_of_log_difference():
@@ -290,3 +295,50 @@ def test_update_refuses_non_finite_batches():
     with pytest.raises(ValueError, match="obs must be finite"):
         ppo.update(net, make_optimizer(net, 1e-3), obs.masked_fill(obs > 1, math.inf), act, n, n, n, epochs=1)
     assert all(torch.isfinite(p).all() for p in net.parameters())  # nothing was stepped
+
+
+def test_ppo_update_refuses_an_empty_batch_and_obs_without_one_row_per_action():
+    net = ActorCritic(CategoricalPolicy(4, 2), ValueNet(4))
+    opt = make_optimizer(net, 1e-3)
+    empty = torch.zeros(0)
+    with pytest.raises(ValueError, match=r"obs and actions must hold the same number \(>= 1\) of samples, got 0 and 0"):
+        ppo.update(net, opt, torch.zeros(0, 4), empty.long(), empty, empty, empty)
+    n = torch.zeros(5)
+    with pytest.raises(ValueError, match=r"obs and actions must hold the same number \(>= 1\) of samples, got 3 and 5"):
+        ppo.update(net, opt, torch.zeros(3, 4), n.long(), n, n, n)
+
+
+# ------------------------------------------------------------------------------- Ctrl-C inside an update
+
+PPO_RUN = dict(seed=3, epochs=2, minibatch_size=256, anneal_lr=False, anneal_eps=False)  # 4 Adam steps per update
+
+
+def test_ctrl_c_inside_a_ppo_update_finishes_it_then_stops_with_the_result(monkeypatch, ctrl_c_raises,
+                                                                          sigint_on_call):
+    handler_before = signal.getsignal(signal.SIGINT)
+    closed, steps = [], []
+    original_close = rollout.Runner.close
+    monkeypatch.setattr(rollout.Runner, "close", lambda self: closed.append(self.envs) or original_close(self))
+
+    def optimizer_sending_sigint(net, lr):  # Ctrl-C at the first Adam step of the second update
+        opt = make_optimizer(net, lr)
+        opt.step = sigint_on_call(opt.step, 5, steps)
+        return opt
+
+    monkeypatch.setattr(ppo, "make_optimizer", optimizer_sending_sigint)
+    with pytest.raises(TrainingInterrupted, match="training stopped after 2 complete updates") as stop:
+        ppo.train(total_steps=5 * 512, **PPO_RUN)
+    monkeypatch.undo()
+    assert isinstance(stop.value, KeyboardInterrupt)  # `except KeyboardInterrupt` catches it
+    out = stop.value.result
+    assert len(steps) == 8  # the interrupted update ran all its 4 steps, no step of a third
+    assert len(out.history) == 2 and out.history.update_array("env_steps").tolist() == [512, 1024]
+    assert len(closed) == 1 and closed[0].closed  # the environments were closed
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the caller's handler is back
+    # the model is the one after the two complete updates: the same as an uninterrupted 2-update run
+    full = ppo.train(total_steps=2 * 512, **PPO_RUN)
+    for p, q in zip(list(out.policy.parameters()) + list(out.value_fn.parameters()),
+                    list(full.policy.parameters()) + list(full.value_fn.parameters())):
+        assert torch.equal(p, q)
+    assert {k: v for k, v in out.history.updates.items() if k != "seconds"} == \
+        {k: v for k, v in full.history.updates.items() if k != "seconds"}

@@ -1,3 +1,6 @@
+"""rlnotes.returns: discounted returns, GAE, advantage batches and normalisation; integer rewards
+give float returns, and NaN, bad dones or arrays are refused."""
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +123,28 @@ def test_advantage_batch_refuses_a_flag_that_is_not_a_bool():
     _, _, a, _ = advantage_batch(batch, 0.9, 0.8, normalize_advantages=np.bool_(False))  # NumPy's bool is a bool
     adv, _ = gae(batch.rewards, batch.values, batch.dones, batch.last_value, 0.9, 0.8)
     torch.testing.assert_close(a, adv.reshape(-1))
+
+
+# ----- integer rewards, non-finite values, bad dones --------------------------------------------
+
+def test_integer_rewards_give_float_returns():
+    g = discounted_returns(torch.tensor([[1], [1]]), torch.tensor([[0], [0]]), 0.5)
+    assert g.dtype == torch.float32 and g.tolist() == [[1.5], [1.0]]
+    adv, ret = gae(torch.tensor([[1], [1]]), torch.tensor([[0], [0]]), torch.zeros(2, 1), torch.zeros(1), 0.5, 1.0)
+    assert adv.dtype == torch.float32 and adv.tolist() == [[1.5], [1.0]] and ret.tolist() == [[1.5], [1.0]]
+    g64 = discounted_returns(torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, 1), 0.5)
+    assert g64.dtype == torch.float64
+    assert discounted_returns(torch.ones(0, 3), torch.zeros(0, 3), 0.9).shape == (0, 3)  # no steps: no returns
+
+
+def test_returns_refuse_nan_bad_dones_and_arrays():
+    with pytest.raises(ValueError, match="rewards must be finite"):
+        discounted_returns(torch.tensor([[float("nan")], [1.0]]), torch.zeros(2, 1), 0.5)
+    with pytest.raises(ValueError, match="values must be finite"):
+        gae(torch.ones(2, 1), torch.tensor([[float("inf")], [0.0]]), torch.zeros(2, 1), torch.zeros(1), 0.5, 0.9)
+    with pytest.raises(ValueError, match="dones must hold only 0 and 1"):
+        discounted_returns(torch.ones(2, 1), torch.tensor([[2.0], [0.0]]), 0.5)
+    with pytest.raises(TypeError, match="rewards must be a torch.Tensor, got ndarray"):
+        discounted_returns(np.ones((2, 1)), np.zeros((2, 1)), 0.5)
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        discounted_returns(torch.ones(2, 1), torch.zeros(2, 1), "0.9")

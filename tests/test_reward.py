@@ -1,4 +1,4 @@
-"""rlnotes.reward: the checks on its inputs (issue 27); the closed-form tests of the Bradley-Terry
+"""rlnotes.reward: the checks on its inputs; the closed-form tests of the Bradley-Terry
 model, the loss and the trained reward model live in test_rlhf.py."""
 
 import math

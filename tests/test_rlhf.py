@@ -1,3 +1,8 @@
+"""rlnotes.rlhf: phases 1 and 2 (SFT, preference pairs, the reward model), as ``prepare`` and as
+chapter 4's visible steps (``seed_streams``, ``Prepared.differences``); phase 3, PPO on the language
+model, its KL penalty and controllers; and what each refuses."""
+
+import copy
 import dataclasses
 import math
 
@@ -5,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import lm, rlhf
+from rlnotes import lm, reward, rlhf, sft
 
 
 @pytest.fixture(scope="module")
-def prepared():
-    """A miniature run of phases 1 and 2 (seconds, not the chapter's settings)."""
-    return rlhf.prepare(0, n_sft=128, sft_steps=20, n_pairs=32, n_test_pairs=16, rm_steps=5, n_eval_prompts=8)
+def prepared(prepared_sft20):
+    """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft20``)."""
+    return prepared_sft20
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +265,7 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
     assert not rlhf._reuses_first_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)), rlhf.RLHFConfig(batch_size=8))
 
 
-# ------------------------------------------------------------- bad input (issue 27)
+# ------------------------------------------------------------- bad input
 
 TINY = dict(n_sft=64, sft_steps=3, n_pairs=32, n_test_pairs=16, rm_steps=3, n_eval_prompts=8)
 
@@ -392,3 +397,124 @@ def test_seed_streams_leave_room_for_their_offsets():
     assert max(rlhf.seed_streams(2**63 - 1 - top).values()) == 2**63 - 1
     with pytest.raises(ValueError, match=rf"seed must be below 2\*\*63 - {top}"):
         rlhf.seed_streams(2**63 - top)
+
+
+def test_train_ppo_refuses_a_zero_max_grad_norm_and_a_negative_vf_coef_by_name(tiny_prepared):
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0, got 0.0"):
+        rlhf.train_ppo(tiny_prepared, max_grad_norm=0)
+    with pytest.raises(ValueError, match=r"vf_coef must be in \[0.0, inf\], got -1.0"):
+        rlhf.train_ppo(tiny_prepared, vf_coef=-1)
+
+
+def test_train_ppo_eps_is_any_positive_finite_number(tiny_prepared):
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        rlhf.train_ppo(tiny_prepared, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        rlhf.train_ppo(tiny_prepared, eps=math.inf)
+    out = rlhf.train_ppo(tiny_prepared, eps=1.5, steps=1, batch_size=2, epochs=1)  # (0, inf): 1.5 is fine
+    assert out.config.eps == 1.5 and len(out.history) == 1
+
+
+def test_adaptive_kl_controller_refuses_what_would_break_beta():
+    ctl = rlhf.AdaptiveKLController(0.1, target=1.0, horizon=10)
+    with pytest.raises(ValueError, match=r"n_steps must be <= horizon \(10\) so that beta stays positive, got 100"):
+        ctl.update(0.0, 100)
+    with pytest.raises(ValueError, match="kl must be finite, got nan"):
+        ctl.update(math.nan, 10)
+    assert ctl.beta == 0.1  # the refused updates changed nothing
+    for _ in range(2000):  # KL = 0 for ever: beta shrinks by 20% per update but stays > 0
+        beta = ctl.update(0.0, 10)
+        assert beta > 0
+    assert beta == pytest.approx(0.1 * 0.8 ** 2000, rel=1e-9)
+
+
+def test_token_rewards_accept_a_float_mask():
+    torch.manual_seed(0)
+    logp, logp_ref, r_phi = torch.randn(2, 4), torch.randn(2, 4), torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    as_int = rlhf.token_rewards(r_phi, logp, logp_ref, mask, beta=0.1)
+    as_float = rlhf.token_rewards(r_phi, logp, logp_ref, mask.float(), beta=0.1)
+    torch.testing.assert_close(as_float, as_int)
+    assert as_float[0, 2] == pytest.approx(-0.1 * (logp[0, 2] - logp_ref[0, 2]).item() + 1.0)  # r_phi at the last token
+
+
+# ------------------------------------------------------------- phases 1 and 2 step by step (chapter 4)
+# The steps, run one by one with ``seed_streams``, give exactly what ``rlhf.prepare`` returns;
+# ``Prepared.differences`` finds any field that differs.
+
+SIZES = dict(n_sft=96, sft_steps=6, n_pairs=24, n_test_pairs=12, rm_steps=4, n_eval_prompts=8)
+
+
+def step_by_step(seed):
+    """Chapter 4's cells, at toy sizes."""
+    s = rlhf.seed_streams(seed)
+    task = lm.SentimentTask()
+    tok = lm.build_tokenizer(task)
+    model = lm.tiny_gpt2(tok, seed=s["init"])
+    xs, ys = task.sft_corpus(SIZES["n_sft"], s["sft_corpus"])
+    hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
+    untrained = sft.heldout_loss(model, tok, hx, hy)
+    sft_run = sft.train_sft(model, tok, xs, ys, steps=SIZES["sft_steps"], seed=s["sft"])
+    pi_sft = sft_run.model.requires_grad_(False)
+    heldout = {"untrained": untrained, "sft": sft.heldout_loss(pi_sft, tok, hx, hy)}
+    train = rlhf.preference_data(task, pi_sft, tok, "train", SIZES["n_pairs"], seed=s["train_pairs"])
+    test = rlhf.preference_data(task, pi_sft, tok, "test", SIZES["n_test_pairs"], seed=s["test_pairs"])
+    rm_run = reward.train_reward_model(pi_sft, tok, train, steps=SIZES["rm_steps"], seed=s["reward_model"])
+    return rlhf.Prepared(task, tok, pi_sft, rm_run.model, train, test,
+                         task.prompts(SIZES["n_eval_prompts"], s["eval_prompts"], "test"),
+                         sft_run.history, rm_run.history, heldout)
+
+
+@pytest.fixture(scope="module")
+def shortcut():
+    return rlhf.prepare(3, **SIZES)
+
+
+def test_steps_one_by_one_give_what_prepare_returns(shortcut):
+    steps = step_by_step(3)
+    assert steps.differences(shortcut) == []
+    assert shortcut.differences(steps) == []
+    rc = steps.reward_model.score(steps.tokenizer, steps.test_prefs.prompts, steps.test_prefs.chosen)
+    assert torch.equal(rc, shortcut.reward_model.score(shortcut.tokenizer, shortcut.test_prefs.prompts,
+                                                       shortcut.test_prefs.chosen))
+
+
+def test_differences_names_each_field_that_differs(shortcut):
+    other = copy.copy(shortcut)
+    other.sft = copy.deepcopy(shortcut.sft)
+    with torch.no_grad():
+        next(other.sft.parameters()).view(-1)[0] += 1e-6   # one float, a little
+    assert other.differences(shortcut) == ["sft"]
+    other = copy.copy(shortcut)
+    other.reward_model = copy.deepcopy(shortcut.reward_model)
+    other.reward_model.offset += 1.0                          # a buffer counts too
+    other.train_prefs = shortcut.train_prefs.subset(list(range(len(shortcut.train_prefs)))[::-1])
+    other.eval_prompts = shortcut.eval_prompts[:-1]
+    assert other.differences(shortcut) == ["reward_model", "train_prefs", "eval_prompts"]
+    other = copy.copy(shortcut)
+    other.sft_heldout = {**shortcut.sft_heldout, "sft": shortcut.sft_heldout["sft"] + 1e-9}
+    assert other.differences(shortcut) == ["sft_heldout"]
+    assert rlhf.prepare(4, **SIZES).differences(shortcut) != []   # another seed: another prepare
+    with pytest.raises(TypeError, match="other must be a Prepared"):
+        shortcut.differences("P")
+
+
+def test_seed_streams_offsets_and_range():
+    s = rlhf.seed_streams(10)
+    assert s == {name: 10 + offset for name, offset in rlhf.SEED_STREAMS.items()}
+    assert len(set(s.values())) > 1   # not one seed for every use
+    with pytest.raises(ValueError, match="seed"):
+        rlhf.seed_streams(-1)
+
+
+def test_preference_data_pairs_two_samples_and_labels_them(shortcut):
+    task, tok, pi = shortcut.task, shortcut.tokenizer, shortcut.sft
+    d = rlhf.preference_data(task, pi, tok, "test", 16, seed=5)
+    assert len(d) == 16 and d.prompts == task.prompts(16, 5, "test")
+    y1, y2 = reward.sample_pairs(pi, tok, d.prompts, seed=5, max_new_tokens=task.max_response_tokens)
+    assert all({c, r} == {a, b} for c, r, a, b in zip(d.chosen, d.rejected, y1, y2))   # each pair is (y1, y2), ordered
+    assert torch.equal(d.r_chosen, task.true_rewards(d.prompts, d.chosen))           # r* of the chosen text
+    again = rlhf.preference_data(task, pi, tok, "test", 16, seed=5)
+    assert again.chosen == d.chosen and again.rejected == d.rejected
+    with pytest.raises(ValueError, match="n must be"):
+        rlhf.preference_data(task, pi, tok, "test", 0, seed=5)

@@ -49,8 +49,9 @@ def test_exact_moments_leave_one_out_unbiased_group_mean_scaled():
 
 
 @pytest.fixture(scope="module")
-def prepared():
-    return rlhf.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
+def prepared(prepared_sft40):
+    """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft40``)."""
+    return prepared_sft40
 
 
 def test_verifiable_reward_is_r_star(prepared):
@@ -168,7 +169,7 @@ def test_sample_groups_keeps_the_graph_only_when_asked(prepared):
     torch.testing.assert_close(kept.logp, plain.logp, rtol=0, atol=1e-6)
 
 
-# ------------------------------------------------------------- bad input (issue 27)
+# ------------------------------------------------------------- bad input
 
 def _run(prepared, reward_fn=None, **kw):
     return rloo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "k": 2, "seed": 0, **kw})
@@ -326,7 +327,7 @@ def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
     assert len(caught.value.result.history) == 0 and caught.value.result.config.k == 2
 
 
-def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepared):
+def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepared, ctrl_c_raises):
     """A SIGINT during step 1 is held until the update ends; the update and its log entry are both in
     the partial result, and the policy is handed back in eval mode (as after a complete run)."""
     import signal

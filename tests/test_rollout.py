@@ -1,10 +1,16 @@
+"""rlnotes.rollout: the vectorised environments, the runner and its batches; what an environment
+returns (NaN rewards and observations refused, naming the environment and the step; a
+Discrete(n, start) space gets actions in its own range), checked through every control trainer."""
+
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlnotes import rollout
+from rlnotes import pg, ppo, rollout, trpo
 from rlnotes.kl import mean_kl
 from rlnotes.nets import CategoricalPolicy, ValueNet
 from rlnotes.rollout import ControlConfig, Runner, make_envs
@@ -107,7 +113,7 @@ def test_an_old_gymnasium_is_refused_with_a_clear_message(monkeypatch):
         make_envs("CartPole-v1", 1, 0)
 
 
-# ------------------------------------------------------------- issue 27: what an environment returns
+# ------------------------------------------------------------- what an environment returns
 
 class Scripted(gym.Env):
     """Box(3) observations of 0.1, Discrete(2) actions, reward 1.0, truncated after 4 steps.
@@ -257,3 +263,81 @@ def test_control_config_takes_numpy_integers_as_seeds_and_refuses_flags_as_numbe
         with pytest.raises(TypeError, match=f"{name} must be a number, got True"):
             ControlConfig(total_steps=64, seed=0, **{name: True})
     assert ControlConfig(total_steps=64, seed=0, gamma=1, lam=np.float32(0.5)).gamma == 1.0
+
+
+# ------------------------------------------------------------- a toy environment: NaN, Discrete(n, start)
+
+CONTROL_TRAINERS = [pg.train, trpo.train, ppo.train]
+TINY = dict(total_steps=32, num_envs=2, num_steps=8, seed=0)
+
+
+class ToyEnv(gym.Env):
+    """A 3-dimensional Box observation, a Discrete(2, start) action; episodes of 10 steps.
+
+    ``bad`` makes step 3 of every episode return a NaN reward ("reward") or observation
+    ("observation"). The environment asserts that every action it gets lies in its action space,
+    and records the actions it saw in the class attribute ``seen``.
+    """
+
+    seen: set = set()
+
+    def __init__(self, start: int = 0, bad: str | None = None):
+        self.action_space = gym.spaces.Discrete(2, start=start)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+        self.bad, self.t = bad, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample() * 0 + 0.1, {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), f"action {action!r} is outside {self.action_space}"
+        ToyEnv.seen.add(int(action))
+        self.t += 1
+        obs = np.full(3, 0.1 * (self.t % 5), dtype=np.float32)
+        reward = float(action == self.action_space.start)
+        if self.t == 3 and self.bad == "reward":
+            reward = math.nan
+        if self.t == 3 and self.bad == "observation":
+            obs[1] = math.nan
+        return obs, reward, self.t >= 10, False, {}
+
+
+for env_id, kwargs in {"rlnotes-test/NaNReward-v0": dict(bad="reward"),
+                       "rlnotes-test/NaNObservation-v0": dict(bad="observation"),
+                       "rlnotes-test/StartAtOne-v0": dict(start=1)}.items():
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=ToyEnv, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("train", CONTROL_TRAINERS, ids=["pg", "trpo", "ppo"])
+def test_a_nan_reward_is_refused_naming_the_reward_the_env_and_the_step(train):
+    with pytest.raises(ValueError, match=r"environment 'rlnotes-test/NaNReward-v0' returned a non-finite reward "
+                                         r"\(\[nan nan\]\) at environment step 6"):  # 2 envs x 3 steps
+        train("rlnotes-test/NaNReward-v0", **TINY)
+
+
+@pytest.mark.parametrize("train", CONTROL_TRAINERS, ids=["pg", "trpo", "ppo"])
+def test_a_nan_observation_is_refused_naming_the_observation(train):
+    with pytest.raises(ValueError, match="'rlnotes-test/NaNObservation-v0' returned a non-finite observation"):
+        train("rlnotes-test/NaNObservation-v0", **TINY)
+
+
+def test_the_environments_are_closed_when_the_environment_fails(monkeypatch):
+    closed = []
+    original = rollout.Runner.close
+    monkeypatch.setattr(rollout.Runner, "close", lambda self: closed.append(self.envs) or original(self))
+    with pytest.raises(ValueError, match="non-finite reward"):
+        ppo.train("rlnotes-test/NaNReward-v0", **TINY)
+    assert len(closed) == 1 and closed[0].closed
+
+
+@pytest.mark.parametrize("train", CONTROL_TRAINERS, ids=["pg", "trpo", "ppo"])
+def test_a_discrete_space_with_a_start_gets_actions_in_its_range(train):
+    ToyEnv.seen = set()
+    out = train("rlnotes-test/StartAtOne-v0", **TINY)  # the env asserts every action is 1 or 2
+    assert ToyEnv.seen == {1, 2}
+    assert out.policy.logits_net[-1].out_features == 2  # the policy's own indices stay 0 and 1
+    # the env pays 1 for its first action, 1: the returns count the steps where the policy chose index 0
+    assert np.all((out.history.episode_returns >= 0) & (out.history.episode_returns <= 10))

@@ -1,5 +1,5 @@
-"""rlnotes.sft: what train_sft does to the caller's model (issue 27), the dtypes it trains in, and the
-held-out loss on bad input. (What SFT learns is tested in test_rlhf.py and test_rlhf_ch4.py.)"""
+"""rlnotes.sft: what train_sft does to the caller's model, the dtypes it trains in, and the
+held-out loss on bad input. (What SFT learns is tested in test_rlhf.py.)"""
 
 import numpy as np
 import pytest

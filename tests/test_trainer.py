@@ -1,4 +1,5 @@
-"""rlnotes.trainer: the History a run records, read back through windows of episodes."""
+"""rlnotes.trainer: the History a run records, read back through windows of episodes; the Config
+every trainer fills (whole floats run as counts, None only where a field is optional)."""
 
 import math
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlnotes import lm, pg, ppo, rlhf
 from rlnotes.trainer import History
 
 
@@ -56,3 +58,26 @@ def test_threshold_grid_and_logged_values_are_checked(history):
     h.log({"kl/exact_per_state": torch.tensor(0.5)}, loss=np.float32(2.0), entropy=math.nan)
     assert h.updates["kl/exact_per_state"] == [0.5] and h.updates["loss"] == [2.0] and len(h) == 1
     assert math.isnan(h.updates["entropy"][0])  # a NaN metric (no entropy) is still one number
+
+
+# ----- Config: the checks every trainer's configuration makes ---------------------------------------
+
+def test_whole_floats_are_accepted_where_counts_are_expected(tiny_prepared):
+    out = pg.train(total_steps=128, seed=0, num_envs=2, num_steps=64.0)
+    assert out.config.num_steps == 64 and type(out.config.num_steps) is int and len(out.history) == 1
+    task, tok = tiny_prepared.task, tiny_prepared.tokenizer
+    xs, ys = task.sft_corpus(8, seed=0)
+    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
+    sft = rlhf.train_sft(model, tok, xs, ys, steps=300.0, batch_size=1, lr=1e-3)
+    assert sft.config.steps == 300 and type(sft.config.steps) is int and len(sft.history) == 300
+    with pytest.raises(TypeError, match="steps must be an integer, got 300.5"):
+        rlhf.train_sft(model, tok, xs, ys, steps=300.5)
+
+
+def test_none_is_refused_where_a_field_is_not_optional():
+    # seed, total_steps ... must be given; only fields typed ``X | None`` take None ("off")
+    with pytest.raises(TypeError, match="seed must be an integer, got None"):
+        pg.train("CartPole-v1", total_steps=512, seed=None)
+    with pytest.raises(TypeError, match="lr must be a number, got None"):
+        ppo.train("CartPole-v1", total_steps=512, seed=0, lr=None)
+    assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None

@@ -50,7 +50,7 @@ def test_check_version_warns_on_mismatch():
         rlnotes.check_version("0.0.1")
 
 
-# ------------------------------------------------------------- issue 27: bools, strings, seeds, shapes
+# ------------------------------------------------------------- bools, strings, seeds, shapes
 
 @pytest.mark.parametrize("flag", [True, np.bool_(False), np.array(True), torch.tensor(True)])
 def test_a_flag_is_not_a_number(flag):
