@@ -84,6 +84,17 @@ def _check_problem(ref_probs, rewards, beta):
     return ref_probs, rewards, beta
 
 
+def _scaled_rewards(rewards, beta: float):
+    """r / beta, or ``ValueError`` naming ``beta`` where it overflows (a beta so small that r / beta is inf)."""
+    with np.errstate(over="ignore"):  # refused just below, with a message naming beta
+        scaled = rewards / beta
+    finite = torch.isfinite(scaled.detach()).all() if torch.is_tensor(scaled) else np.isfinite(scaled).all()
+    if not bool(finite):
+        raise ValueError(f"beta must be large enough that rewards / beta is finite, got beta={beta!r} "
+                         f"(rewards / beta overflows; max |reward| = {float(abs(rewards).max()):.6g})")
+    return scaled
+
+
 def log_partition(ref_probs, rewards, beta: float):
     """log Z(x) = log sum_y pi_ref(y|x) exp(r(x, y) / beta), over the last axis (DPO paper, Eq. 4).
 
@@ -91,13 +102,13 @@ def log_partition(ref_probs, rewards, beta: float):
     NumPy arrays in, NumPy out; torch tensors in, torch out (differentiable).
     """
     ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
-    return _logsumexp(_log(ref_probs) + rewards / beta)
+    return _logsumexp(_log(ref_probs) + _scaled_rewards(rewards, beta))
 
 
 def log_optimal_policy(ref_probs, rewards, beta: float):
     """log pi_r(y|x) = log pi_ref(y|x) + r(x, y) / beta - log Z(x) over the last axis (Eq. 4, in logs)."""
     ref_probs, rewards, beta = _check_problem(ref_probs, rewards, beta)
-    z = _log(ref_probs) + rewards / beta
+    z = _log(ref_probs) + _scaled_rewards(rewards, beta)
     log_z = _logsumexp(z)
     return z - (log_z[..., None] if log_z.ndim else log_z)
 
@@ -234,7 +245,8 @@ def check_pairs(data: dict, name: str = "data") -> int:
 
     Refused, naming ``name``: anything but a dict (``TypeError``), a dict without the keys
     ``PAIR_KEYS`` (``ValueError``), values that are not 2-D integer torch tensors (``TypeError``),
-    a mask of another shape than its ids, or no pairs, or sides of different lengths (``ValueError``).
+    a mask of another shape than its ids, or no pairs, or sides of different lengths, or a pair whose
+    chosen or rejected response has no token (its mask row sums to 0) (``ValueError``).
     """
     if not isinstance(data, dict):
         raise TypeError(f"{name} must be a dict with the tensors {PAIR_KEYS} (e.g. "
@@ -257,6 +269,13 @@ def check_pairs(data: dict, name: str = "data") -> int:
         if data[f"{side}_ids"].shape != data[f"{side}_mask"].shape:
             raise ValueError(f"{name}['{side}_mask'] must have the shape of {name}['{side}_ids'] "
                              f"{tuple(data[f'{side}_ids'].shape)}, got {tuple(data[f'{side}_mask'].shape)}")
+    for side in ("chosen", "rejected"):
+        empty = data[f"{side}_mask"].sum(1) == 0
+        if bool(empty.any()):
+            i = int(empty.nonzero()[0, 0])
+            raise ValueError(f"{name}['{side}_mask'] must mark at least one token per pair (a response of length "
+                             f">= 1, as Preferences.encode makes it with its EOS), got an empty {side} response "
+                             f"at pair {i}")
     return n
 
 

@@ -309,8 +309,9 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     settings = dict(settings or {})
     if method in ("DPO", "IPO"):
-        if not isinstance(n_pairs, int) or n_pairs < 1:
+        if n_pairs is None:
             raise ValueError(f"n_pairs must be a positive int for {method}, got {n_pairs!r}")
+        n_pairs = check_positive_int("n_pairs", n_pairs)
         cfg = (dpo.DPOConfig if method == "DPO" else ipo.IPOConfig)(**settings)
         return {"updates": cfg.epochs, "adam_steps": cfg.epochs * math.ceil(n_pairs / cfg.batch_size),
                 "responses": 0, "pairs": cfg.epochs * n_pairs, "lr": cfg.lr}

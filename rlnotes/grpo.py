@@ -90,7 +90,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
     is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
     KL term ``rlnotes.kl.k3``. Refused: arguments that are not tensors (TypeError); shapes that
-    differ, no response (N = 0), advantages that are NaN or inf, ``max_length`` < T (ValueError).
+    differ, no response (N = 0), advantages that are NaN or inf, a ``mask`` that is not 0/1,
+    ``max_length`` < T (ValueError).
     """
     for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages),
                     ("mask", mask)):
@@ -101,6 +102,9 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
         raise ValueError(f"logp must be [N, T] with N >= 1 and advantages [N], got shapes {tuple(logp.shape)} "
                          f"and {tuple(advantages.shape)}")
     check_finite("advantages", advantages)
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"mask must hold only 0 and 1 (1 marks a response token; int, float or bool), "
+                         f"got values {mask.unique()[:8].tolist()}")
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)
     loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)

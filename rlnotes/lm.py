@@ -452,6 +452,10 @@ def _check_ids_mask(name: str, ids, mask) -> None:
     if ids.shape != mask.shape:
         raise ValueError(f"{name}_ids and {name}_mask must have the same shape, "
                          f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
+    ok = (mask == 0) | (mask == 1)
+    if not bool(ok.all()):  # a mask of 2s would count each token twice in the positions (cumsum)
+        raise ValueError(f"{name}_mask must hold only 0 and 1 (or False and True), got a value of "
+                         f"{mask[~ok][0].item()!r}")
 
 
 def _vocab_size(model) -> int | None:
@@ -509,7 +513,7 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     """Logits [B, T, V] of the distributions that predict each response token (position P-1+t).
 
     Prompts are left-padded and responses right-padded (``encode_prompts``, ``encode_responses``,
-    ``sample``); prompt + response must fit the model's context (``check_context``). Half and
+    ``sample``), masks of 0s and 1s; prompt + response must fit the model's context (``check_context``). Half and
     bfloat16 logits are returned as float32, float32 and float64 as they are.
     With ``output_hidden_states`` also returns the last layer's hidden states at those
     positions, [B, T, H] (the value head's input), as a pair (logits, hidden).
@@ -550,7 +554,7 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     The one place where rlnotes turns logits [..., V] into the log-probabilities of the tokens
     ``ids`` [...]. Padding is filled with 0 by ``torch.where``, not multiplied by the mask, so a
     -inf logit at a padded position (a banned pad token) gives 0, not NaN (as TRL's
-    ``selective_log_softmax`` does).
+    ``selective_log_softmax`` does). Refused (``ValueError``): NaN or +inf logits.
     """
     temperature = check_temperature(temperature)
     if not torch.is_tensor(logits) or not torch.is_tensor(ids) or logits.shape[:-1] != ids.shape:
@@ -558,6 +562,8 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
                          f"{tuple(getattr(logits, 'shape', ()))} and {tuple(getattr(ids, 'shape', ()))}")
     if mask is not None and tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}, got {tuple(mask.shape)}")
+    if bool((logits.isnan() | logits.isposinf()).any()):  # -inf (a banned token) is allowed, as in kl.sequence_kl
+        raise ValueError("logits must not hold NaN or +inf (-inf, a token of probability 0, is allowed)")
     logp = F.log_softmax(logits / temperature, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     if mask is None:
         return logp
@@ -710,7 +716,8 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
     (T <= ``max_new_tokens``). On a CUDA GPU with bf16 support the forward passes run under bf16
     autocast (the softmax in float32).
 
-    Refused: prompts that are not LEFT-padded (as ``encode_prompts`` makes them), ids that are not
+    Refused: prompts that are not LEFT-padded (as ``encode_prompts`` makes them), a ``prompt_mask``
+    not of 0s and 1s, ids that are not
     integers in [0, vocabulary), a ``temperature`` below ``MIN_TEMPERATURE`` (1e-6), a tokenizer
     without a pad or an EOS token, and prompt + ``max_new_tokens`` past the model's context.
     """

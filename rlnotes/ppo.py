@@ -320,10 +320,10 @@ def kl_bound_inside_clip(eps: float) -> float:
 @dataclass(frozen=True, kw_only=True)
 class OneBatchConfig(UpdateConfig):
     """``epochs_on_one_batch``: one batch of ``num_envs * num_steps`` steps, optimised for ``epochs``
-    epochs at learning rate ``lr`` (no annealing)."""
+    epochs (default 15, ``UpdateConfig``'s) at learning rate ``lr`` (no annealing)."""
 
     seed: int
-    epochs: int
+    epochs: int  # keeps UpdateConfig's default, 15 (a dataclass field takes the inherited class attribute)
     lr: float = 1e-3
     num_envs: int = 8
     num_steps: int = 32
@@ -344,7 +344,7 @@ class OneBatchConfig(UpdateConfig):
 def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | None = None, **kwargs) -> TrainResult:
     """Optimise L^{CLIP+VF+S} for ``epochs`` epochs on a single batch, as PPO would with a huge ``epochs``.
 
-    Arguments: those of ``OneBatchConfig`` (``seed`` and ``epochs`` are required). A fresh policy
+    Arguments: those of ``OneBatchConfig`` (``seed`` is required; ``epochs`` defaults to 15). A fresh policy
     collects one batch of ``num_envs * num_steps`` steps; the history logs after each epoch
     ``kl/exact_per_state`` (exact mean KL[pi_old || pi] over the batch's states), ``outside`` (the
     fraction of samples whose ratio r_t lies outside [1 - eps, 1 + eps]) and ``ratio_max`` (the

@@ -96,8 +96,9 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Shift and scale the advantages to mean 0 and standard deviation 1 (a per-batch baseline).
 
     A single advantage has no spread: it becomes 0 (the batch mean is its own baseline).
-    ``advantages`` must be a finite floating-point tensor and ``eps`` finite and > 0 (``TypeError``
-    or ``ValueError`` naming them otherwise).
+    ``advantages`` must be a finite floating-point tensor whose mean and standard deviation are
+    finite in its dtype, and ``eps`` finite and > 0 (``TypeError`` or ``ValueError`` naming them
+    otherwise).
     """
     eps = check_positive("eps", eps)
     _check_tensor("advantages", advantages)
@@ -105,7 +106,12 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         raise TypeError(f"advantages must be a floating-point tensor, got dtype {advantages.dtype}")
     if advantages.numel() < 2:
         return advantages - advantages.mean()
-    return (advantages - advantages.mean()) / (advantages.std() + eps)
+    mean, std = advantages.mean(), advantages.std()
+    if not bool(torch.isfinite(mean) & torch.isfinite(std)):
+        raise ValueError(f"advantages too large to normalise in {advantages.dtype}: their mean ({float(mean)}) or "
+                         f"standard deviation ({float(std)}) is not finite (largest |advantage| "
+                         f"{float(advantages.abs().max())}); scale them down or use float64")
+    return (advantages - mean) / (std + eps)
 
 
 def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool = True):

@@ -83,7 +83,8 @@ def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> flo
 
 @dataclass
 class Preferences:
-    """A preference data set D = {(x, y_w, y_l)}, with the (hidden) true rewards r* of y_w and y_l."""
+    """A preference data set D = {(x, y_w, y_l)}, with the (hidden) true rewards r* of y_w and y_l
+    (``r_chosen``, ``r_rejected``: one finite number per pair, 1-D)."""
 
     prompts: list
     chosen: list
@@ -104,6 +105,10 @@ class Preferences:
                 raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
         self.r_chosen = torch.as_tensor(self.r_chosen, dtype=torch.float32)
         self.r_rejected = torch.as_tensor(self.r_rejected, dtype=torch.float32)
+        for name in ("r_chosen", "r_rejected"):
+            if getattr(self, name).dim() != 1:
+                raise ValueError(f"{name} must hold one reward per pair: a 1-D list or tensor of {n} numbers, "
+                                 f"got shape {tuple(getattr(self, name).shape)}")
         check_finite("r_chosen", self.r_chosen)
         check_finite("r_rejected", self.r_rejected)
 

@@ -37,7 +37,7 @@ from .ppo import ratio as ppo_ratio
 from .returns import gae, normalize
 from .reward import (Preferences, RewardConfig, RewardModel, bt_probability, label_preferences,  # noqa: F401
                      preference_accuracy, reward_loss, sample_pairs, train_reward_model)
-from .sft import SFTConfig, heldout_loss, sft_loss, train_sft  # noqa: F401
+from .sft import SFTConfig, heldout_loss, kept_as_found, sft_loss, train_sft  # noqa: F401
 from .trainer import (Config, History, Timer, TrainingInterrupted, TrainResult, atomic, check_bool, make_config,
                       progress, rng_scope, run_guard)
 from .utils import (check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape,
@@ -49,11 +49,22 @@ from .utils import (check_finite, check_in_range, check_positive, check_positive
 def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token KL penalty -beta (log pi(y_t|s_t) - log pi_ref(y_t|s_t)), [B, T], 0 on padding.
 
-    The first term of eq. (rlhf-token-reward).
+    The first term of eq. (rlhf-token-reward). Refused (``ValueError``): shapes that differ, a
+    ``logp`` or ``logp_ref`` that is not finite, a ``mask`` not of 0s and 1s, a negative ``beta``.
     """
     check_same_shape(logp=logp, logp_ref=logp_ref, mask=mask)
     check_in_range("beta", beta, 0.0, math.inf)
+    check_finite("logp", logp)
+    check_finite("logp_ref", logp_ref)
+    _check_mask(mask)
     return -beta * (logp - logp_ref) * mask.to(logp.dtype)
+
+
+def _check_mask(mask) -> None:
+    """Raise ``ValueError`` unless ``mask`` holds only 0s and 1s (int, float or bool)."""
+    ok = (mask == 0) | (mask == 1)
+    if not bool(ok.all()):
+        raise ValueError(f"mask must hold only 0 and 1 (or False and True), got a value of {mask[~ok][0].item()!r}")
 
 
 def token_rewards(r_phi: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
@@ -135,9 +146,13 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
 
     The elementwise objective is chapter 3's ``ppo.clipped_surrogate`` (PPO paper, eq. 7); only the
     mean changes: it runs over the response tokens under ``mask``. Refused (ValueError): shapes
-    that differ and a ``mask`` that marks no token (the mean of nothing).
+    that differ, a ``logp`` or ``old_logp`` that is not finite, a ``mask`` not of 0s and 1s or
+    that marks no token (the mean of nothing).
     """
     check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    check_finite("logp", logp)
+    check_finite("old_logp", old_logp)  # named as here (ppo.ratio calls it logp_old)
+    _check_mask(mask)
     if not bool((mask != 0).any()):
         raise ValueError(f"mask must mark at least one response token, got none (shape {tuple(mask.shape)})")
     return _ppo_token_loss(logp, old_logp, advantages, mask, eps)
@@ -252,7 +267,13 @@ def check_rewards(name: str, value, n: int, device=None, dtype: torch.dtype | No
         raise ValueError(f"{name} must return finite numbers; got NaN or inf for responses {bad[:8]}")
     if dtype is None:
         dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
-    return value.to(device=device, dtype=dtype)
+    out = value.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(out).all()):  # finite before the cast: too large for dtype
+        bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
+        kind = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} must return numbers that fit {kind} (at most {torch.finfo(dtype).max:.4g} in "
+                         f"size); got values too large for {kind} for responses {bad[:8]}")
+    return out
 
 
 class PrepareInterrupted(TrainingInterrupted):
@@ -379,7 +400,8 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     and ``samples``. Means are taken in float64, so they do not depend on the order of summation.
     Refused: a ``policy`` that is not a module, ``prepared`` that is not a complete ``Prepared``
     (TypeError), a negative ``seed``, and a reward model whose scores are not one finite number
-    per sample (``check_rewards``)."""
+    per sample (``check_rewards``). The policy runs in eval mode (no dropout) and is handed back
+    in the mode it came in (``sft.kept_as_found``)."""
     model = _lm(policy)
     device = next(model.parameters()).device
     prepared = check_prepared("prepared", prepared)
@@ -387,11 +409,14 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     prompts = prompts * check_positive_int("n_repeats", n_repeats)
     gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
-    ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
-    text = lm.decode_responses(prepared.tokenizer, ids, mask)
-    measured = {"r_star": prepared.task.true_rewards(prompts, text),
-                "r_phi": check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(prompts)),
-                "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask)}
+    with kept_as_found(model):
+        model.eval()
+        ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
+        text = lm.decode_responses(prepared.tokenizer, ids, mask)
+        measured = {"r_star": prepared.task.true_rewards(prompts, text),
+                    "r_phi": check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask),
+                                           len(prompts)),
+                    "kl/exact_per_sequence": kl_to_ref(model, prepared.sft, p, pm, ids, mask)}
     out = {}
     for key, values in measured.items():  # the mean over the samples, and its standard error s / sqrt(n)
         values = values.double()

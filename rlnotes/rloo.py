@@ -74,7 +74,7 @@ def rloo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     At pi = pi_old its value is -mean A and its gradient -mean A_i grad log pi(y_i|x): REINFORCE
     with the leave-one-out baseline, written as TRL's RLOO writes it (a sequence-level ratio).
     Refused: arguments that are not tensors (TypeError), shapes that differ, no response (N = 0)
-    and advantages that are NaN or inf (ValueError).
+    and log-probabilities or advantages that are NaN or inf (ValueError).
     """
     for name, x in (("logp", logp), ("logp_old", logp_old), ("advantages", advantages)):
         if not torch.is_tensor(x):
@@ -82,7 +82,9 @@ def rloo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages)
     if advantages.numel() == 0:
         raise ValueError("rloo_loss needs at least one response, got N = 0 (the mean would be NaN)")
-    check_finite("advantages", advantages)
+    check_finite("logp", logp.detach())
+    check_finite("logp_old", logp_old.detach())
+    check_finite("advantages", advantages.detach())
     return _rloo_loss(logp, logp_old, advantages)
 
 

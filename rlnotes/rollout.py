@@ -7,8 +7,8 @@ episode and the last one is in ``info["final_obs"]``, so every stored transition
 Episode returns come from gymnasium's own ``RecordEpisodeStatistics`` wrapper.
 
 What an environment returns is checked where it enters: gymnasium's API (``reset`` gives
-``(observation, info)``, ``step`` five values), one number per reward and the observation's
-shape by a wrapper put directly around each environment, inside gymnasium's own wrappers (which
+``(observation, info)``, ``step`` five values), one number per reward, bool ``terminated`` and
+``truncated``, an ``info`` dict and the observation's shape by a wrapper put directly around each environment, inside gymnasium's own wrappers (which
 would fail on them with an unpacking or broadcasting error); finiteness, after the cast to the
 float32 that rlnotes stores, by ``Runner`` once per step for all environments together.
 """
@@ -81,8 +81,9 @@ def check_returns(env: gymnasium.Env, env_id: str, index: int) -> gymnasium.Wrap
     sub-environment ``index`` and the call unless they return what gymnasium's API expects:
     ``reset`` a tuple ``(observation, info)``, ``step`` a tuple of five ``(observation, reward,
     terminated, truncated, info)`` (the old gym API's observation alone and four values are
-    refused, ``TypeError`` and ``ValueError``), one number per reward (``TypeError``), and an
-    observation of the observation space's shape (``ValueError``)."""
+    refused, ``TypeError`` and ``ValueError``), one number per reward (``TypeError``), ``terminated``
+    and ``truncated`` bools (Python's or NumPy's, ``TypeError``), an ``info`` dict (``TypeError``),
+    and an observation of the observation space's shape (``ValueError``)."""
     return _return_checks()(env, env_id, index)
 
 
@@ -122,6 +123,13 @@ def _return_checks():
             if not _is_number(result[1]):
                 raise TypeError(f"{self.where}: step() returned the reward {reprlib.repr(result[1])} at its step "
                                 f"{self.t}; gymnasium's API expects one number per step (a float or an int)")
+            for i, name in ((2, "terminated"), (3, "truncated")):
+                if not isinstance(result[i], (bool, np.bool_)):
+                    raise TypeError(f"{self.where}: step() returned {name}={reprlib.repr(result[i])} at its step "
+                                    f"{self.t}; gymnasium's API expects a bool (True or False, or a numpy.bool_)")
+            if not isinstance(result[4], dict):
+                raise TypeError(f"{self.where}: step() returned info={reprlib.repr(result[4])} at its step {self.t}; "
+                                "gymnasium's API expects an info dict")
             self.check_observation(result[0], f"step() at its step {self.t}")
             return result
 

@@ -739,3 +739,25 @@ def test_dpo_refuses_the_reference_as_the_policy(tiny_pairs):
     ref, data = tiny_pairs
     with pytest.raises(ValueError, match="policy must not be ref itself"):
         dpo.train(ref, ref, data)
+
+
+def test_optimal_policy_refuses_a_beta_so_small_that_rewards_over_beta_overflow():
+    with pytest.raises(ValueError, match=r"beta must be large enough that rewards / beta is finite, got beta=1e-309"):
+        dpo.optimal_policy([.5, .3, .2], [1, 0, -1], 1e-309)
+    with pytest.raises(ValueError, match="beta must be large enough"):
+        dpo.log_optimal_policy(torch.tensor([.5, .3, .2], dtype=torch.float64),
+                               torch.tensor([1., 0., -1.], dtype=torch.float64), 1e-309)
+    with pytest.raises(ValueError, match="beta must be large enough"):
+        dpo.log_partition([.5, .3, .2], [1, 0, -1], 1e-309)
+
+
+def test_train_refuses_a_pair_with_an_empty_chosen_response(tiny):
+    ref, _, data8 = tiny
+    bad = {**data8, "chosen_mask": data8["chosen_mask"].index_fill(0, torch.tensor([0]), 0)}
+    with pytest.raises(ValueError, match=r"data\['chosen_mask'\] must mark at least one token .* empty chosen "
+                                         r"response at pair 0"):
+        dpo.train(None, ref, bad, batch_size=4)
+    bad = {**data8, "rejected_mask": data8["rejected_mask"].bool().index_fill(0, torch.tensor([5]), False)}
+    with pytest.raises(ValueError, match=r"data\['rejected_mask'\] .* at pair 5"):
+        dpo.check_pairs(bad)
+    assert dpo.check_pairs({**data8, "chosen_mask": data8["chosen_mask"].bool()}) == 8

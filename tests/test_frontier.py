@@ -197,3 +197,14 @@ def test_train_runs_bad_input(prepared):
                                         "settings": TINY["RLOO"]}], workers=1)
     with pytest.raises(ValueError, match="n_repeats"):
         frontier.train_runs(prepared, [], n_repeats=0)
+
+
+def test_budget_refuses_a_bool_n_pairs_and_takes_numpy_and_whole_float_counts():
+    with pytest.raises(TypeError, match="n_pairs must be an integer, got True"):
+        frontier.budget("DPO", n_pairs=True)
+    with pytest.raises(ValueError, match="n_pairs must be >= 1, got 0"):
+        frontier.budget("DPO", n_pairs=0)
+    want = frontier.budget("DPO", n_pairs=100)
+    assert frontier.budget("DPO", n_pairs=np.int64(100)) == want
+    assert frontier.budget("DPO", n_pairs=100.0) == want
+    assert frontier.budget("IPO", n_pairs=np.int64(5))["pairs"] == frontier.budget("IPO", n_pairs=5)["pairs"]

@@ -706,3 +706,30 @@ def test_logits_dtype(tok, batch):
         assert lm.response_logits(lm.tiny_gpt2(tok).double(), p, pm, r, rm).dtype == torch.float64
         assert lm.response_logits(lm.tiny_gpt2(tok).to(torch.bfloat16), p, pm, r, rm).dtype == torch.float32
         assert lm.response_logits(lm.tiny_gpt2(tok), p, pm, r, rm).dtype == torch.float32
+
+
+def test_a_prompt_mask_not_of_0s_and_1s_is_refused(model, tok, batch):  # fix27 item 12
+    p, pm, r, rm = batch
+    with pytest.raises(ValueError, match=r"prompt_mask must hold only 0 and 1 .*got a value of 2"):
+        lm.response_logits(model, p, pm * 2, r, rm)
+    with pytest.raises(ValueError, match=r"prompt_mask must hold only 0 and 1 .*got a value of 2"):
+        lm.sample(model, tok, p, pm * 2)
+    with torch.no_grad():  # bool masks still pass, with the same logits
+        assert torch.equal(lm.response_logits(model, p, pm.bool(), r, rm.bool()), lm.response_logits(model, p, pm, r, rm))
+
+
+def test_a_response_mask_not_of_0s_and_1s_is_refused(model, batch):  # fix27 item 13
+    p, pm, r, rm = batch
+    with pytest.raises(ValueError, match=r"response_mask must hold only 0 and 1 .*got a value of 2"):
+        lm.response_logits(model, p, pm, r, rm * 2)
+
+
+def test_logprobs_from_logits_refuses_nan_and_plus_inf_logits(batch):  # fix27 item 14
+    _, _, r, rm = batch
+    logits = torch.zeros(*r.shape, int(r.max()) + 1)
+    with pytest.raises(ValueError, match=r"logits must not hold NaN or \+inf"):
+        lm.logprobs_from_logits(logits * float("nan"), r, rm)
+    with pytest.raises(ValueError, match=r"logits must not hold NaN or \+inf"):
+        lm.logprobs_from_logits(logits.index_fill(-1, torch.tensor([0]), math.inf), r, rm)
+    banned = logits.index_fill(-1, torch.tensor([0]), -math.inf)  # -inf: a banned token, allowed
+    assert torch.isfinite(lm.logprobs_from_logits(banned, r, rm)).all()

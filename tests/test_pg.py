@@ -1,6 +1,7 @@
 """rlnotes.pg: the policy-gradient loss, the trainer (what it learns, what it refuses), and chapter 1's
 run summaries (random_policy_returns, largest_drop, seed_summary, collapse_update)."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -151,3 +152,15 @@ def test_collapse_update_finds_where_entropy_stays_low():
     assert pg.collapse_update(_history([1.0], entropy=(0.5, 0.4))) is None
     with pytest.raises(ValueError, match="threshold"):
         pg.collapse_update(h, threshold=0)
+
+
+def test_pg_loss_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match=r"logp must hold at least one sample, got an empty tensor"):
+        pg.pg_loss(torch.zeros(0), torch.zeros(0))
+
+
+def test_pg_loss_refuses_non_finite_input_naming_the_argument():
+    with pytest.raises(ValueError, match=r"advantages must be finite \(it holds NaN or inf\)"):
+        pg.pg_loss(torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([float("nan"), 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"logp must be finite"):
+        pg.pg_loss(torch.tensor([-math.inf, -2.0, -0.5]), torch.zeros(3))

@@ -342,3 +342,8 @@ def test_ctrl_c_inside_a_ppo_update_finishes_it_then_stops_with_the_result(monke
         assert torch.equal(p, q)
     assert {k: v for k, v in out.history.updates.items() if k != "seconds"} == \
         {k: v for k, v in full.history.updates.items() if k != "seconds"}
+
+
+def test_epochs_on_one_batch_documents_its_default_of_15_epochs():
+    assert ppo.OneBatchConfig(seed=0).epochs == 15
+    assert "defaults to 15" in ppo.epochs_on_one_batch.__doc__ and "default 15" in ppo.OneBatchConfig.__doc__

@@ -148,3 +148,11 @@ def test_returns_refuse_nan_bad_dones_and_arrays():
         discounted_returns(np.ones((2, 1)), np.zeros((2, 1)), 0.5)
     with pytest.raises(TypeError, match="gamma must be a number"):
         discounted_returns(torch.ones(2, 1), torch.zeros(2, 1), "0.9")
+
+
+def test_normalize_refuses_advantages_whose_std_overflows_float32():
+    with pytest.raises(ValueError, match=r"advantages too large to normalise in torch.float32: .*standard deviation "
+                                         r"\(inf\) is not finite"):
+        normalize(torch.tensor([3e38, -3e38]))
+    torch.testing.assert_close(normalize(torch.tensor([3e38, -3e38], dtype=torch.float64)),
+                               torch.tensor([1.0, -1.0], dtype=torch.float64) / 2 ** 0.5)

@@ -126,3 +126,11 @@ def test_encoding_a_tokenizer_without_pad_is_refused_in_score(tok, model):
     with pytest.raises(ValueError, match=r"tokenizer.pad_token_id is None\): set tokenizer.pad_token"):
         reward.RewardModel(model).score(no_pad, ["phone review :"], ["good ."])
     assert lm.encode_prompts(tok, ["phone review :"])[0].shape == (1, 3)
+
+
+def test_preferences_want_one_reward_per_pair():  # fix27 item 15
+    with pytest.raises(ValueError, match=r"r_chosen must hold one reward per pair: a 1-D .* got shape \(1, 1\)"):
+        reward.Preferences(["p"], ["c"], ["r"], [[1.0]], [0.0])
+    with pytest.raises(ValueError, match=r"r_rejected must hold one reward per pair: a 1-D .* got shape \(1, 1\)"):
+        reward.Preferences(["p"], ["c"], ["r"], [1.0], torch.zeros(1, 1))
+    assert reward.Preferences(["p"], ["c"], ["r"], [1.0], [0.0]).r_chosen.shape == (1,)

@@ -518,3 +518,50 @@ def test_preference_data_pairs_two_samples_and_labels_them(shortcut):
     assert again.chosen == d.chosen and again.rejected == d.rejected
     with pytest.raises(ValueError, match="n must be"):
         rlhf.preference_data(task, pi, tok, "test", 0, seed=5)
+
+
+LPt, LRt, MK = torch.tensor([[-1., -2., 0.]]), torch.tensor([[-1.5, -1., 0.]]), torch.tensor([[1, 1, 0]])
+
+
+def test_kl_penalty_refuses_logprobs_that_are_not_finite():  # fix27 item 16
+    with pytest.raises(ValueError, match=r"logp must be finite"):
+        rlhf.kl_penalty(LPt * float("nan"), LRt, MK, 0.5)
+    with pytest.raises(ValueError, match=r"logp_ref must be finite"):
+        rlhf.kl_penalty(LPt, LRt - math.inf, MK, 0.5)
+
+
+def test_kl_penalty_refuses_a_mask_not_of_0s_and_1s():  # fix27 item 17
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got a value of 2"):
+        rlhf.kl_penalty(LPt, LRt, MK * 2, 0.5)
+    expected = rlhf.kl_penalty(LPt, LRt, MK, 0.5)  # bool and float masks still pass, with the same values
+    assert torch.equal(rlhf.kl_penalty(LPt, LRt, MK.bool(), 0.5), expected)
+    assert torch.equal(rlhf.kl_penalty(LPt, LRt, MK.float(), 0.5), expected)
+
+
+def test_ppo_token_loss_refuses_a_mask_not_of_0s_and_1s_and_names_old_logp():  # fix27 item 18
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got a value of 2"):
+        rlhf.ppo_token_loss(LPt, LPt, torch.tensor([[1., 3., 0.]]), torch.tensor([[2, 1, 0]]), 0.2)
+    with pytest.raises(ValueError, match=r"^old_logp must be finite"):
+        rlhf.ppo_token_loss(LPt, LPt * float("nan"), torch.tensor([[1., 3., 0.]]), MK, 0.2)
+    assert rlhf.ppo_token_loss(LPt, LPt, torch.tensor([[1., 3., 0.]]), MK.bool(), 0.2).item() == -2.0
+
+
+def test_check_rewards_refuses_what_overflows_the_dtype():  # fix27 item 19
+    with pytest.raises(ValueError, match=r"reward_fn must return numbers that fit float32 .*too large for float32"):
+        rlhf.check_rewards("reward_fn", np.array([1e39, 1.0]), 2, dtype=torch.float32)
+    assert rlhf.check_rewards("reward_fn", np.array([1e38, 1.0]), 2, dtype=torch.float32).dtype == torch.float32
+    assert rlhf.check_rewards("reward_fn", np.array([1e39, 1.0]), 2).dtype == torch.float64
+
+
+def test_evaluate_runs_in_eval_mode_and_hands_the_model_back(tiny_prepared):  # fix27 item 20
+    model = copy.deepcopy(tiny_prepared.sft)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    prompts = tiny_prepared.eval_prompts[:4]
+    expected = rlhf.evaluate(model.eval(), tiny_prepared, prompts, seed=3)
+    model.train()
+    before = torch.get_rng_state()
+    assert rlhf.evaluate(model, tiny_prepared, prompts, seed=3) == expected  # sampled in eval mode
+    assert torch.equal(torch.get_rng_state(), before)                        # no dropout drew from it
+    assert model.training and all(m.training for m in model.modules())      # handed back as found

@@ -344,3 +344,11 @@ def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepare
     result = caught.value.result
     assert len(result.history) == 1 and not result.model.training
     assert not all(torch.equal(p, q) for p, q in zip(result.model.parameters(), tiny_prepared.sft.parameters()))
+
+
+def test_rloo_loss_refuses_non_finite_log_probabilities():
+    T = torch.tensor
+    with pytest.raises(ValueError, match=r"logp must be finite"):
+        rloo.rloo_loss(T([float("nan")]), T([-1.]), T([1.]))
+    with pytest.raises(ValueError, match=r"logp_old must be finite"):
+        rloo.rloo_loss(T([-1.]), T([float("-inf")]), T([1.]))

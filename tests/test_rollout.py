@@ -341,3 +341,33 @@ def test_a_discrete_space_with_a_start_gets_actions_in_its_range(train):
     assert out.policy.logits_net[-1].out_features == 2  # the policy's own indices stay 0 and 1
     # the env pays 1 for its first action, 1: the returns count the steps where the policy chose index 0
     assert np.all((out.history.episode_returns >= 0) & (out.history.episode_returns <= 10))
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("StrTerminated", lambda t, r: (*r[:2], "no", *r[3:]) if t == 2 else r, r"terminated='no' at its step 2"),
+    ("NoneTerminated", lambda t, r: (*r[:2], None, *r[3:]) if t == 2 else r, r"terminated=None at its step 2"),
+    ("HalfTerminated", lambda t, r: (*r[:2], 0.5, *r[3:]) if t == 2 else r, r"terminated=0.5 at its step 2"),
+    ("StrTruncated", lambda t, r: (*r[:3], "no", r[4]) if t == 2 else r, r"truncated='no' at its step 2"),
+])
+def test_terminated_and_truncated_must_be_bools(name, edit, message):
+    runner = Runner(scripted(name, edit), 2, 0, 0.99, History())
+    with pytest.raises(TypeError, match=rf"environment 'rlnotes-rollout-test/{name}-v0' \(sub-environment 1\): "
+                                        rf"step\(\) returned {message}; gymnasium's API expects a bool"):
+        runner.rollout(Always(0), constant_value(0.0), 3)
+    runner.close()
+
+
+def test_numpy_bools_are_accepted_as_terminated_and_truncated():
+    runner = Runner(scripted("NumpyBools", lambda t, r: (*r[:2], np.bool_(r[2]), np.bool_(r[3]), r[4]) if t else r),
+                    2, 0, 0.99, History())
+    batch = runner.rollout(Always(0), constant_value(0.0), 4)
+    runner.close()
+    assert batch.rewards.shape == (4, 2)
+
+
+def test_an_info_that_is_not_a_dict_is_named():
+    runner = Runner(scripted("ListInfo", lambda t, r: (*r[:4], []) if t == 2 else r), 2, 0, 0.99, History())
+    with pytest.raises(TypeError, match=r"environment 'rlnotes-rollout-test/ListInfo-v0' \(sub-environment 1\): "
+                                        r"step\(\) returned info=\[\] at its step 2; gymnasium's API expects an info dict"):
+        runner.rollout(Always(0), constant_value(0.0), 3)
+    runner.close()
