@@ -40,7 +40,8 @@ from .rloo import (check_groups, check_reward_fn, group_metrics, new_policy, reu
                    score_groups)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
+from .utils import (check_binary, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
+                    check_same_shape)
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 
@@ -102,9 +103,7 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
         raise ValueError(f"logp must be [N, T] with N >= 1 and advantages [N], got shapes {tuple(logp.shape)} "
                          f"and {tuple(advantages.shape)}")
     check_finite("advantages", advantages)
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"mask must hold only 0 and 1 (1 marks a response token; int, float or bool), "
-                         f"got values {mask.unique()[:8].tolist()}")
+    check_binary("mask", mask)
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)
     loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)

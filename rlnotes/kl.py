@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .utils import check_finite, check_same_shape
+from .utils import check_binary, check_finite, check_same_shape
 
 
 def _tensor(name: str, x) -> torch.Tensor:
@@ -85,8 +85,7 @@ def sequence_kl(logits: torch.Tensor, logits_ref: torch.Tensor, mask: torch.Tens
     for name, x in (("logits", logits), ("logits_ref", logits_ref)):
         if bool((x.isnan() | x.isposinf()).any()):
             raise ValueError(f"{name} must not hold NaN or +inf")
-    if bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must hold only 0 and 1 (or False and True)")
+    check_binary("mask", mask)
     logp, logq = torch.log_softmax(logits, -1), torch.log_softmax(logits_ref, -1)
     return (_exact_kl(logp, logq) * mask).sum(dim=1)
 

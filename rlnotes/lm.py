@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import check_positive, check_positive_int, check_seed, get_device
+from .utils import check_binary, check_positive, check_positive_int, check_seed, get_device
 
 __all__ = ["SentimentTask", "build_tokenizer", "tiny_gpt2", "load_causal_lm", "save_pretrained",
            "encode_prompts", "encode_responses", "decode_responses", "response_logits",
@@ -452,10 +452,7 @@ def _check_ids_mask(name: str, ids, mask) -> None:
     if ids.shape != mask.shape:
         raise ValueError(f"{name}_ids and {name}_mask must have the same shape, "
                          f"got {tuple(ids.shape)} and {tuple(mask.shape)}")
-    ok = (mask == 0) | (mask == 1)
-    if not bool(ok.all()):  # a mask of 2s would count each token twice in the positions (cumsum)
-        raise ValueError(f"{name}_mask must hold only 0 and 1 (or False and True), got a value of "
-                         f"{mask[~ok][0].item()!r}")
+    check_binary(f"{name}_mask", mask)  # a mask of 2s would count each token twice in the positions (cumsum)
 
 
 def _vocab_size(model) -> int | None:

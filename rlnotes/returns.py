@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .trainer import check_bool
-from .utils import check_in_range, check_positive, check_same_shape
+from .utils import check_binary, check_in_range, check_positive, check_same_shape
 
 
 def _check_rate(name: str, value) -> float:
@@ -40,8 +40,7 @@ def _check(rewards, dones, gamma, values=None, last_value=None) -> torch.dtype:
         check_same_shape(rewards=rewards, values=values)
     if last_value is not None and tuple(last_value.shape) != (rewards.shape[1],):
         raise ValueError(f"last_value must be [N] = [{rewards.shape[1]}], got shape {tuple(last_value.shape)}")
-    if bool(((dones != 0) & (dones != 1)).any()):
-        raise ValueError("dones must hold only 0 and 1 (or False and True)")
+    check_binary("dones", dones)
     if rewards.is_floating_point():
         return rewards.dtype
     floats = [x.dtype for x in (values, last_value) if x is not None and x.is_floating_point()]

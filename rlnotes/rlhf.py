@@ -40,8 +40,8 @@ from .reward import (Preferences, RewardConfig, RewardModel, bt_probability, lab
 from .sft import SFTConfig, heldout_loss, kept_as_found, sft_loss, train_sft  # noqa: F401
 from .trainer import (Config, History, Timer, TrainingInterrupted, TrainResult, atomic, check_bool, make_config,
                       progress, rng_scope, run_guard)
-from .utils import (check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape,
-                    get_device)
+from .utils import (check_binary, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
+                    check_same_shape, get_device)
 
 
 # ------------------------------------------------------------ the token-level reward and KL
@@ -56,15 +56,8 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, b
     check_in_range("beta", beta, 0.0, math.inf)
     check_finite("logp", logp)
     check_finite("logp_ref", logp_ref)
-    _check_mask(mask)
+    check_binary("mask", mask)
     return -beta * (logp - logp_ref) * mask.to(logp.dtype)
-
-
-def _check_mask(mask) -> None:
-    """Raise ``ValueError`` unless ``mask`` holds only 0s and 1s (int, float or bool)."""
-    ok = (mask == 0) | (mask == 1)
-    if not bool(ok.all()):
-        raise ValueError(f"mask must hold only 0 and 1 (or False and True), got a value of {mask[~ok][0].item()!r}")
 
 
 def token_rewards(r_phi: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
@@ -152,7 +145,7 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
     check_finite("logp", logp)
     check_finite("old_logp", old_logp)  # named as here (ppo.ratio calls it logp_old)
-    _check_mask(mask)
+    check_binary("mask", mask)
     if not bool((mask != 0).any()):
         raise ValueError(f"mask must mark at least one response token, got none (shape {tuple(mask.shape)})")
     return _ppo_token_loss(logp, old_logp, advantages, mask, eps)

@@ -105,6 +105,15 @@ def check_seed(name: str, value) -> int:
     return value
 
 
+def check_binary(name: str, tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` unless the tensor (a mask or ``dones``: int, float or
+    bool) holds only 0 and 1, the first other value quoted."""
+    ok = (tensor == 0) | (tensor == 1)
+    if not bool(ok.all()):
+        raise ValueError(f"{name} must hold only 0 and 1 (or False and True), "
+                         f"got a value of {tensor[~ok][0].item()!r}")
+
+
 def check_same_shape(**tensors) -> None:
     """Raise ``ValueError`` naming the arguments unless all given arrays (tensors, NumPy arrays or
     nested lists) share one shape."""

@@ -281,7 +281,7 @@ def test_kl_term_gradients_one_state_finite():
 
 def test_grpo_loss_refuses_a_mask_that_is_not_zero_one():
     logp, logp_old, logp_ref, adv, mask = _batch()
-    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .* got values \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got a value of 2"):
         grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask.long() * 2, loss_type="dr_grpo")
     want = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask.float(), loss_type="dr_grpo").loss
     for m in (mask.bool(), mask.long(), mask.double()):   # every 0/1 mask gives the same loss

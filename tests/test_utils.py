@@ -111,3 +111,16 @@ def test_get_device_names_a_bad_device():
     with pytest.raises(TypeError, match="device must be a torch.device, a name such as 'cpu' or 'cuda:0'"):
         utils.get_device(True)
     assert utils.get_device(torch.device("cpu")) == utils.get_device("cpu") == torch.device("cpu")
+
+
+def test_check_binary_names_the_argument_and_the_first_other_value():
+    import torch
+
+    from rlnotes.utils import check_binary
+
+    for ok in (torch.tensor([0, 1, 1]), torch.tensor([0.0, 1.0]), torch.tensor([True, False])):
+        check_binary("mask", ok)
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 \(or False and True\), got a value of 2"):
+        check_binary("mask", torch.tensor([[1, 2], [0, 1]]))
+    with pytest.raises(ValueError, match=r"dones must hold only 0 and 1 .*got a value of nan"):
+        check_binary("dones", torch.tensor([0.0, float("nan")]))
