@@ -40,7 +40,7 @@ from .rloo import (check_groups, check_reward_fn, group_metrics, new_policy, reu
                    score_groups)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import (check_binary, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
+from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
                     check_same_shape)
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -154,13 +154,6 @@ def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     return {"k1_loss": grad((p * (logp - ref)).sum()), "k1_reward": grad((p * (logp - ref).detach() * logp).sum()),
             "k3_loss": grad((p * k3(logp, ref)).sum()), "reverse": grad(exact_kl(logp, ref)),
             "forward": grad(exact_kl(ref, logp))}
-
-
-def check_choice(name: str, value, choices) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` naming them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)

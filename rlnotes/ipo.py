@@ -30,7 +30,7 @@ from .kl import exact_kl
 from .sft import check_model, kept_as_found
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .utils import check_positive, check_positive_int, check_seed
+from .utils import check_choice, check_positive, check_positive_int, check_seed
 
 
 def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -65,7 +65,7 @@ def fit_bandit(loss: str, ref_probs, winners, losers, beta: float, *, steps: int
     1e-6 (float32 input allowed); ``winners`` and ``losers`` integer tokens in [0, K)
     (``rlnotes.dpo.check_token_pairs``); ``ValueError`` otherwise.
     """
-    loss_fn = LOSSES[_choice("loss", loss, tuple(LOSSES))]
+    loss_fn = LOSSES[check_choice("loss", loss, tuple(LOSSES))]
     dpo.check_token_pairs(ref_probs, winners, losers, atol=1e-6)
     beta, lr = check_positive("beta", beta), check_positive("lr", lr)
     steps, log_every = check_positive_int("steps", steps), check_positive_int("log_every", log_every)
@@ -90,12 +90,6 @@ def fit_bandit(loss: str, ref_probs, winners, losers, beta: float, *, steps: int
                 h = (logp[winners] - ref_logp[winners]) - (logp[losers] - ref_logp[losers])
                 history.log({"step": step, "loss": losses.mean(), "margin": h.mean(), "kl/exact_per_state": exact_kl(logp, ref_logq)})
     return history
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------------------------- the trainer

@@ -132,3 +132,10 @@ def check_finite(name: str, tensor) -> None:
         raise TypeError(f"{name} must hold numbers, got {reprlib.repr(tensor)}") from None
     if not bool(finite):
         raise ValueError(f"{name} must be finite (it holds NaN or inf)")
+
+
+def check_choice(name: str, value, choices) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` naming them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

@@ -124,3 +124,10 @@ def test_check_binary_names_the_argument_and_the_first_other_value():
         check_binary("mask", torch.tensor([[1, 2], [0, 1]]))
     with pytest.raises(ValueError, match=r"dones must hold only 0 and 1 .*got a value of nan"):
         check_binary("dones", torch.tensor([0.0, float("nan")]))
+
+
+def test_check_choice_returns_the_value_or_names_the_choices():
+    from rlnotes.utils import check_choice
+    assert check_choice("loss_type", "dapo", ("grpo", "dapo")) == "dapo"
+    with pytest.raises(ValueError, match=r"loss_type must be one of \('grpo', 'dapo'\), got 'dpo'"):
+        check_choice("loss_type", "dpo", ("grpo", "dapo"))
