@@ -43,3 +43,23 @@ def test_the_listing_finds_a_tagged_cell_without_an_assert(tmp_path):
     listed = uncompared_cells(tmp_path / "nb.ipynb")
     assert [i for i, _ in listed] == [0, 2]
     assert [i for i, src in listed if "assert " not in src] == [0]
+
+
+def headings(path):
+    """(cell index, heading line) for every markdown heading of a notebook, in order."""
+    cells = json.loads(path.read_text())["cells"]
+    return [(i, line) for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+            for line in "".join(c["source"]).splitlines() if line.startswith("#")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_chapter_opens_with_a_preview_and_closes_with_the_posts_table(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert ":::{admonition} In this" in "".join(cells[0]["source"]), "the first cell previews the chapter"
+    marks = headings(path)
+    recap = [i for i, line in marks if line.startswith("## Recap: the post")]
+    if "post, sentence by sentence" not in path.read_text():      # chapter 6: the post ends before it
+        return
+    assert len(recap) == 1
+    after = [line for i, line in marks if i > recap[0] and line.startswith("## ")]
+    assert after in ([], ["## Exercises"]), f"the recap is the last section before the exercises, not {after}"
