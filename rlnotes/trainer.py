@@ -229,6 +229,21 @@ def rng_scope(seed: int):
 
 
 @contextlib.contextmanager
+def training_scope(seed: int):
+    """The frame every trainer runs in: ``rng_scope(seed)``, with gradients on and float32 as the
+    default dtype. A caller's ``torch.no_grad()`` or ``torch.inference_mode()`` does not reach
+    inside (a trainer needs gradients), and the package's networks are built in float32 whatever
+    ``torch.get_default_dtype()`` the caller set; both are as the caller had them on exit."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), rng_scope(seed):
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@contextlib.contextmanager
 def atomic():
     """Apply one update whole: a Ctrl-C (SIGINT) that arrives inside the block is held until the
     block has finished, then delivered. An update is never left half-applied by an interrupt,

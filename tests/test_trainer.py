@@ -81,3 +81,27 @@ def test_none_is_refused_where_a_field_is_not_optional():
     with pytest.raises(TypeError, match="lr must be a number, got None"):
         ppo.train("CartPole-v1", total_steps=512, seed=0, lr=None)
     assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None
+
+
+def test_training_scope_turns_gradients_on_and_float32_and_restores_both():
+    from rlnotes.trainer import training_scope
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad(), training_scope(0):
+            assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            assert torch.get_default_dtype() == torch.float32
+            x = torch.randn(3)
+            w = torch.ones(3, requires_grad=True)
+            (w * x).sum().backward()
+            assert torch.equal(w.grad, x)
+        assert torch.get_default_dtype() == torch.float64 and torch.is_grad_enabled()
+        with torch.inference_mode():
+            with training_scope(0):
+                assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with training_scope(5):
+        a = torch.rand(2)
+    with training_scope(5):
+        assert torch.equal(a, torch.rand(2))      # the seed's stream, as rng_scope gives it
