@@ -139,3 +139,17 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_tensor(name: str, value, kind: str = "float") -> torch.Tensor:
+    """Return ``value`` if it is a torch tensor of the ``kind`` asked for, else raise ``TypeError``
+    naming ``name``, what was given and what is allowed. ``kind``: "float" (a floating dtype),
+    "int" (an integer dtype: token ids, actions) or "any"."""
+    if not torch.is_tensor(value):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__} {reprlib.repr(value)}")
+    ok = {"float": value.is_floating_point(), "any": True,
+          "int": not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool}[kind]
+    if not ok:
+        allowed = {"float": "a floating dtype", "int": "an integer dtype"}[kind]
+        raise TypeError(f"{name} must be a tensor of {allowed}, got dtype {value.dtype}")
+    return value

@@ -131,3 +131,20 @@ def test_check_choice_returns_the_value_or_names_the_choices():
     assert check_choice("loss_type", "dapo", ("grpo", "dapo")) == "dapo"
     with pytest.raises(ValueError, match=r"loss_type must be one of \('grpo', 'dapo'\), got 'dpo'"):
         check_choice("loss_type", "dpo", ("grpo", "dapo"))
+
+
+def test_check_tensor_names_the_argument_and_the_kind():
+    from rlnotes.utils import check_tensor
+    x = torch.zeros(2)
+    assert check_tensor("logp", x) is x
+    assert check_tensor("ids", torch.zeros(2, dtype=torch.long), "int").dtype == torch.long
+    with pytest.raises(TypeError, match=r"logp must be a torch.Tensor, got list \[1, 2\]"):
+        check_tensor("logp", [1, 2])
+    with pytest.raises(TypeError, match="logp must be a torch.Tensor, got NoneType None"):
+        check_tensor("logp", None)
+    with pytest.raises(TypeError, match="ids must be a tensor of an integer dtype, got dtype torch.float32"):
+        check_tensor("ids", x, "int")
+    with pytest.raises(TypeError, match="ids must be a tensor of an integer dtype, got dtype torch.bool"):
+        check_tensor("ids", x.bool(), "int")
+    with pytest.raises(TypeError, match="logp must be a tensor of a floating dtype, got dtype torch.int64"):
+        check_tensor("logp", x.long())
