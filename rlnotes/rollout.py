@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # gymnasium is imported where environments are made, so the L
 GYMNASIUM_MIN = (1, 4)
 
 
+MAX_ENVS = 4096  # environments in one synchronous vector env; 10**5 take half a minute to build
+
+
 def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gymnasium.vector.VectorEnv:
     """Synchronous vector environments with same-step autoreset and episode statistics.
 
@@ -53,8 +56,15 @@ def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gymnasium.
         raise ImportError(f"rlnotes needs gymnasium >= {'.'.join(map(str, GYMNASIUM_MIN))}, found {gym.__version__}: "
                           "before 1.4, RecordEpisodeStatistics miscounts episodes under same-step autoreset "
                           "(pip install -U gymnasium)")
-    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **env_kwargs)
+    if num_envs > MAX_ENVS:
+        raise ValueError(f"num_envs must be <= {MAX_ENVS} (one process steps them one after another), "
+                         f"got {num_envs}")
+    try:
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **env_kwargs)
+    except gym.error.Error as error:   # an id gymnasium does not know (NameNotFound, VersionNotFound, ...)
+        raise ValueError(f"env_id must be a registered gymnasium environment such as 'CartPole-v1', got {env_id!r} "
+                         f"({error})") from None
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
         space = envs.single_action_space
         envs.close()
@@ -105,9 +115,12 @@ def _return_checks():
 
         def reset(self, **kwargs):
             result = self.env.reset(**kwargs)
-            if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+            if not (isinstance(result, tuple) and len(result) == 2):
                 raise TypeError(f"{self.where}: reset() returned {reprlib.repr(result)}; gymnasium's API expects a "
                                 "tuple (observation, info dict), not the old gym API's observation alone")
+            if not isinstance(result[1], dict):
+                raise TypeError(f"{self.where}: reset() returned info={reprlib.repr(result[1])}; gymnasium's API "
+                                "expects an info dict")
             self.check_observation(result[0], "reset()")
             return result
 

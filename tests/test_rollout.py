@@ -371,3 +371,20 @@ def test_an_info_that_is_not_a_dict_is_named():
                                         r"step\(\) returned info=\[\] at its step 2; gymnasium's API expects an info dict"):
         runner.rollout(Always(0), constant_value(0.0), 3)
     runner.close()
+
+
+def test_an_unknown_env_id_and_too_many_environments_are_named():
+    with pytest.raises(ValueError, match=r"env_id must be a registered gymnasium environment such as "
+                                         r"'CartPole-v1', got 'NoSuchEnv-v0' \(.*NoSuchEnv.*\)"):
+        make_envs("NoSuchEnv-v0", 1, 0)
+    with pytest.raises(ValueError, match=rf"num_envs must be <= {rollout.MAX_ENVS} .*, got 10000000"):
+        make_envs("CartPole-v1", 10**7, 0)
+
+
+def test_a_reset_whose_info_is_not_a_dict_is_named(monkeypatch):
+    made = opened_envs(monkeypatch)
+    env_id = scripted("InfoNone", lambda t, r: (r[0], None) if t == 0 else r)
+    with pytest.raises(TypeError, match=r"environment 'rlnotes-rollout-test/InfoNone-v0' \(sub-environment 1\): "
+                                        r"reset\(\) returned info=None; gymnasium's API expects an info dict"):
+        Runner(env_id, 2, 0, 0.99, History())
+    assert len(made) == 1 and made[0].closed
