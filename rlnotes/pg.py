@@ -22,14 +22,16 @@ from .nets import CategoricalPolicy, ValueNet, fit_value
 from .returns import advantage_batch
 from .rollout import ControlConfig, Runner
 from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
-from .utils import check_finite, check_positive, check_positive_int, check_same_shape
+from .utils import check_finite, check_positive, check_positive_int, check_same_shape, check_tensor
 
 
 def pg_loss(logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     """-L^PG = -mean_t[ log pi_theta(a_t|s_t) * A_t ]; its gradient is minus the score-function estimate.
 
     ``logp`` and ``advantages`` are tensors of one shape holding at least one sample, finite
-    (``ValueError`` naming the argument otherwise)."""
+    (``ValueError`` naming the argument otherwise; ``TypeError`` for what is not a float tensor)."""
+    check_tensor("logp", logp)
+    check_tensor("advantages", advantages)
     check_same_shape(logp=logp, advantages=advantages)
     check_finite("logp", logp)
     check_finite("advantages", advantages)

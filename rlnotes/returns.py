@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .rollout import Rollout
 from .trainer import check_bool
 from .utils import check_binary, check_in_range, check_positive, check_same_shape
 
@@ -119,6 +120,9 @@ def advantage_batch(batch, gamma: float, lam: float, normalize_advantages: bool 
     (``normalize_advantages``: True or False, ``TypeError`` otherwise). Returns (obs, actions,
     advantages, returns)."""
     normalize_advantages = check_bool("normalize_advantages", normalize_advantages)
+    if not isinstance(batch, Rollout):
+        raise TypeError(f"batch must be a rlnotes.rollout.Rollout (what Runner.rollout returns), "
+                        f"got {type(batch).__name__}")
     adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, gamma, lam)
     obs, actions, adv, ret = batch.flat(batch.obs, batch.actions, adv, ret)
     return obs, actions, normalize(adv) if normalize_advantages else adv, ret

@@ -164,3 +164,10 @@ def test_pg_loss_refuses_non_finite_input_naming_the_argument():
         pg.pg_loss(torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([float("nan"), 0.0, 0.0]))
     with pytest.raises(ValueError, match=r"logp must be finite"):
         pg.pg_loss(torch.tensor([-math.inf, -2.0, -0.5]), torch.zeros(3))
+
+
+def test_pg_loss_names_arguments_that_are_not_float_tensors():
+    with pytest.raises(TypeError, match=r"logp must be a torch.Tensor, got list \[0.1, 0.2\]"):
+        pg.pg_loss([0.1, 0.2], torch.ones(2))
+    with pytest.raises(TypeError, match="advantages must be a torch.Tensor, got NoneType"):
+        pg.pg_loss(torch.zeros(2), None)

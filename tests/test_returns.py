@@ -156,3 +156,9 @@ def test_normalize_refuses_advantages_whose_std_overflows_float32():
         normalize(torch.tensor([3e38, -3e38]))
     torch.testing.assert_close(normalize(torch.tensor([3e38, -3e38], dtype=torch.float64)),
                                torch.tensor([1.0, -1.0], dtype=torch.float64) / 2 ** 0.5)
+
+
+def test_advantage_batch_names_a_batch_that_is_not_a_rollout():
+    from rlnotes.returns import advantage_batch
+    with pytest.raises(TypeError, match="batch must be a rlnotes.rollout.Rollout .*, got dict"):
+        advantage_batch({"rewards": torch.zeros(2)}, 0.99, 0.95)
