@@ -36,6 +36,8 @@ GYMNASIUM_MIN = (1, 4)
 
 
 MAX_ENVS = 4096  # environments in one synchronous vector env; 10**5 take half a minute to build
+MAX_HIDDEN = 8192  # the width of the control networks' hidden layers (8192**2 float32 weights: 256 MiB)
+MAX_BATCH_STEPS = 2**22  # environment steps in one batch, all held in memory
 
 
 def make_envs(env_id: str, num_envs: int, seed: int, **env_kwargs) -> gymnasium.vector.VectorEnv:
@@ -294,6 +296,12 @@ class ControlConfig(Config):
         self.check("lam", check_in_range, 0.0, 1.0)
         self.check("normalize_advantages", check_bool)
         self.check("progress", check_bool)
+        for name, most in (("num_envs", MAX_ENVS), ("hidden", MAX_HIDDEN), ("num_steps", MAX_BATCH_STEPS)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be <= {most}, got {getattr(self, name)}")
+        if self.batch_steps > MAX_BATCH_STEPS:
+            raise ValueError(f"num_envs * num_steps (the steps of one batch, held in memory) must be <= "
+                             f"{MAX_BATCH_STEPS}, got {self.num_envs} * {self.num_steps}")
         if self.normalize_advantages and self.num_envs * self.num_steps < 2:
             raise ValueError("num_envs * num_steps must be >= 2 to normalise advantages per batch "
                              f"(got {self.num_envs} * {self.num_steps}); or pass normalize_advantages=False")

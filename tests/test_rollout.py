@@ -388,3 +388,15 @@ def test_a_reset_whose_info_is_not_a_dict_is_named(monkeypatch):
                                         r"reset\(\) returned info=None; gymnasium's API expects an info dict"):
         Runner(env_id, 2, 0, 0.99, History())
     assert len(made) == 1 and made[0].closed
+
+
+def test_control_configs_refuse_sizes_beyond_memory_by_name():
+    from rlnotes import pg
+    with pytest.raises(ValueError, match=r"hidden must be <= 8192, got 1000000"):
+        pg.PGConfig(total_steps=64, seed=0, hidden=10**6)
+    with pytest.raises(ValueError, match=r"num_steps must be <= 4194304, got 1000000000"):
+        pg.PGConfig(total_steps=64, seed=0, num_steps=10**9)
+    with pytest.raises(ValueError, match=r"num_envs must be <= 4096, got 1000000"):
+        pg.PGConfig(total_steps=64, seed=0, num_envs=10**6)
+    with pytest.raises(ValueError, match=r"num_envs \* num_steps .* must be <= 4194304, got 4096 \* 4096"):
+        pg.PGConfig(total_steps=64, seed=0, num_envs=4096, num_steps=4096)
