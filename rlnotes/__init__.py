@@ -30,6 +30,7 @@ module              chapter
 ``post``            all: the source post's claims, checked
 ``plots``           all: the figures that recur across chapters
 ``seeds``           1-3: the seeds of one setting, run on every core
+``exercises``       1-6: the build-it exercises' checks, the reader's function against rlnotes'
 ``stats``           all: standard errors, bootstrap intervals, IQM over seeds and samples
 ``utils``           all: seeding, device selection, argument checks
 ==================  ==========================================================
