@@ -28,7 +28,7 @@ module              chapter
 ``ipo``             6: the IPO loss, DPO's unbounded margin
 ``frontier``        6: one reward-KL frontier for every method
 ``post``            all: the source post's claims, checked
-``plots``           all: the figures that recur across chapters
+``plots``           all: every static (matplotlib) figure
 ``seeds``           1-3: the seeds of one setting, run on every core
 ``exercises``       1-6: the build-it exercises' checks, the reader's function against rlnotes'
 ``stats``           all: standard errors, bootstrap intervals, IQM over seeds and samples

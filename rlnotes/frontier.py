@@ -9,9 +9,9 @@ spread over the CPU's cores (``Workers``: one process per core, started once for
 one torch thread per run, so the numbers are the same whatever the number of processes),
 optionally evaluated after every epoch (DPO, IPO; ``per_epoch`` and ``epoch_rows`` read them).
 ``summarize`` gives the mean over seeds with its standard error and the spread (sample std and
-min-max), ``format_table`` prints it, ``plot`` draws it; ``budget`` counts what each run spends
-(samples, Adam steps), and ``gap_to_curve`` measures how far one method's points lie below
-another's frontier.
+min-max), ``format_table`` prints it (``rlnotes.plots.method_frontier`` draws it); ``budget``
+counts what each run spends (samples, Adam steps), and ``gap_to_curve`` measures how far one
+method's points lie below another's frontier.
 """
 
 from __future__ import annotations
@@ -330,36 +330,3 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
     return {"updates": cfg.steps, "adam_steps": cfg.steps * epochs * math.ceil(n / min(per_epoch, n)),
             "responses": cfg.steps * n, "pairs": 0, "lr": cfg.lr}
 
-
-def plot(rows: list[dict], sft_r_star: float, ax=None, spread: str = "se"):
-    """Mean r* against mean KL per (method, beta), with error bars of two standard errors of the
-    mean over seeds (``spread="se"``: about a 95% interval), one std over seeds (``"std"``), or
-    from the lowest to the highest seed (``"range"``); the seeds themselves as faint points;
-    pi_ref at KL 0. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    if spread not in ("se", "std", "range"):
-        raise ValueError(f"spread must be 'se', 'std' or 'range', got {spread!r}")
-
-    ax = ax or plt.subplots(figsize=(7.5, 4.8))[1]
-    markers = dict(zip(METHODS, "^osDv"))
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        color = f"C{i}"
-        runs = [r for r in rows if r["method"] == method]
-        ax.scatter([r["kl"] for r in runs], [r["r_star"] for r in runs], color=color, alpha=0.25, s=12)
-        stats = sorted((s for s in summarize(runs)), key=lambda s: s["kl"])
-        if spread == "range":
-            xerr = [[s["kl"] - s["kl_min"] for s in stats], [s["kl_max"] - s["kl"] for s in stats]]
-            yerr = [[s["r_star"] - s["r_star_min"] for s in stats], [s["r_star_max"] - s["r_star"] for s in stats]]
-        else:
-            scale, key = (2.0, "_se") if spread == "se" else (1.0, "_std")
-            xerr = [scale * np.nan_to_num(s["kl" + key]) for s in stats]
-            yerr = [scale * np.nan_to_num(s["r_star" + key]) for s in stats]
-        ax.errorbar([s["kl"] for s in stats], [s["r_star"] for s in stats], xerr=xerr,
-                    yerr=yerr, color=color, marker=markers.get(method, "o"),
-                    capsize=3, label=method)
-    ax.scatter([0], [sft_r_star], color="k", marker="s", label=r"$\pi_{ref}$")
-    ax.set_xlabel(r"KL$[\pi\,\|\,\pi_{ref}]$ per response (nats)")
-    ax.set_ylabel(r"mean true reward $r^*$ (held-out prompts)")
-    ax.legend(fontsize=8)
-    return ax

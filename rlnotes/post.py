@@ -1,6 +1,7 @@
 """The source post, checked: what the book measures where the post makes a claim of its own.
 
-Two pieces, both used by the chapters' "post, sentence by sentence" tables:
+Used by chapter 4's "post, sentence by sentence" table (the figure of the post's DPO.png is
+``rlnotes.plots.pipeline_figure``):
 
 * ``centring_variance``: the post asks that the reward model be normalised so that
   E_{x,y}[r_phi(x, y)] = 0 "for all x" (per prompt) "to lower the variance"; ``RewardModel.normalize_``
@@ -8,7 +9,6 @@ Two pieces, both used by the chapters' "post, sentence by sentence" tables:
   mean of the policy-gradient estimate g = grad log pi(y|x) (r_phi(x, y) - b(x)) unchanged, since
   E_{y~pi}[grad log pi(y|x)] = 0 (eq. eq-pg-estimator with a baseline, chapter 1), so centring is a
   baseline: it can only change the estimate's variance. This measures that variance, both ways.
-* ``pipeline_figure``: the post's DPO.png (Figure 1 of the DPO paper), the RLHF pipeline beside DPO's.
 """
 
 from __future__ import annotations
@@ -122,52 +122,3 @@ def centring_moments(grads, raw: torch.Tensor, b_prompt: torch.Tensor, offset: f
     return {"variance": variance, "mean_norm": {k: v.norm().item() for k, v in means.items()},
             "best_constant": c_best, "variance_best_constant": total_var(raw - c_best, (A - c_best * G) / N),
             "constant_parabola": parabola, "score_mean_ratio": (G @ G).item() / N ** 2 / (cov_g / N)}
-
-
-# ------------------------------------------------------------------ the post's DPO.png, drawn
-
-RLHF_STEPS = ("preference\ndata\n$x, y_w, y_l$", "reward\nmodel $r_\\phi$\n(max. likelihood)",
-              "sample\ncompletions\n$y \\sim \\pi_\\theta(\\cdot\\mid x)$", "reinforcement\nlearning (PPO)\nKL to $\\pi_{ref}$",
-              "final LM\n$\\pi_\\theta$")
-DPO_STEPS = ("preference\ndata\n$x, y_w, y_l$", "maximum\nlikelihood\n$\\mathcal{L}_{DPO}$", "final LM\n$\\pi_\\theta$")
-
-
-def pipeline_figure(figsize=(10.5, 2.9)):
-    """The RLHF pipeline (preference data -> reward model -> sampling -> RL -> LM) beside DPO's
-    (preference data -> maximum likelihood -> LM): Figure 1 of the DPO paper, the post's DPO.png.
-
-    The loop between sampling and RL (the policy samples the data it is trained on) is drawn as a
-    curved arrow; DPO has none. Returns the matplotlib figure (two axes, titled "RLHF (PPO)" and
-    "DPO"); its text labels are ``RLHF_STEPS`` and ``DPO_STEPS``.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
-    fig, axes = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [5, 3]})
-    for ax, steps, title, color in ((axes[0], RLHF_STEPS, "RLHF (PPO)", "#f4d6a0"),
-                                    (axes[1], DPO_STEPS, "DPO", "#bfe3c0")):
-        n = len(steps)
-        ax.set_xlim(0, 2 * n)
-        ax.set_ylim(0.7, 3.1)
-        ax.axis("off")
-        ax.set_title(title, fontsize=12, fontweight="bold")
-        for i, label in enumerate(steps):
-            x = 2 * i + 0.15
-            ax.add_patch(FancyBboxPatch((x, 0.9), 1.7, 1.2, boxstyle="round,pad=0.02,rounding_size=0.15",
-                                        facecolor=color, edgecolor="k", lw=1))
-            ax.text(x + 0.85, 1.5, label, ha="center", va="center", fontsize=8.5, linespacing=1.4)
-            if i < n - 1:
-                ax.add_patch(FancyArrowPatch((x + 1.72, 1.5), (x + 2.13, 1.5), arrowstyle="-|>",
-                                             mutation_scale=12, lw=1.2))
-        if title.startswith("RLHF"):   # the RL loop: the policy generates its own training data
-            ax.add_patch(FancyArrowPatch((2 * 3 + 1.0, 2.12), (2 * 2 + 1.0, 2.12), connectionstyle="arc3,rad=0.6",
-                                         arrowstyle="-|>", mutation_scale=12, lw=1.2, color="C3"))
-            ax.text(2 * 3, 2.8, "the policy samples its own training data", ha="center", va="center", fontsize=8, color="C3")
-    fig.tight_layout()
-    return fig
-
-
-def figure_labels(fig) -> list[str]:
-    """The text of every label drawn on ``fig``'s axes, in order (what the unit test checks)."""
-    return [t.get_text() for ax in fig.axes for t in ax.texts]
-

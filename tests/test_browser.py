@@ -261,7 +261,7 @@ def test_ppo_page_shows_the_widget_and_the_static_clip_figure(server, browser):
         page.wait_for_function("document.querySelectorAll('.widget-slider').length >= 2", timeout=30_000)
         assert page.locator(".widget-slider").count() == 2
         # the static two-panel figure (the PPO paper's Figure 1) under it, for readers without a kernel
-        cell = page.locator("div.cell", has_text="widgets.paper_figure(")
+        cell = page.locator("div.cell", has_text="plots.paper_figure(")
         assert cell.count() == 1
         assert cell.locator("img").evaluate_all("imgs => imgs.filter(i => i.naturalWidth > 0).length") >= 1
         assert not problems, "\n".join(problems)

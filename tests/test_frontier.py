@@ -1,5 +1,5 @@
 """rlnotes.frontier: the sweep over methods, betas and seeds; its summary (mean, standard error and
-min-max over seeds), the printed table and the plot; each run's budget; the gap between two curves;
+min-max over seeds) and the printed table; each run's budget; the gap between two curves;
 the runs in one process or in workers, evaluated at the end or after each epoch."""
 
 import matplotlib
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from rlnotes import frontier, rlhf
+from rlnotes import frontier, plots, rlhf
 
 # one update (or one epoch) of each method: the sweep's tests
 ONE_UPDATE = {"PPO": dict(steps=1, batch_size=4, epochs=1), "DPO": dict(epochs=1, batch_size=8),
@@ -45,7 +45,7 @@ def test_sweep_summarize_plot(prepared):
         assert s["n"] == 2 and s["beta"] == 0.5
         assert s["r_star"] == pytest.approx(np.mean([r["r_star"] for r in runs]))
         assert s["kl_std"] == pytest.approx(np.std([r["kl"] for r in runs], ddof=1))
-    ax = frontier.plot(rows, 0.0)
+    ax = plots.method_frontier(rows, 0.0)
     assert len(ax.get_legend().get_texts()) == 6          # five methods and pi_ref
 
 
@@ -86,22 +86,6 @@ def test_format_table_prints_mean_se_and_range():
     text = frontier.format_table(frontier.summarize([{**r, "r_star/se": 0.05} for r in ROWS]))
     assert text.splitlines()[1].split() == ["PPO", "0.10", "3", "+0.500", "+-", "0.173", "[+0.200,", "+0.800]",
                                             "2.33", "+-", "0.88", "[1.00,", "4.00]", "0.050"]
-
-
-def test_plot_range_bars_span_the_seeds():
-    ax = frontier.plot(ROWS, 0.0, spread="range")
-    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
-    segs = bars.lines[2][1].get_segments()                 # the vertical bar
-    assert np.allclose([segs[0][0][1], segs[0][1][1]], [0.2, 0.8])
-    with pytest.raises(ValueError, match="spread"):
-        frontier.plot(ROWS, 0.0, spread="iqr")
-
-
-def test_plot_se_bars_are_two_standard_errors():
-    ax = frontier.plot(ROWS, 0.0)
-    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
-    (low, high), se = bars.lines[2][1].get_segments()[0][:, 1], np.std([0.5, 0.2, 0.8], ddof=1) / np.sqrt(3)
-    assert np.allclose([low, high], [0.5 - 2 * se, 0.5 + 2 * se])
 
 
 def test_budget_counts_the_optimiser_steps_each_trainer_takes(prepared):

@@ -256,8 +256,8 @@ def test_batch_curves_draws_raw_values_their_moving_mean_and_reference_lines():
         plots.batch_curves(h, {"loss": "loss"}, smooth=31)
     with pytest.raises(KeyError, match="no metric 'missing'"):
         plots.batch_curves(h, {"missing": "?"})
-    with pytest.raises(ValueError, match="one axes per panel"):
-        plots.batch_curves(h, {"loss": "loss", "accuracy": "acc"}, axes=plt.subplots(1, 3)[1])
+    with pytest.raises(ValueError, match="one Axes per panel"):
+        plots.batch_curves(h, {"loss": "loss", "accuracy": "acc"}, ax=plt.subplots(1, 3)[1])
 
 
 def test_update_curves_draws_the_mean_over_seeds_and_the_min_max_band():
@@ -310,3 +310,130 @@ def test_centring_variance_draws_each_seeds_parabola():
     assert ax.get_ylim()[0] == 0
     with pytest.raises(TypeError, match="results"):
         plots.centring_variance({})
+
+
+# ----- the papers' figures: the clip plot (PPO, Figure 1) and the pipelines (DPO, Figure 1) -----------
+
+def line(ax, label):
+    (found,) = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    return np.asarray(found.get_xdata(), float), np.asarray(found.get_ydata(), float)
+
+
+def shaded(ax):
+    """x-intervals of the shaded "flat" regions."""
+    spans = [p for p in ax.patches if p.get_label() == plots.FLAT]
+    out = []
+    for p in spans:
+        xs = p.get_patch_transform().transform(p.get_path().vertices)[:, 0]  # Rectangle or Polygon
+        out.append((round(float(xs.min()), 6), round(float(xs.max()), 6)))
+    return out
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0, 0.7, -1.8])
+def test_clip_plot_figure_data_closed_form(advantage):
+    eps = 0.2
+    ax = plots.clip_plot_figure(eps, advantage)
+    r, l_clip = line(ax, plots.CLIP)
+    r2, unclipped = line(ax, plots.UNCLIPPED)
+    np.testing.assert_allclose(unclipped, r2 * advantage)
+    expected = np.minimum(r * advantage, np.clip(r, 1 - eps, 1 + eps) * advantage)
+    np.testing.assert_allclose(l_clip, expected)
+    # flat exactly in the shaded region: above 1 + eps for A > 0, below 1 - eps for A < 0
+    slope = np.diff(l_clip) / np.diff(r)
+    mid = 0.5 * (r[1:] + r[:-1])
+    flat = (mid > 1 + eps) if advantage > 0 else (mid < 1 - eps)
+    np.testing.assert_allclose(slope[flat], 0.0, atol=1e-9)
+    np.testing.assert_allclose(slope[~flat], advantage, rtol=1e-6)
+    assert shaded(ax) == ([(1.2, 2.0)] if advantage > 0 else [(0.0, 0.8)])
+    # the red dot at r = 1, where L^CLIP = A
+    x, y = line(ax, plots.RATIO_ONE)
+    assert x.tolist() == [1.0] and y.tolist() == pytest.approx([advantage])
+    assert ax.get_xlabel() and ax.get_ylabel()
+    plt.close(ax.figure)
+
+
+def test_zero_advantage_is_flat_everywhere_and_bad_eps_rejected():
+    ax = plots.clip_plot_figure(0.3, 0.0)
+    assert shaded(ax) == [(0.0, 2.0)]
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="eps"):
+        plots.clip_plot_figure(0.0, 1.0)
+    with pytest.raises(ValueError, match="eps"):
+        plots.clip_plot_figure(float("nan"), 1.0)
+
+
+def test_paper_figure_has_both_panels():
+    fig = plots.paper_figure(0.2)
+    left, right = fig.axes
+    assert shaded(left) == [(1.2, 2.0)] and shaded(right) == [(0.0, 0.8)]
+    assert line(left, plots.RATIO_ONE)[1].tolist() == [1.0] and line(right, plots.RATIO_ONE)[1].tolist() == [-1.0]
+    plt.close(fig)
+
+
+def test_pipeline_figure_labels():
+    fig = plots.pipeline_figure()
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles == ["RLHF (PPO)", "DPO"]
+        labels = plots.figure_labels(fig)
+        rlhf_labels = [t.get_text() for t in fig.axes[0].texts]
+        dpo_labels = [t.get_text() for t in fig.axes[1].texts]
+        assert rlhf_labels[:5] == list(plots.RLHF_STEPS) and dpo_labels == list(plots.DPO_STEPS)
+        rlhf_labels, dpo_labels = ([" ".join(t.split()) for t in ls] for ls in (rlhf_labels, dpo_labels))
+        for word in ("preference data", "reward model", "sample completions", "reinforcement learning", "final LM"):
+            assert any(word in label for label in rlhf_labels), word
+        for word in ("preference data", "maximum likelihood", "final LM"):
+            assert any(word in label for label in dpo_labels), word
+        assert not any("reward model" in label or "sample" in label for label in dpo_labels)
+        assert len(labels) == len(rlhf_labels) + len(dpo_labels)
+        fig.canvas.draw()                                   # the mathtext labels render
+    finally:
+        plt.close(fig)
+
+
+# ----- chapter 6: every method on one frontier ----------------------------------------------------
+
+FRONTIER_ROWS = [{"method": "PPO", "beta": 0.1, "seed": s, "r_star": r, "kl": k, "seconds": 1.0}
+                 for s, (r, k) in enumerate([(0.5, 2.0), (0.2, 1.0), (0.8, 4.0)])]
+
+
+def test_method_frontier_range_bars_span_the_seeds():
+    ax = plots.method_frontier(FRONTIER_ROWS, 0.0, spread="range")
+    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
+    segs = bars.lines[2][1].get_segments()                 # the vertical bar
+    assert np.allclose([segs[0][0][1], segs[0][1][1]], [0.2, 0.8])
+    with pytest.raises(ValueError, match="spread"):
+        plots.method_frontier(FRONTIER_ROWS, 0.0, spread="iqr")
+
+
+def test_method_frontier_se_bars_are_two_standard_errors():
+    ax = plots.method_frontier(FRONTIER_ROWS, 0.0)
+    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
+    (low, high), se = bars.lines[2][1].get_segments()[0][:, 1], np.std([0.5, 0.2, 0.8], ddof=1) / np.sqrt(3)
+    assert np.allclose([low, high], [0.5 - 2 * se, 0.5 + 2 * se])
+
+
+# ----- one keyword for the target: ax= (one Axes, or a sequence of them) ---------------------------
+
+def test_every_figure_function_takes_ax_and_none_takes_axes():
+    import inspect
+
+    takes = {name: inspect.signature(getattr(plots, name)).parameters for name in plots.__all__
+             if inspect.isfunction(getattr(plots, name))}
+    assert all("axes" not in params for params in takes.values())
+    own_figure = {"paper_figure", "pipeline_figure", "figure_labels"}   # make (or read) a whole figure
+    assert sorted(name for name, params in takes.items() if "ax" not in params) == sorted(own_figure)
+
+
+def test_multi_panel_figures_draw_on_the_axes_given():
+    fig, (a, b) = plt.subplots(1, 2)
+    assert plots.trpo_line_search({"TRPO": trpo_history(0)}, 0.01, ax=[a, b]) == (a, b)
+    fig, (a, b) = plt.subplots(1, 2)
+    good = one_batch([1e-3, 1e-2], outside=[0.0, 0.1])
+    assert plots.ppo_one_batch(good, good, eps=0.2, ax=(a, b)) == (a, b)
+    fig, grid = plt.subplots(2, 2)
+    assert plots.dpo_training(dpo_updates(), ax=grid) is grid and grid[1, 1].get_ylabel() == "preference accuracy"
+    fig, (a, b, c) = plt.subplots(1, 3)
+    assert plots.update_curves({"a": logged(0)}, {"r_star": "r*"}, ax=c) == [c] and not a.get_lines()
+    fig, ax = plt.subplots()
+    assert plots.clip_plot_figure(0.2, 1.0, ax=ax) is ax and plots.method_frontier(FRONTIER_ROWS, 0.0, ax=ax) is ax

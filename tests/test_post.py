@@ -1,10 +1,5 @@
-"""rlnotes.post: the centring measurement (against a brute-force computation) and the pipeline figure."""
+"""rlnotes.post: the centring measurement (against a brute-force computation)."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -73,24 +68,3 @@ def test_centring_variance_bad_input(tiny_prepared):
         post.centring_variance(P.sft, P.reward_model, P.tokenizer, P.task, n_baseline=2.5)
     with pytest.raises(ValueError, match="split"):
         post.centring_variance(P.sft, P.reward_model, P.tokenizer, P.task, split="dev")
-
-
-def test_pipeline_figure_labels():
-    fig = post.pipeline_figure()
-    try:
-        titles = [ax.get_title() for ax in fig.axes]
-        assert titles == ["RLHF (PPO)", "DPO"]
-        labels = post.figure_labels(fig)
-        rlhf_labels = [t.get_text() for t in fig.axes[0].texts]
-        dpo_labels = [t.get_text() for t in fig.axes[1].texts]
-        assert rlhf_labels[:5] == list(post.RLHF_STEPS) and dpo_labels == list(post.DPO_STEPS)
-        rlhf_labels, dpo_labels = ([" ".join(t.split()) for t in ls] for ls in (rlhf_labels, dpo_labels))
-        for word in ("preference data", "reward model", "sample completions", "reinforcement learning", "final LM"):
-            assert any(word in label for label in rlhf_labels), word
-        for word in ("preference data", "maximum likelihood", "final LM"):
-            assert any(word in label for label in dpo_labels), word
-        assert not any("reward model" in label or "sample" in label for label in dpo_labels)
-        assert len(labels) == len(rlhf_labels) + len(dpo_labels)
-        fig.canvas.draw()                                   # the mathtext labels render
-    finally:
-        plt.close(fig)
