@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlnotes import lm, pg, ppo, rlhf
-from rlnotes.trainer import History
+from rlnotes.trainer import History, trainable_copy
 
 
 @pytest.fixture
@@ -81,3 +81,17 @@ def test_none_is_refused_where_a_field_is_not_optional():
     with pytest.raises(TypeError, match="lr must be a number, got None"):
         ppo.train("CartPole-v1", total_steps=512, seed=0, lr=None)
     assert ppo.UpdateConfig(max_grad_norm=None).max_grad_norm is None
+
+
+def test_trainable_copy_is_a_trainable_train_mode_copy_and_leaves_the_reference_as_found():
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5)).requires_grad_(False).eval()
+    policy = trainable_copy(ref)
+    assert policy is not ref and policy.training and all(p.requires_grad for p in policy.parameters())
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())        # ref untouched
+    for p, q in zip(policy.parameters(), ref.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()                         # equal, not shared
+    rng = torch.get_rng_state()
+    trainable_copy(ref)
+    assert torch.equal(torch.get_rng_state(), rng)                                       # draws nothing
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module .* got NoneType"):
+        trainable_copy(None)
