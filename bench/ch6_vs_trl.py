@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import grpo, lm, rlhf, rloo
+from rlnotes import grpo, groups, lm, rlhf, rloo
+from rlnotes.trainer import trainable_copy
 
 B, G, LR, BETA_GRPO, BETA_RLOO = 8, 4, 1e-3, 0.04, 0.05
 
@@ -90,11 +91,11 @@ def same_inputs_batch(P, lr):
     """One batch sampled by rlnotes from pi_old = pi_ref on same-length prompts, a moved policy, advantages."""
     items = ("movie", "book", "album", "game", "show", "phone", "hotel", "cafe")
     prompts = [f"review of the {item} :" for item in items]
-    g = rloo.sample_groups(P.sft, P.sft, P.tokenizer, prompts, G, P.task.max_response_tokens,
-                           torch.Generator().manual_seed(0))
+    g = groups.sample_groups(P.sft, P.sft, P.tokenizer, prompts, G, P.task.max_response_tokens,
+                             torch.Generator().manual_seed(0))
     assert bool(g.prompt_mask.all()), "the prompts must need no padding"
     reward = P.task.true_rewards(g.prompts, g.text)
-    moved = rloo.new_policy(P.sft)
+    moved = trainable_copy(P.sft)
     opt = torch.optim.Adam(moved.parameters(), lr=lr)
     for _ in range(2):                                     # two steps away from pi_old
         opt.zero_grad()
@@ -139,7 +140,7 @@ def compare_losses(P, path):
                                     "clip_ratio": ours.clip_ratio.item()}
     # RLOO: TRL clips the sequence-level ratio, rlnotes does not (one update per batch): compare the loss and
     # its gradient (REINFORCE with the leave-one-out baseline) at pi = pi_old, where the two must agree
-    policy = rloo.new_policy(P.sft)
+    policy = trainable_copy(P.sft)
     trainer = make_trainer("rloo", path, P, 1)
     k1 = (g.logp - g.ref_logp).sum(1)
     adv_r = rloo.rloo_advantages((reward - BETA_RLOO * k1).view(-1, G)).view(-1)

@@ -23,7 +23,8 @@ module              chapter
 ``reward``          4: phase 2, Bradley-Terry preferences and the reward model
 ``rlhf``            4: phase 3, KL-regularised PPO over tokens
 ``dpo``             5: the optimal policy, log Z and the DPO loss
-``rloo``            6: leave-one-out baselines, groups of samples, RLOO
+``groups``          6: groups of samples for RLOO and GRPO, when a scoring pass serves the update
+``rloo``            6: leave-one-out baselines, the exact bias of group baselines, RLOO
 ``grpo``            6: group advantages, GRPO's loss and its normalisations
 ``ipo``             6: the IPO loss, DPO's unbounded margin
 ``frontier``        6: one reward-KL frontier for every method

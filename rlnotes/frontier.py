@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import dpo, grpo, ipo, rlhf, rloo
+from .reward import VerifiableReward
 from .stats import standard_error
 from .utils import check_positive_int
 
@@ -36,8 +37,8 @@ METHODS = ("PPO", "DPO", "IPO", "RLOO", "GRPO")
 
 
 def with_true_reward(prepared):
-    """``prepared`` with the verifiable reward r* (``rloo.VerifiableReward``) in place of r_phi."""
-    return dataclasses.replace(prepared, reward_model=rloo.VerifiableReward(prepared.task, prepared.tokenizer))
+    """``prepared`` with the verifiable reward r* (``reward.VerifiableReward``) in place of r_phi."""
+    return dataclasses.replace(prepared, reward_model=VerifiableReward(prepared.task, prepared.tokenizer))
 
 
 def train_method(method: str, prepared, beta: float, seed: int, data: dict | None = None, *, callback=None,

@@ -33,13 +33,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
+                     sample_groups, score_groups, step_seed)
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
 from .rlhf import check_prepared
-from .rloo import (check_groups, check_reward_fn, group_metrics, new_policy, reuses_scoring_pass, sample_groups,
-                   score_groups)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
+                      run_guard, trainable_copy)
 from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
                     check_same_shape)
 
@@ -51,17 +51,13 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
 
     ``std`` is the unbiased sample std (as ``torch.std`` and TRL); ``scale=False`` keeps only the
     centring (Dr. GRPO). A group with all rewards equal gets advantages exactly 0. ``rewards`` as
-    ``rloo.check_groups`` accepts them (NaN, inf and fewer than 2 samples are refused); ``scale``
-    must be True or False, ``eps`` > 0.
+    ``groups.check_groups`` accepts them (NaN, inf and fewer than 2 samples are refused); ``scale``
+    must be True or False, ``eps`` > 0. The formula is ``groups.relative_advantages``.
     """
     rewards = check_groups("rewards", rewards)
     scale = check_bool("scale", scale)
     eps = check_positive("eps", eps)
-    centred = rewards - rewards.mean(1, keepdim=True)
-    equal = (rewards == rewards[:, :1]).all(1, keepdim=True)
-    if scale:
-        centred = centred / (rewards.std(1, keepdim=True) + eps)
-    return torch.where(equal, torch.zeros_like(centred), centred)
+    return relative_advantages(rewards, scale, eps)
 
 
 class GRPOLoss(NamedTuple):
@@ -197,7 +193,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
 
     ``reward_fn(prompts, responses) -> [N]`` defaults to the verifiable reward r*
     (``prepared.task.true_rewards``): no reward model, and no value network. What it returns must
-    pass ``rloo.check_rewards`` (one finite number per response). Each step samples
+    pass ``check_rewards`` (one finite number per response). Each step samples
     ``num_generations`` responses per prompt, takes the group advantages (eq. grpo-adv) and runs
     ``epochs`` passes of minibatch Adam steps on ``grpo_loss``. Dr. GRPO's max length is the
     task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
@@ -218,7 +214,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
     with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
-        policy = new_policy(ref)
+        policy = trainable_copy(ref)
         result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy, cfg.epochs, mb >= n)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -227,7 +223,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
         for step in progress(range(cfg.steps), cfg.progress, desc="grpo"):
             with atomic():
                 with Timer() as timer:
-                    prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    prompts = task.prompts(cfg.batch_size, step_seed(cfg.seed, step))
                     g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen, keep_graph=reuse)
                     reward, r_star = score_groups(task, reward_fn, g)
                     adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)

@@ -4,7 +4,8 @@ The labeller prefers y_1 to y_2 with probability p*(y_1 > y_2 | x) = sigma(r*(x,
 (eq. rlhf-bt); r_phi is fitted by maximum likelihood under the same model, L_R = -E_D[log
 sigma(r_phi(x, y_w) - r_phi(x, y_l))] (eq. rlhf-rm). ``preference_accuracy`` is the book's one
 measure of how well any score ranks preference pairs (the reward model here, DPO's implicit
-reward in chapter 5).
+reward in chapter 5). ``VerifiableReward`` puts the task's r* behind the reward model's call
+signature (chapter 6's PPO on the verifiable reward).
 """
 
 from __future__ import annotations
@@ -210,6 +211,25 @@ class RewardModel(nn.Module):
         """Shift r_phi to mean zero on these (x, y); returns the offset removed."""
         self.offset += self.score(tokenizer, prompts, responses).mean().to(self.offset)
         return self.offset.item()
+
+
+class VerifiableReward(nn.Module):
+    """A program as the reward model: r*(x, y) of ``task`` computed from token ids (no parameters).
+
+    It has the reward model's call signature, so chapter 4's PPO (``rlhf.train_ppo``) can
+    optimise the verifiable reward r* instead of a learned r_phi.
+    """
+
+    def __init__(self, task, tokenizer):
+        super().__init__()
+        self.task, self.tokenizer = task, tokenizer
+        self.register_buffer("offset", torch.zeros(()))
+
+    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+        keep = [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(prompt_ids.tolist(), prompt_mask.tolist())]
+        prompts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in keep]
+        text = lm.decode_responses(self.tokenizer, response_ids, response_mask)
+        return self.task.true_rewards(prompts, text).to(response_ids.device)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
+from .groups import reuses_scoring_pass, step_seed
 from .kl import exact_kl, kl_estimators, sequence_kl
 from .nets import value_loss
 from .ppo import clipped_surrogate
@@ -518,14 +519,6 @@ class TokenBatch:
     first_pass: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def _reuses_first_pass(policy: nn.Module, cfg: RLHFConfig) -> bool:
-    """Whether ``collect``'s forward pass can serve as the first minibatch's: one minibatch holds the
-    whole batch (so epoch 0's forward sees the very parameters ``collect`` saw) and no dropout is
-    active (so the pass in train mode equals the one in eval mode)."""
-    one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
-    return one_minibatch and not lm.active_dropout(policy)
-
-
 @torch.no_grad()
 def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], beta: float, cfg: RLHFConfig,
             generator: torch.Generator) -> TokenBatch:
@@ -539,7 +532,9 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
     p, pm = lm.encode_prompts(tok, prompts, device)
     policy.eval()
     ids, mask = lm.sample(policy.lm, tok, p, pm, prepared.task.max_response_tokens, generator=generator)
-    reuse = _reuses_first_pass(policy, cfg)
+    # update uses the pass for its first step only (epochs=1), and it sees these parameters if it is the whole batch
+    one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
+    reuse = reuses_scoring_pass(policy, one_minibatch=one_minibatch)
     with torch.set_grad_enabled(reuse):
         logits, logp, values = policy(p, pm, ids, mask)
     first_pass = (logp, values) if reuse else None
@@ -628,7 +623,7 @@ def train_ppo(prepared: Prepared, config: RLHFConfig | None = None, **kwargs) ->
         for step in progress(range(cfg.steps), cfg.progress, desc="rlhf ppo"):
             with atomic():
                 with Timer() as timer:
-                    prompts = prepared.task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    prompts = prepared.task.prompts(cfg.batch_size, step_seed(cfg.seed, step))
                     batch = collect(policy, prepared, prompts, ctl.beta, cfg, sample_gen)
                     v_loss = update(policy, opt, batch, cfg, shuffle_gen)
                     beta_used = ctl.beta

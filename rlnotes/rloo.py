@@ -1,4 +1,4 @@
-"""Chapter 6: REINFORCE Leave-One-Out (RLOO), and the group of samples it shares with GRPO.
+"""Chapter 6: REINFORCE Leave-One-Out (RLOO), and the exact bias and variance of group baselines.
 
 Sample k responses y_1..y_k ~ pi(.|x) per prompt. The baseline of sample i is the mean reward of
 the OTHER k - 1 samples (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!";
@@ -12,14 +12,12 @@ gradient by (k-1)/k (``exact_estimator_moments`` computes both exactly on a soft
 RLOO is REINFORCE on whole responses; the KL to pi_ref enters the reward as in chapter 4,
 R_i = r(x, y_i) - beta sum_t log(pi(y_t|s_t) / pi_ref(y_t|s_t)) (the k1 estimate per sequence).
 
-``sample_groups`` draws the k responses per prompt and scores them under pi and pi_ref; GRPO
-(``rlnotes.grpo``) uses it too. ``train`` is the RLOO trainer (TRL's ``RLOOTrainer`` with one
-update per batch).
+The groups of samples, shared with GRPO, live in ``rlnotes.groups``. ``train`` is the RLOO trainer
+(TRL's ``RLOOTrainer`` with one update per batch).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import reprlib
@@ -30,32 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm
-from .kl import sequence_kl
+from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
+                     sample_groups, score_groups, step_seed)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
+                      run_guard, trainable_copy)
 from .rlhf import check_prepared, check_rewards
 from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
-
-
-def check_groups(name: str, rewards) -> torch.Tensor:
-    """Return ``rewards`` as a float tensor [B, k], k >= 2 samples per prompt (a list or array of
-    numbers is converted to float32, integers to torch's default float dtype).
-
-    Refused: TypeError for what is not real numbers (strings, bools, complex); ValueError for
-    another shape and for NaN or inf.
-    """
-    if not torch.is_tensor(rewards):
-        try:
-            rewards = torch.as_tensor(rewards, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a [B, k] tensor or nested list of numbers, got "
-                            f"{type(rewards).__name__} {reprlib.repr(rewards)}") from None
-    if rewards.dtype == torch.bool or rewards.is_complex():
-        raise TypeError(f"{name} must hold real numbers, got {rewards.dtype} (convert with .float())")
-    if rewards.ndim != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"{name} must be [B, k] with k >= 2 samples per prompt, got shape {tuple(rewards.shape)}")
-    check_finite(name, rewards)
-    return rewards if rewards.is_floating_point() else rewards.to(torch.get_default_dtype())
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -125,9 +103,8 @@ def exact_estimator_moments(probs, rewards, k: int) -> dict:
     r = rewards[draws]
     score = F.one_hot(draws, K).double() - probs                                 # grad log pi(y_i), [D, k, K]
     centred = r - r.mean(1, keepdim=True)
-    from .grpo import group_advantages
     adv = {"none": r, "group_mean": centred, "leave_one_out": rloo_advantages(r),
-           "group_std": group_advantages(r, scale=True)}
+           "group_std": relative_advantages(r, True, 1e-4)}  # grpo.group_advantages(r)
     out = {"true": probs * (rewards - (probs * rewards).sum())}
     for name, a in adv.items():
         g = (a[..., None] * score).mean(1)                                       # one estimate per draw, [D, K]
@@ -205,131 +182,6 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
     return out
 
 
-# ------------------------------------------------------------------------- groups of samples
-
-@dataclass
-class Groups:
-    """k responses for each of B prompts, in prompt-major order (x_1 k times, then x_2, ...).
-
-    ``logp`` / ``ref_logp``: log pi_old(y_t|s_t) and log pi_ref(y_t|s_t) per token, [B k, T], 0 on
-    padding; ``kl``: the exact per-token KL(pi_old || pi_ref) summed over each response, [B k]
-    (``rlnotes.kl.sequence_kl``, as ``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old;
-    ``first_pass``: ``logp`` with its autograd graph when ``sample_groups`` was asked to keep it (the
-    forward pass of the one update), else None.
-    """
-
-    prompts: list
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    ids: torch.Tensor
-    mask: torch.Tensor
-    text: list
-    logp: torch.Tensor
-    ref_logp: torch.Tensor
-    kl: torch.Tensor
-    entropy: float
-    finished: torch.Tensor
-    k: int
-    first_pass: torch.Tensor | None = None
-
-    def tensors(self, idx):
-        """(prompt_ids, prompt_mask, response_ids, response_mask) of the samples at ``idx``."""
-        return self.prompt_ids[idx], self.prompt_mask[idx], self.ids[idx], self.mask[idx]
-
-    def token_logprobs(self, model, idx=None) -> torch.Tensor:
-        """log pi(y_t|s_t) of the samples at ``idx``, [n, T] (0 on padding); ``idx`` None: all of them,
-        each prompt run once for its k responses (``lm.group_response_logits``)."""
-        if idx is not None:
-            return lm.token_logprobs(model, *self.tensors(idx))
-        p, pm = self.prompt_ids[::self.k], self.prompt_mask[::self.k]
-        return lm.logprobs_from_logits(lm.group_response_logits(model, p, pm, self.ids, self.mask), self.ids, self.mask)
-
-
-@torch.no_grad()
-def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
-                  generator: torch.Generator | None = None, keep_graph: bool = False) -> Groups:
-    """Draw k responses per prompt from ``policy`` and score them under it and under ``ref`` (one
-    pass of each, every prompt run once for its k responses). With ``keep_graph`` the policy's
-    scoring pass keeps its autograd graph (``Groups.first_pass``), so that an update whose one
-    gradient step sees these very parameters back-propagates through it instead of running the
-    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1."""
-    k = check_positive_int("k", k)
-    device = next(policy.parameters()).device
-    repeated = [x for x in prompts for _ in range(k)]
-    p, pm = lm.encode_prompts(tokenizer, prompts, device)
-    was_training = policy.training
-    policy.eval()
-    ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
-    with torch.set_grad_enabled(keep_graph):
-        logits = lm.group_response_logits(policy, p, pm, ids, mask)
-        logp = lm.logprobs_from_logits(logits, ids, mask)
-    policy.train(was_training)
-    first_pass = logp if keep_graph else None
-    logits, logp = logits.detach(), logp.detach()
-    logits_ref = lm.group_response_logits(ref, p, pm, ids, mask)
-    logq = F.log_softmax(logits, -1)
-    entropy = (-(logq.exp() * logq).sum(-1) * mask).sum() / mask.sum()
-    finished = ((ids == tokenizer.eos_token_id) & mask.bool()).any(1)
-    return Groups(repeated, p.repeat_interleave(k, 0), pm.repeat_interleave(k, 0), ids, mask,
-                  lm.decode_responses(tokenizer, ids, mask), logp,
-                  lm.logprobs_from_logits(logits_ref, ids, mask), sequence_kl(logits, logits_ref, mask),
-                  entropy.item(), finished, k, first_pass)
-
-
-def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool = True) -> bool:
-    """Whether ``sample_groups``' scoring pass can serve the update: one gradient step per batch (one
-    epoch, one minibatch), so the step sees the parameters that scored the samples, and no active
-    dropout (``lm.active_dropout``), so the pass in eval mode equals the one in train mode. What TRL's
-    GRPOTrainer does with ``num_iterations=1``; it saves one policy forward pass per step."""
-    return epochs == 1 and one_minibatch and not lm.active_dropout(policy)
-
-
-def check_reward_fn(reward_fn):
-    """Return ``reward_fn`` if it is None or callable, else raise ``TypeError``."""
-    if reward_fn is not None and not callable(reward_fn):
-        raise TypeError(f"reward_fn must be a function (prompts, responses) -> one number per response, or None "
-                        f"(the verifiable r*), got {type(reward_fn).__name__} {reprlib.repr(reward_fn)}")
-    return reward_fn
-
-
-def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reward, r*) of every sampled response: ``reward_fn``'s score (None: r* itself, computed once),
-    checked by ``check_rewards``, and the verifiable r* logged beside it."""
-    r_star = task.true_rewards(g.prompts, g.text)
-    if reward_fn is None:
-        return r_star.to(g.logp), r_star
-    return check_rewards("reward_fn", reward_fn(g.prompts, g.text), len(g.text), g.logp.device, g.logp.dtype), r_star
-
-
-def group_metrics(g: Groups, rewards: torch.Tensor, r_star: torch.Tensor, k: int) -> dict:
-    """The per-update log entries both group trainers share (TRL's names where TRL has them)."""
-    grouped = rewards.view(-1, k)
-    return {"reward": rewards.mean(), "reward_std": grouped.std(1).mean(),
-            "frac_reward_zero_std": (grouped == grouped[:, :1]).all(1).float().mean(),
-            "kl/exact_per_sequence": g.kl.mean(), "entropy": g.entropy,
-            "completions/mean_length": g.mask.sum(1).float().mean(),
-            "completions/clipped_ratio": 1.0 - g.finished.float().mean(), "r_star": r_star.mean()}
-
-
-class VerifiableReward(nn.Module):
-    """A program as the reward model: r*(x, y) of ``task`` computed from token ids (no parameters).
-
-    It has the reward model's call signature, so chapter 4's PPO (``rlhf.train_ppo``) can
-    optimise the verifiable reward r* instead of a learned r_phi.
-    """
-
-    def __init__(self, task, tokenizer):
-        super().__init__()
-        self.task, self.tokenizer = task, tokenizer
-        self.register_buffer("offset", torch.zeros(()))
-
-    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-        keep = [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(prompt_ids.tolist(), prompt_mask.tolist())]
-        prompts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in keep]
-        text = lm.decode_responses(self.tokenizer, response_ids, response_mask)
-        return self.task.true_rewards(prompts, text).to(response_ids.device)
-
-
 # ------------------------------------------------------------------------------- the trainer
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,14 +210,6 @@ class RLOOConfig(Config):
         self.check("progress", check_bool)
 
 
-def new_policy(ref) -> nn.Module:
-    """A trainable copy of the frozen reference model pi_ref (the starting point of every trainer here);
-    ``ref`` must be a ``torch.nn.Module`` (TypeError)."""
-    if not isinstance(ref, nn.Module):
-        raise TypeError(f"ref must be a torch.nn.Module (the reference model), got {type(ref).__name__}")
-    return copy.deepcopy(ref).requires_grad_(True).train()
-
-
 def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) -> TrainResult:
     """RLOO on ``prepared``'s task (``rlnotes.rlhf.Prepared``), starting from pi_ref = ``prepared.sft``.
 
@@ -389,7 +233,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
     with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
-        policy = new_policy(ref)
+        policy = trainable_copy(ref)
         result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy)  # one Adam step per batch
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -397,7 +241,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
         for step in progress(range(cfg.steps), cfg.progress, desc="rloo"):
             with atomic():
                 with Timer() as timer:
-                    prompts = task.prompts(cfg.batch_size, cfg.seed * 100_003 + step)
+                    prompts = task.prompts(cfg.batch_size, step_seed(cfg.seed, step))
                     g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen,
                                       keep_graph=reuse)
                     reward, r_star = score_groups(task, reward_fn, g)

@@ -25,6 +25,7 @@ Every ``train*`` function of rlnotes
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import signal
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .utils import check_in_range, check_positive_int
 
@@ -176,6 +178,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training stopped after {len(result.history)} complete updates "
                          f"({type(cause).__name__}); the partial result is in .result")
         self.result = result
+
+
+# --------------------------------------------------------------------------------- the policy
+
+def trainable_copy(ref) -> nn.Module:
+    """A trainable copy of the frozen reference model pi_ref, the starting point of the LM trainers:
+    ``copy.deepcopy(ref)`` with every parameter ``requires_grad`` and in train mode (``ref`` itself is
+    untouched). ``ref`` must be a ``torch.nn.Module`` (TypeError)."""
+    if not isinstance(ref, nn.Module):
+        raise TypeError(f"ref must be a torch.nn.Module (the reference model), got {type(ref).__name__}")
+    return copy.deepcopy(ref).requires_grad_(True).train()
 
 
 # ------------------------------------------------------------------------------ configuration

@@ -179,7 +179,7 @@ def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
     def stop(ref):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grpo, "new_policy", stop)
+    monkeypatch.setattr(grpo, "trainable_copy", stop)
     with pytest.raises(KeyboardInterrupt) as caught:
         _run(tiny_prepared)
     assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)

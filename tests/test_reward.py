@@ -134,3 +134,13 @@ def test_preferences_want_one_reward_per_pair():  # fix27 item 15
     with pytest.raises(ValueError, match=r"r_rejected must hold one reward per pair: a 1-D .* got shape \(1, 1\)"):
         reward.Preferences(["p"], ["c"], ["r"], [1.0], torch.zeros(1, 1))
     assert reward.Preferences(["p"], ["c"], ["r"], [1.0], [0.0]).r_chosen.shape == (1,)
+
+
+def test_verifiable_reward_is_r_star(tiny_prepared):
+    P = tiny_prepared
+    prompts = P.eval_prompts[:4]
+    responses = ["it was great .", "great great", "the story was awful .", "fun but dull ."]
+    p, pm = lm.encode_prompts(P.tokenizer, prompts)
+    ids, mask = lm.encode_responses(P.tokenizer, responses)
+    got = reward.VerifiableReward(P.task, P.tokenizer)(p, pm, ids, mask)
+    torch.testing.assert_close(got, P.task.true_rewards(prompts, responses))

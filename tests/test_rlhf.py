@@ -250,7 +250,7 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
     reused = rlhf.train_ppo(prepared, **kw)
     assert len(calls) == 2 * 2  # per step: collect's pass (kept for epoch 0), epoch 1's pass
     calls.clear()
-    monkeypatch.setattr(rlhf, "_reuses_first_pass", lambda policy, cfg: False)
+    monkeypatch.setattr(rlhf, "reuses_scoring_pass", lambda *a, **kw: False)
     recomputed = rlhf.train_ppo(prepared, **kw)
     assert len(calls) == 2 * 3
     for key in ("r_phi", "kl/exact_per_sequence", "loss/value"):
@@ -259,10 +259,10 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
     for a, b in zip(reused.model.parameters(), recomputed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     monkeypatch.undo()
-    cfg = rlhf.RLHFConfig(batch_size=8, minibatch_size=4)
-    assert not rlhf._reuses_first_pass(reused.value_fn, cfg)
-    assert rlhf._reuses_first_pass(reused.value_fn, rlhf.RLHFConfig(batch_size=8, minibatch_size=8))
-    assert not rlhf._reuses_first_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)), rlhf.RLHFConfig(batch_size=8))
+    for minibatch_size, kept in ((4, False), (8, True), (None, True)):   # collect keeps the pass for a whole batch
+        cfg = rlhf.RLHFConfig(batch_size=8, minibatch_size=minibatch_size)
+        batch = rlhf.collect(reused.value_fn, prepared, prepared.eval_prompts[:8], 0.1, cfg, torch.Generator())
+        assert (batch.first_pass is not None) is kept
 
 
 # ------------------------------------------------------------- bad input

@@ -1,11 +1,12 @@
-"""rlnotes.rloo: leave-one-out baselines, the exact bias of the group mean, and the RLOO trainer."""
+"""rlnotes.rloo: leave-one-out baselines, the exact bias of the group mean, and the RLOO trainer (the groups of
+samples it shares with GRPO: test_groups.py)."""
 
 import numpy as np
 import pytest
 import torch
 
 from rlnotes import rlhf, rloo
-from rlnotes.trainer import TrainResult
+from rlnotes.trainer import TrainResult, trainable_copy
 
 
 def test_rloo_advantages_by_hand():
@@ -52,27 +53,6 @@ def test_exact_moments_leave_one_out_unbiased_group_mean_scaled():
 def prepared(prepared_sft40):
     """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft40``)."""
     return prepared_sft40
-
-
-def test_verifiable_reward_is_r_star(prepared):
-    P = prepared
-    prompts = P.eval_prompts[:4]
-    responses = ["it was great .", "great great", "the story was awful .", "fun but dull ."]
-    from rlnotes import lm
-    p, pm = lm.encode_prompts(P.tokenizer, prompts)
-    ids, mask = lm.encode_responses(P.tokenizer, responses)
-    got = rloo.VerifiableReward(P.task, P.tokenizer)(p, pm, ids, mask)
-    torch.testing.assert_close(got, P.task.true_rewards(prompts, responses))
-
-
-def test_sample_groups_shapes_and_kl(prepared):
-    P = prepared
-    g = rloo.sample_groups(P.sft, P.sft, P.tokenizer, ["review of the movie :", "game review :"], 3, 8,
-                           torch.Generator().manual_seed(0))
-    assert g.prompts == ["review of the movie :"] * 3 + ["game review :"] * 3
-    assert g.ids.shape[0] == 6 and g.logp.shape == g.ids.shape
-    torch.testing.assert_close(g.logp, g.ref_logp)
-    assert torch.all(g.kl.abs() < 1e-5) and (g.logp[g.mask == 0] == 0).all()
 
 
 def test_train_improves_r_star_and_follows_the_contract(prepared):
@@ -152,21 +132,6 @@ def test_one_update_reuses_the_scoring_pass(prepared, monkeypatch, trainer):
     for a, b in zip(reused.model.parameters(), recomputed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     monkeypatch.undo()
-    assert rloo.reuses_scoring_pass(prepared.sft) and not rloo.reuses_scoring_pass(prepared.sft, epochs=2)
-    assert not rloo.reuses_scoring_pass(prepared.sft, one_minibatch=False)
-    assert not rloo.reuses_scoring_pass(torch.nn.Sequential(torch.nn.Dropout(0.1)))
-
-
-def test_sample_groups_keeps_the_graph_only_when_asked(prepared):
-    P = prepared
-    policy = rloo.new_policy(P.sft)
-    args = (policy, P.sft, P.tokenizer, ["review of the movie :", "game review :"], 3, 8)
-    kept = rloo.sample_groups(*args, torch.Generator().manual_seed(0), keep_graph=True)
-    plain = rloo.sample_groups(*args, torch.Generator().manual_seed(0))
-    assert plain.first_pass is None and not plain.logp.requires_grad
-    assert kept.first_pass.requires_grad and not kept.logp.requires_grad
-    assert torch.equal(kept.first_pass.detach(), kept.logp) and torch.equal(kept.ids, plain.ids)
-    torch.testing.assert_close(kept.logp, plain.logp, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------- bad input
@@ -235,8 +200,6 @@ def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared
         rloo.train(dataclasses.replace(tiny_prepared, reward_model=None))
     with pytest.raises(TypeError, match="reward_fn must be a function .* got int 3"):
         rloo.train(tiny_prepared, 3)
-    with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
-        rloo.new_policy(None)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -298,19 +261,15 @@ def test_exact_estimator_moments_accepts_lists():
     assert torch.equal(a["leave_one_out"]["mean"], b["leave_one_out"]["mean"])
 
 
-def test_gradient_variance_and_sample_groups_bad_arguments(tiny_prepared):
+def test_gradient_variance_bad_arguments(tiny_prepared):
     P, prompts = tiny_prepared, tiny_prepared.eval_prompts[:2]
-    policy = rloo.new_policy(P.sft)
+    policy = trainable_copy(P.sft)
     with pytest.raises(ValueError, match="k must be >= 2, got 1"):
         rloo.gradient_variance(policy, P, prompts, k=1)
     with pytest.raises(ValueError, match="shift must be finite"):
         rloo.gradient_variance(policy, P, prompts, shift=float("nan"))
     with pytest.raises(TypeError, match="prepared must be a Prepared"):
         rloo.gradient_variance(policy, None, prompts)
-    with pytest.raises(TypeError, match="k must be an integer, got 1.5"):
-        rloo.sample_groups(P.sft, P.sft, P.tokenizer, prompts, 1.5, 4)
-    g = rloo.sample_groups(P.sft, P.sft, P.tokenizer, prompts, 2.0, 4, torch.Generator().manual_seed(0))
-    assert g.k == 2 and len(g.text) == 4       # a whole float is accepted as the int
 
 
 def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
@@ -319,7 +278,7 @@ def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
     def stop(ref):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rloo, "new_policy", stop)
+    monkeypatch.setattr(rloo, "trainable_copy", stop)
     with pytest.raises(KeyboardInterrupt) as caught:
         _run(tiny_prepared)
     assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)

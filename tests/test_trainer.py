@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlnotes import lm, pg, ppo, rlhf
-from rlnotes.trainer import History
+from rlnotes.trainer import History, trainable_copy
 
 
 @pytest.fixture
@@ -105,3 +105,17 @@ def test_training_scope_turns_gradients_on_and_float32_and_restores_both():
         a = torch.rand(2)
     with training_scope(5):
         assert torch.equal(a, torch.rand(2))      # the seed's stream, as rng_scope gives it
+
+
+def test_trainable_copy_is_a_trainable_train_mode_copy_and_leaves_the_reference_as_found():
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5)).requires_grad_(False).eval()
+    policy = trainable_copy(ref)
+    assert policy is not ref and policy.training and all(p.requires_grad for p in policy.parameters())
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())        # ref untouched
+    for p, q in zip(policy.parameters(), ref.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()                         # equal, not shared
+    rng = torch.get_rng_state()
+    trainable_copy(ref)
+    assert torch.equal(torch.get_rng_state(), rng)                                       # draws nothing
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module .* got NoneType"):
+        trainable_copy(None)
