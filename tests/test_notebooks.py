@@ -63,3 +63,56 @@ def test_each_chapter_opens_with_a_preview_and_closes_with_the_posts_table(path)
     assert len(recap) == 1
     after = [line for i, line in marks if i > recap[0] and line.startswith("## ")]
     assert after in ([], ["## Exercises"]), f"the recap is the last section before the exercises, not {after}"
+
+
+FIGURE_MIMES = ("image/png", "application/vnd.jupyter.widget-view+json")
+
+
+def figure_problems(paths):
+    """What keeps a figure from its caption: every code cell that displays a figure (image/png) or a
+    live widget needs metadata mystnb.figure with a non-empty caption (MyST-NB renders it under the
+    output) and a name no other figure of the book uses."""
+    problems, names = [], {}
+    for path in paths:
+        for i, cell in enumerate(json.loads(Path(path).read_text())["cells"]):
+            if cell["cell_type"] != "code" or not any(
+                    mime in out.get("data", {}) for out in cell.get("outputs", []) for mime in FIGURE_MIMES):
+                continue
+            figure = (cell.get("metadata", {}).get("mystnb") or {}).get("figure") or {}
+            where = f"{Path(path).name} cell {i} ({cell.get('id')})"
+            if not str(figure.get("caption", "")).strip():
+                problems.append(f"{where}: no caption (metadata mystnb.figure.caption)")
+            name = str(figure.get("name", "")).strip()
+            if not name:
+                problems.append(f"{where}: no name (metadata mystnb.figure.name)")
+            elif name in names:
+                problems.append(f"{where}: the name {name!r} is also that of {names[name]}")
+            else:
+                names[name] = where
+    return problems
+
+
+def test_every_figure_has_a_caption_and_a_unique_name():
+    assert not figure_problems(NOTEBOOKS), "\n".join(figure_problems(NOTEBOOKS))
+
+
+def test_the_figure_check_finds_a_figure_without_a_caption(tmp_path):
+    png = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
+           "metadata": {}}
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "m"}}}
+    cell = lambda outputs, meta: {"cell_type": "code", "source": "plot()", "metadata": meta, "outputs": outputs}
+    named = {"mystnb": {"figure": {"caption": "What to see.", "name": "fig-a"}}}
+    nb = {"cells": [cell([png], named), cell([], {}), cell([widget], {"tags": ["hide-input"]}),
+                    cell([png, png], {"mystnb": {"figure": {"caption": " ", "name": "fig-a"}}})], "metadata": {}}
+    for i, c in enumerate(nb["cells"]):
+        c["id"] = f"c{i}"
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert figure_problems([tmp_path / "nb.ipynb"]) == [
+        "nb.ipynb cell 2 (c2): no caption (metadata mystnb.figure.caption)",
+        "nb.ipynb cell 2 (c2): no name (metadata mystnb.figure.name)",
+        "nb.ipynb cell 3 (c3): no caption (metadata mystnb.figure.caption)",
+        "nb.ipynb cell 3 (c3): the name 'fig-a' is also that of nb.ipynb cell 0 (c0)"]
+    nb["cells"] = nb["cells"][:2]
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert figure_problems([tmp_path / "nb.ipynb"]) == []

@@ -46,7 +46,14 @@ def markdown_cells(text):
 
 
 def source_markdown(path):
-    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    """The markdown of a source notebook: its markdown cells and its figure captions."""
+    cells = nbformat.read(path, as_version=4).cells
+    return ([c.source for c in cells if c.cell_type == "markdown"]
+            + [str(edition.figure_options(c).get("caption", "")) for c in cells if edition.figure_options(c)])
+
+
+def is_caption_cell(cell):
+    return cell.cell_type == "markdown" and cell.get("id", "").endswith(edition.CAPTION_ID_SUFFIX)
 
 
 # ------------------------------------------------------------------------------ (1) no MyST left
@@ -70,7 +77,7 @@ def test_code_cells_and_outputs_unchanged(built):
     for source in edition.sources(ROOT):
         src = nbformat.read(source, as_version=4)
         out = nbformat.reads(texts[source.name], as_version=4)
-        header, cells = out.cells[0], out.cells[1:]
+        header, cells = out.cells[0], [c for c in out.cells[1:] if not is_caption_cell(c)]
         assert header.cell_type == "markdown" and f"book/{source.name}" in header.source
         assert f"{edition.base_url(ROOT)}book/{source.stem}.html" in header.source
         assert "stored run" in header.source
@@ -80,6 +87,64 @@ def test_code_cells_and_outputs_unchanged(built):
             if a.cell_type != "markdown":
                 assert a == b, f"{source.name}: cell {a.get('id')} changed"
         assert out.metadata == src.metadata
+
+
+# ---------------------------------------------------------------------------- figure captions
+
+def test_each_captioned_figure_is_followed_by_its_caption(built):
+    """The book shows a figure cell's caption (metadata mystnb.figure) under the figure; Jupyter
+    and Colab ignore that metadata, so the edition puts it in a markdown cell after the cell."""
+    texts, _ = built
+    md, count = MarkdownIt("commonmark"), 0
+    for source in edition.sources(ROOT):
+        src = nbformat.read(source, as_version=4)
+        out = nbformat.reads(texts[source.name], as_version=4).cells[1:]
+        captioned = {c.id: edition.figure_options(c)["caption"] for c in src.cells
+                     if edition.figure_options(c).get("caption")}
+        for i, cell in enumerate(out):
+            if is_caption_cell(cell):
+                assert out[i - 1].id in captioned and cell.id == out[i - 1].id + edition.CAPTION_ID_SUFFIX
+            if cell.id not in captioned:
+                continue
+            count += 1
+            after = out[i + 1]
+            assert is_caption_cell(after), f"{source.name}: no caption after cell {cell.id}"
+            html = md.render(after.source)     # one italic paragraph: the caption's own * and _ do not split it
+            assert html.startswith("<p><em>Figure: ") and html.rstrip().endswith("</em></p>"), html
+            assert html.count("<em>") == 1, f"{source.name} {cell.id}: the caption's emphasis breaks: {html}"
+            assert not edition.leftovers(after.source)
+            plain = re.sub(r"\{[^}]*\}`[^`]*`", "", captioned[cell.id])      # the caption's words are kept
+            assert plain.split()[:3] == after.source[len("*Figure: "):].split()[:3]
+    assert count == sum(1 for s in edition.sources(ROOT) for c in nbformat.read(s, as_version=4).cells
+                        if edition.figure_options(c).get("caption"))
+    assert count > 0
+
+
+def test_caption_roles_converted_and_figure_name_is_a_ref_target(tmp_path):
+    root = tiny_book(tmp_path, "See {ref}`fig-ch9-demo` and {ref}`the figure <fig-ch9-demo>`.")
+    path = root / "book" / "09_x.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].metadata["mystnb"] = {"figure": {
+        "name": "fig-ch9-demo",
+        "caption": "Over {glue:text}`ch9_n` seeds the curves of\n{ref}`ch9-sec` meet, as $\\pi_\\theta$ says."}}
+    nbformat.write(nb, path)
+    assert edition.main(["--root", str(root)]) == 0
+    out = nbformat.read(root / "colab" / "09_x.ipynb", as_version=4)
+    assert [c.cell_type for c in out.cells] == ["markdown", "markdown", "code", "markdown"]
+    caption = out.cells[3]
+    assert caption.id == "cell-1" + edition.CAPTION_ID_SUFFIX
+    url = "https://rlnotes.github.io/rlnotes/book/09_x.html"
+    assert caption.source == (f"*Figure: Over 3 seeds the curves of [9. A chapter]({url}#ch9-sec) meet, "
+                              "as $\\pi_\\theta$ says.*")
+    text = out.cells[1].source
+    # a bare {ref} shows the caption, as Sphinx does: its roles converted, its links dropped
+    assert text.endswith(f"See [Over 3 seeds the curves of\n9. A chapter meet, as $\\pi_\\theta$ says.]"
+                         f"({url}#fig-ch9-demo) and [the figure]({url}#fig-ch9-demo).")
+    # a glue name the notebook does not store fails, naming the notebook, as in a markdown cell
+    nb.cells[1].metadata["mystnb"]["figure"]["caption"] = "Value {glue:text}`ch9_missing`."
+    nbformat.write(nb, path)
+    with pytest.raises(edition.EditionError, match=r"book/09_x: .*'ch9_missing'"):
+        edition.build(root)
 
 
 # ------------------------------------------------------------------------- (2) every glue name

@@ -15,7 +15,11 @@ plain CommonMark, where MyST's roles and directives would show as source:
   quotes with a bold title; ``(label)=`` lines go; ``$$ ... $$ (label)`` keeps its equation, tagged
   with the number the book gives it;
 - code cells and their outputs (the set-up cell among them) are copied unchanged, and a first
-  markdown cell says what the notebook is and links to the rendered page.
+  markdown cell says what the notebook is and links to the rendered page;
+- a code cell whose metadata carries a figure caption (``"mystnb": {"figure": {"caption": ...}}``,
+  which the book renders under the cell's figure or widget and Jupyter and Colab ignore) is followed
+  by a markdown cell ``*Figure: <caption>*``, the caption's roles converted as in the markdown cells;
+  a {ref} to the figure's ``name`` links to it in the rendered book.
 
 Anything MyST left after the conversion, or a glue name the notebook does not store, is an error
 naming the notebook. The book's address is ``html.baseurl`` in _config.yml (DEFAULT_BASE if unset).
@@ -39,6 +43,7 @@ DEFAULT_BASE = "https://rlnotes.github.io/rlnotes/"
 OUT_DIR = "colab"
 HEADER_ID = "reading-edition"
 GLUE_PREFIX = "application/papermill.record/"
+CAPTION_ID_SUFFIX = "-caption"   # the id of a caption cell: the id of its code cell + this
 
 PY_ROLES = {"py:func", "py:meth", "py:class", "py:mod", "py:obj", "py:attr", "py:data", "py:exc"}
 CITE_ROLES = {"cite", "cite:p", "cite:t", "cite:ps", "cite:ts"}
@@ -166,6 +171,14 @@ def page_markdown(root: Path, page: str) -> list[str]:
     return []
 
 
+def figure_options(cell) -> dict:
+    """A code cell's MyST-NB figure options (``metadata.mystnb.figure``), or {}."""
+    if cell.get("cell_type") != "code":
+        return {}
+    figure = ((cell.get("metadata") or {}).get("mystnb") or {}).get("figure")
+    return figure if isinstance(figure, dict) else {}
+
+
 def outside_code(lines: list[str]):
     """Yield (index, line) of the lines not inside a plain fenced code block (directive fences,
     whose content MyST parses, are not code)."""
@@ -223,7 +236,13 @@ def load_site(root: Path = ROOT) -> Site:
     for page in pages:
         chunks = page_markdown(root, page)
         if (root / f"{page}.ipynb").exists():
-            site.glue[page] = glue_values(nbformat.read(root / f"{page}.ipynb", as_version=4))
+            nb = nbformat.read(root / f"{page}.ipynb", as_version=4)
+            site.glue[page] = glue_values(nb)
+            for cell in nb.cells:             # a figure's name is a target, its caption the {ref} text
+                figure = figure_options(cell)
+                if figure.get("name"):
+                    name = str(figure["name"]).strip()
+                    site.labels[name] = Label(page, make_id(name), figure.get("caption") or None)
         for chunk in chunks:
             for _, _, _, label in math_blocks(chunk):
                 if label:
@@ -561,6 +580,19 @@ def edition(site: Site, source: Path, root: Path = ROOT) -> tuple[str, Counts, s
             left = leftovers(cell.source)
             if left and not conv.errors:
                 conv.errors.append(f"{page}: MyST left after conversion: {', '.join(left)}")
+    cells = []
+    for cell in out.cells:
+        cells.append(cell)
+        caption = str(figure_options(cell).get("caption") or "").strip()
+        if caption:
+            text = conv.convert(" ".join(caption.split()))
+            left = leftovers(text)
+            if left and not conv.errors:
+                conv.errors.append(f"{page}: MyST left in the caption of cell {cell.get('id')}: {', '.join(left)}")
+            caption_cell = nbformat.v4.new_markdown_cell(f"*Figure: {text}*")
+            caption_cell.id = f"{cell.get('id', 'figure')}{CAPTION_ID_SUFFIX}"
+            cells.append(caption_cell)
+    out.cells = cells
     title = page_title(nb)
     title = conv.plain_title(Label(page, "", title)) if title else page
     if conv.errors:
