@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import grpo, groups, lm, rlhf, rloo
+from rlnotes import grpo, groups, lm, models, rlhf, rloo
 from rlnotes.trainer import trainable_copy
 
 B, G, LR, BETA_GRPO, BETA_RLOO = 8, 4, 1e-3, 0.04, 0.05
@@ -187,7 +187,7 @@ def main():
 
     P = rlhf.prepare(seed=0)
     with tempfile.TemporaryDirectory() as path:
-        lm.save_pretrained(P.sft, P.tokenizer, path)
+        models.save_pretrained(P.sft, P.tokenizer, path)
         losses = compare_losses(P, path)
         seconds = time_runs(P, path, args.steps, args.repeats)
     print(f"TRL {trl.__version__}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")

@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from rlnotes import lm, rlhf
+from rlnotes import lm, models, rlhf, sampling, sentiment
 
 
 def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: int, batch: int) -> dict:
     if threads is not None:
         torch.set_num_threads(threads)
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
-    model = lm.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd, n_head=4).to(device)
+    task = sentiment.SentimentTask()
+    tok = sentiment.build_tokenizer(task)
+    model = models.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd, n_head=4).to(device)
     xs, ys = task.sft_corpus(2000, seed=0)
     p, pm = lm.encode_prompts(tok, xs[:batch], device)
     r, rm = lm.encode_responses(tok, ys[:batch], device=device)
@@ -50,12 +50,12 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
 
     def generate(n):
         for _ in range(n):
-            ids, mask = lm.sample(model, tok, p, pm, task.max_response_tokens, generator=gen)
+            ids, mask = sampling.sample(model, tok, p, pm, task.max_response_tokens, generator=gen)
             sampled.append(int(mask.sum()))
     seconds = timed(generate)
     out["generation"] = sum(sampled[1:]) / seconds
     prepared = rlhf.prepare(0, n_sft=256, sft_steps=2, n_pairs=32, n_test_pairs=8, rm_steps=2, n_eval_prompts=8,
-                            model=lm.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd), tokenizer=tok, device=device)
+                            model=models.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd), tokenizer=tok, device=device)
     updates = max(2, steps // 10)
     t = time.perf_counter()
     rlhf.train_ppo(prepared, beta=0.1, steps=updates, batch_size=batch)

@@ -1,6 +1,6 @@
 """Benchmark: rlnotes' language-model trainers against TRL's, same model, tokenizer, data, same run, CPU.
 
-Models: chapter 4's GPT-2 built from a config (``rlnotes.lm.tiny_gpt2``) at three sizes, the book's
+Models: chapter 4's GPT-2 built from a config (``rlnotes.models.tiny_gpt2``) at three sizes, the book's
 (2 layers, width 64, 4 heads), width 256 (4 layers, 4 heads) and GPT-2 small's body (12 layers,
 width 768, 12 heads), all on the task's word-level tokenizer (a 100-word vocabulary, so the
 embedding is small), prompts of 3-7 tokens and responses of up to 8. Both sides start from the
@@ -18,11 +18,11 @@ sequences or steps. Rows:
   both sides: tokenisation).
 - ``SFT``: seconds per step of ``rlnotes.rlhf.train_sft`` against TRL's ``SFTTrainer`` on the same
   prompt-completion pairs (loss on the completion only on both sides; set-up counted).
-- ``generation``: seconds per 1000 sampled tokens, ``rlnotes.lm.sample`` against
+- ``generation``: seconds per 1000 sampled tokens, ``rlnotes.sampling.sample`` against
   ``model.generate(do_sample=True, top_k=0)`` (what TRL's GRPOTrainer calls without vLLM), same
   left-padded prompts, up to 8 new tokens, stopping at EOS; 64 prompts once each, and (``8 per
   prompt``) 8 prompts 8 times each, as GRPO samples (``generate`` gets each prompt 8 times, as
-  GRPOTrainer passes them; ``lm.sample(k=8)`` runs each prompt once).
+  GRPOTrainer passes them; ``sampling.sample(k=8)`` runs each prompt once).
 - ``GRPO step``: one step of ``rlnotes.grpo.train`` against one step of TRL's ``GRPOTrainer``, same
   settings: 8 prompts x 8 generations (64 sequences), ``beta=0.1`` (so both run their reference
   model), a reward model of the policy's size as the reward (both re-tokenise the decoded text
@@ -68,7 +68,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's progress bars (its reference
 import numpy as np
 import torch
 
-from rlnotes import dpo, grpo, lm, rlhf
+from rlnotes import dpo, grpo, lm, models, rlhf, sampling, sentiment
 from rlnotes.rollout import History
 
 # width: layers, heads, DPO pairs (the first is the one the width comparison uses), reward-model
@@ -232,7 +232,7 @@ def run_sft(model, tok, prompts, responses, steps: int, which: str):
 def run_generation(model, tok, prompts, batches: int, which: str, k: int = 1):
     """(seconds, tokens sampled) for ``batches`` batches of 64 sequences: 64 prompts once each, or
     (``k`` > 1) 64 / k prompts k times each, as GRPO samples (``generate`` gets each prompt k
-    times, as GRPOTrainer passes them; ``lm.sample(k=k)`` runs each prompt once)."""
+    times, as GRPOTrainer passes them; ``sampling.sample(k=k)`` runs each prompt once)."""
     model.eval()
     seconds, tokens = np.zeros(2), 0
     gen = torch.Generator().manual_seed(0)
@@ -242,7 +242,7 @@ def run_generation(model, tok, prompts, batches: int, which: str, k: int = 1):
         p, pm = lm.encode_prompts(tok, prompts[b * n:(b + 1) * n])
         t = now()
         if which == "rlnotes":
-            _, mask = lm.sample(model, tok, p, pm, MAX_NEW, generator=gen, k=k)
+            _, mask = sampling.sample(model, tok, p, pm, MAX_NEW, generator=gen, k=k)
             n_tokens = int(mask.sum())
         else:
             with torch.no_grad():
@@ -321,7 +321,7 @@ CLOCKS = ("wall", "cpu")
 
 def bench_width(width: int, cfg: dict, repeats: int, task, tok) -> dict:
     """Every row at one width: {row: {side: {"wall": cost, "cpu": cost}, ...}} (costs per 1000 items)."""
-    model = lm.tiny_gpt2(tok, n_layer=cfg["layers"], n_embd=width, n_head=cfg["heads"], seed=0)
+    model = models.tiny_gpt2(tok, n_layer=cfg["layers"], n_embd=width, n_head=cfg["heads"], seed=0)
     warm_up(model, tok, task)
     res = {"layers": cfg["layers"], "heads": cfg["heads"], "parameters": sum(p.numel() for p in model.parameters())}
     pairs = {n: make_pairs(task, n) for n in cfg["dpo_pairs"]}
@@ -440,8 +440,8 @@ def main():
     if args.quick:
         for w, q in QUICK.items():
             SIZES[w] = {**SIZES[w], **q}
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
+    task = sentiment.SentimentTask()
+    tok = sentiment.build_tokenizer(task)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, trl {trl.__version__}, "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import dpo, lm, rlhf
+from rlnotes import dpo, models, rlhf, sentiment
 
 SIZES = {64: (2, 4), 256: (4, 4), 768: (12, 12)}   # width: (layers, heads)
 
@@ -42,8 +42,8 @@ def main():
     args = ap.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
+    task = sentiment.SentimentTask()
+    tok = sentiment.build_tokenizer(task)
     data = pairs(task, tok, args.pairs)
     out = {}
     print(f"{args.clock} seconds per 1000 pairs, fastest of {args.repeats}; {args.pairs} pairs, 1 thread, "
@@ -51,7 +51,7 @@ def main():
     print(f"{'width':>6} " + " ".join(f"{'bs ' + str(b):>8}" for b in args.batch_sizes))
     for width in args.widths:
         layers, heads = SIZES[width]
-        ref = lm.tiny_gpt2(tok, n_layer=layers, n_embd=width, n_head=heads).eval()
+        ref = models.tiny_gpt2(tok, n_layer=layers, n_embd=width, n_head=heads).eval()
         dpo.reference_logps(ref, {k: v[:8] for k, v in data.items()}, batch_size=8)  # warm-up
         row = {}
         for _ in range(args.repeats):     # interleaved, so that load from other processes hits every size alike

@@ -18,7 +18,11 @@ module              chapter
 ``actor_critic``    3: PPO's speed engineering (packed networks, foreach kernels)
 ``cost``            3: what one update computes, TRPO against PPO
 ``widgets``         1-5: the interactive figures
-``lm``              4, 5: a small causal LM, its tokenizer and the toy task
+``sentiment``       4-6: the toy sentiment task, its true reward r*, its tokenizer, distinct-n
+``models``          4-6: causal LMs built (tiny GPT-2), loaded and saved; bf16 autocast
+``lm``              4-6: encoding, log-probabilities, each prompt run once for k responses
+``sampling``        4-6: batched, seeded sampling with the KV cache
+``kvcache``         4-6: the KV cache, fencing off transformers' cache internals
 ``sft``             4: phase 1, supervised fine-tuning
 ``reward``          4: phase 2, Bradley-Terry preferences and the reward model
 ``rlhf``            4: phase 3, KL-regularised PPO over tokens

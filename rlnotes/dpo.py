@@ -645,7 +645,7 @@ def count_passes(ref, reward_model=None):
     counted apart.
 
     * ``decode_steps``: policy calls that return the logits of one position per row, the steps of
-      autoregressive sampling (``lm.sample``: the prompt's pass, then one pass per new token, each
+      autoregressive sampling (``sampling.sample``: the prompt's pass, then one pass per new token, each
       waiting for the token before it); ``tokens_decoded`` sums their rows (one new token each);
     * ``forward``: every other call, one pass over whole sequences;
     * ``backward``: a gradient reaching a counted call's output (one backward pass through it);

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
+from . import lm, models, sampling
 from .kl import sequence_kl
 from .utils import check_finite, check_positive_int
 
@@ -120,7 +120,7 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     p, pm = lm.encode_prompts(tokenizer, prompts, device)
     was_training = policy.training
     policy.eval()
-    ids, mask = lm.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
+    ids, mask = sampling.sample(policy, tokenizer, p, pm, max_new_tokens, generator=generator, k=k)
     with torch.set_grad_enabled(keep_graph):
         logits = lm.group_response_logits(policy, p, pm, ids, mask)
         logp = lm.logprobs_from_logits(logits, ids, mask)
@@ -142,9 +142,9 @@ def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool 
     update's minibatch is the whole batch (``one_minibatch``) and sees the parameters that scored the
     samples (``epochs`` == 1 where the pass serves every epoch, as in ``rloo.train`` and ``grpo.train``;
     ``rlhf.collect`` uses it for epoch 0 only and asks with the default 1), and no dropout is active
-    (``lm.active_dropout``), so the pass in eval mode equals the one in train mode. What TRL's
+    (``models.active_dropout``), so the pass in eval mode equals the one in train mode. What TRL's
     GRPOTrainer does with ``num_iterations=1``; it saves one policy forward pass per step."""
-    return epochs == 1 and one_minibatch and not lm.active_dropout(policy)
+    return epochs == 1 and one_minibatch and not models.active_dropout(policy)
 
 
 def check_reward_fn(reward_fn):

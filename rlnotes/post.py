@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import lm
+from . import lm, sampling
 from .utils import check_positive_int
 
 CENTRINGS = ("uncentred", "global", "per_prompt")
@@ -69,12 +69,12 @@ def centring_variance(policy, reward_model, tokenizer, task, *, n_prompts: int =
     L = task.max_response_tokens
     with torch.no_grad():
         p, pm = lm.encode_prompts(tokenizer, prompts, device)
-        ids, mask = lm.sample(policy, tokenizer, p, pm, L, generator=gen)
+        ids, mask = sampling.sample(policy, tokenizer, p, pm, L, generator=gen)
         offset = float(reward_model.offset)
         raw = (reward_model(p, pm, ids, mask) + offset).double().cpu()
         # the per-prompt baseline: n_baseline further responses to every prompt, never used for a gradient
         pb, pbm = p.repeat(n_baseline, 1), pm.repeat(n_baseline, 1)
-        bids, bmask = lm.sample(policy, tokenizer, pb, pbm, L, generator=gen)
+        bids, bmask = sampling.sample(policy, tokenizer, pb, pbm, L, generator=gen)
         braw = (reward_model(pb, pbm, bids, bmask) + offset).double().cpu().reshape(n_baseline, n_prompts)
     b_prompt = braw.mean(0)
     was_training = policy.training

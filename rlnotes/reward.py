@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
+from . import lm, sampling, sentiment
 from .sft import SFTConfig, check_model
 from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
 from .utils import check_finite, check_in_range, check_positive_int, check_same_shape, check_seed
@@ -134,16 +134,16 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
                  batch_size: int = 512) -> tuple[list[str], list[str]]:
     """Two independent responses y1, y2 ~ pi(.|x) per prompt (phase 2's comparison pairs).
 
-    ``prompts``: a non-empty list of strings (``lm.check_texts``); ``batch_size``: an integer >= 1;
+    ``prompts``: a non-empty list of strings (``sentiment.check_texts``); ``batch_size``: an integer >= 1;
     ``seed``: an integer in [0, 2**63) (``utils.check_seed``)."""
-    prompts, seed = lm.check_texts("prompts", prompts), check_seed("seed", seed)
+    prompts, seed = sentiment.check_texts("prompts", prompts), check_seed("seed", seed)
     batch_size = check_positive_int("batch_size", batch_size)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     y1, y2 = [], []
     for i in range(0, len(prompts), batch_size):
         p, pm = lm.encode_prompts(tokenizer, prompts[i:i + batch_size] * 2, device)
-        ids, mask = lm.sample(model, tokenizer, p, pm, max_new_tokens, generator=gen)
+        ids, mask = sampling.sample(model, tokenizer, p, pm, max_new_tokens, generator=gen)
         text = lm.decode_responses(tokenizer, ids, mask)
         half = len(text) // 2
         y1 += text[:half]
@@ -158,7 +158,8 @@ def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *,
     if not (len(prompts) == len(y1) == len(y2)) or not prompts:
         raise ValueError("prompts, y1 and y2 must be non-empty and of equal length, "
                          f"got {len(prompts)}, {len(y1)}, {len(y2)}")
-    prompts, y1, y2 = lm.check_texts("prompts", prompts), lm.check_texts("y1", y1), lm.check_texts("y2", y2)
+    prompts, y1, y2 = (sentiment.check_texts("prompts", prompts), sentiment.check_texts("y1", y1),
+                       sentiment.check_texts("y2", y2))
     seed = check_seed("seed", seed)
     r1, r2 = task.true_rewards(prompts, y1), task.true_rewards(prompts, y2)
     first = torch.rand(len(prompts), generator=torch.Generator().manual_seed(seed)) < bt_probability(r1, r2)
@@ -193,7 +194,7 @@ class RewardModel(nn.Module):
         """r_phi for text pairs, [B] (on the CPU). ``prompts`` and ``responses``: non-empty lists of
         strings of one length; ``batch_size``: an integer >= 1. Prompt + response must fit the
         model's context (``lm.check_context``, checked by ``lm.last_hidden``)."""
-        prompts, responses = lm.check_texts("prompts", prompts), lm.check_texts("responses", responses)
+        prompts, responses = sentiment.check_texts("prompts", prompts), sentiment.check_texts("responses", responses)
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses must have the same length (one response per prompt), "
                              f"got {len(prompts)} and {len(responses)}")

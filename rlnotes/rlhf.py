@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
+from . import lm, models, sampling, sentiment
 from .groups import reuses_scoring_pass, step_seed
 from .kl import exact_kl, kl_estimators, sequence_kl
 from .nets import value_loss
@@ -168,7 +168,7 @@ class Prepared:
     that exist, None for the rest; ``check_prepared`` refuses it where a complete one is needed.
     """
 
-    task: lm.SentimentTask
+    task: sentiment.SentimentTask
     tokenizer: object
     sft: nn.Module
     reward_model: RewardModel
@@ -313,7 +313,7 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     """Phases 1 and 2, seeded: build the task and tokenizer, SFT a tiny GPT-2 on the corpus, sample pairs
     from pi^SFT, label them by Bradley-Terry on r*, and fit the reward model r_phi on the train pairs.
 
-    ``model`` / ``tokenizer`` (e.g. from ``lm.load_causal_lm``) replace the tiny GPT-2 and the
+    ``model`` / ``tokenizer`` (e.g. from ``models.load_causal_lm``) replace the tiny GPT-2 and the
     word-level tokenizer: the scale-up path. Train pairs use the train prompts, test pairs and
     ``eval_prompts`` the held-out (template, item) combinations. Each random use has its own seed
     (``seed_streams``); chapter 4 runs the same steps one by one and gets the same objects.
@@ -332,15 +332,15 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")
     if model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (a causal LM, e.g. from lm.load_causal_lm), "
+        raise TypeError(f"model must be a torch.nn.Module (a causal LM, e.g. from models.load_causal_lm), "
                         f"got {type(model).__name__}")
     parts = {f.name: None for f in fields(Prepared)} | {"sft_heldout": {}}
     phase = "the task and tokenizer"
     try:
-        task = parts["task"] = lm.SentimentTask()
+        task = parts["task"] = sentiment.SentimentTask()
         if tokenizer is None:
-            tokenizer = lm.build_tokenizer(task)
-            model = lm.tiny_gpt2(tokenizer, seed=s["init"])
+            tokenizer = sentiment.build_tokenizer(task)
+            model = models.tiny_gpt2(tokenizer, seed=s["init"])
         parts["tokenizer"] = tokenizer
         model = parts["sft"] = model.to(get_device(device))
         phase = "SFT"
@@ -399,13 +399,13 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     model = _lm(policy)
     device = next(model.parameters()).device
     prepared = check_prepared("prepared", prepared)
-    prompts = lm.check_texts("prompts", prepared.eval_prompts if prompts is None else prompts)
+    prompts = sentiment.check_texts("prompts", prepared.eval_prompts if prompts is None else prompts)
     prompts = prompts * check_positive_int("n_repeats", n_repeats)
     gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
     with kept_as_found(model):
         model.eval()
-        ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
+        ids, mask = sampling.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
         text = lm.decode_responses(prepared.tokenizer, ids, mask)
         measured = {"r_star": prepared.task.true_rewards(prompts, text),
                     "r_phi": check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask),
@@ -416,8 +416,8 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
         values = values.double()
         out[key] = values.mean().item()
         out[key + "/se"] = (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
-    return {**out, "n": len(prompts), "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
-            "samples": text}
+    return {**out, "n": len(prompts), "distinct_1": sentiment.distinct_n(text, 1),
+            "distinct_2": sentiment.distinct_n(text, 2), "samples": text}
 
 
 @torch.no_grad()
@@ -441,7 +441,7 @@ def compare_kl_estimators(policy, prepared: Prepared, *, n_prompts: int = 64, n_
     gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     prompts = prepared.eval_prompts[:n_prompts]
     p, pm = lm.encode_prompts(prepared.tokenizer, prompts, device)
-    ids, mask = lm.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
+    ids, mask = sampling.sample(model, prepared.tokenizer, p, pm, prepared.task.max_response_tokens, generator=gen)
     m = mask.bool()
     logp = F.log_softmax(lm.response_logits(model, p, pm, ids, mask), -1)[m]  # [S, V] over the states
     logq = F.log_softmax(lm.response_logits(prepared.sft, p, pm, ids, mask), -1)[m]
@@ -531,7 +531,7 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
     tok, ref, device = prepared.tokenizer, prepared.sft, prepared.device
     p, pm = lm.encode_prompts(tok, prompts, device)
     policy.eval()
-    ids, mask = lm.sample(policy.lm, tok, p, pm, prepared.task.max_response_tokens, generator=generator)
+    ids, mask = sampling.sample(policy.lm, tok, p, pm, prepared.task.max_response_tokens, generator=generator)
     # update uses the pass for its first step only (epochs=1), and it sees these parameters if it is the whole batch
     one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
     reuse = reuses_scoring_pass(policy, one_minibatch=one_minibatch)
@@ -557,7 +557,7 @@ def collect(policy: PolicyWithValue, prepared: Prepared, prompts: list[str], bet
              "kl/exact_per_sequence": sequence_kl(logits, logits_ref, mask).mean().item(),
              "kl/k1_per_sequence": ((old_logp - ref_logp) * mask).sum(1).mean(),
              "entropy": ((ent * mask).sum() / mask.sum()).item(),
-             "distinct_1": lm.distinct_n(text, 1), "distinct_2": lm.distinct_n(text, 2),
+             "distinct_1": sentiment.distinct_n(text, 1), "distinct_2": sentiment.distinct_n(text, 2),
              "completions/clipped_ratio": (~finished).float().mean()}
     return TokenBatch(p, pm, ids, mask, old_logp, adv, ret, stats, first_pass)
 

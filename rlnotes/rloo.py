@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
+from . import lm, models, sampling
 from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
                      sample_groups, score_groups, step_seed)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import lm
+from . import lm, sentiment
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
 from .utils import check_positive, check_positive_int, check_seed
@@ -90,7 +90,7 @@ def sft_loss(model, prompt_ids, prompt_mask, response_ids, response_mask) -> tor
 def heldout_loss(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 256) -> float:
     """The SFT loss (mean NLL per response token) of ``model`` on held-out text.
 
-    ``prompts`` and ``responses``: non-empty lists of strings of one length (``lm.check_texts``);
+    ``prompts`` and ``responses``: non-empty lists of strings of one length (``sentiment.check_texts``);
     ``batch_size``: an integer >= 1."""
     check_model("model", model)
     prompts, responses = _check_corpus(prompts, responses)
@@ -106,7 +106,7 @@ def heldout_loss(model, tokenizer, prompts: list[str], responses: list[str], bat
 
 
 def _check_corpus(prompts, responses) -> tuple[list[str], list[str]]:
-    prompts, responses = lm.check_texts("prompts", prompts), lm.check_texts("responses", responses)
+    prompts, responses = sentiment.check_texts("prompts", prompts), sentiment.check_texts("responses", responses)
     if len(prompts) != len(responses):
         raise ValueError(f"prompts and responses must be of equal length, got {len(prompts)} and {len(responses)}")
     return prompts, responses

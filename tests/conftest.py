@@ -19,33 +19,33 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def task():
-    from rlnotes import lm
+    from rlnotes import sentiment
 
-    return lm.SentimentTask()
+    return sentiment.SentimentTask()
 
 
 @pytest.fixture(scope="module")
 def tok(task):
-    from rlnotes import lm
+    from rlnotes import sentiment
 
-    return lm.build_tokenizer(task)
+    return sentiment.build_tokenizer(task)
 
 
 @pytest.fixture(scope="module")
 def model(tok):
-    from rlnotes import lm
+    from rlnotes import models
 
-    return lm.tiny_gpt2(tok, seed=0).eval()
+    return models.tiny_gpt2(tok, seed=0).eval()
 
 
 @pytest.fixture(scope="module")
 def tiny(task, tok):
     """A one-layer GPT-2 (frozen) and eight hand-written preference pairs, encoded: (model, tok, data),
     for the DPO and IPO trainers' tests."""
-    from rlnotes import lm
+    from rlnotes import models
     from rlnotes.rlhf import Preferences
 
-    model = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
+    model = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
     model.requires_grad_(False)
     prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 2
     chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 2

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import dpo, grpo, ipo, lm, pg, ppo, rlhf, rloo, trpo
+from rlnotes import dpo, grpo, ipo, models, pg, ppo, rlhf, rloo, trpo
 from rlnotes.trainer import TrainResult
 
 # ------------------------------------------------------------------------- the vocabulary
@@ -72,7 +72,7 @@ def _sft(prepared):
     xs, ys = task.sft_corpus(32, seed=11)
 
     def run(kw):  # SFT trains a model in place: a fresh one per run, built outside the trainer
-        return rlhf.train_sft(lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
+        return rlhf.train_sft(models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
 
     return run
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlnotes import dpo, lm, rlhf
+from rlnotes import dpo, lm, models, rlhf, sampling, sentiment
 from rlnotes.dpo import (count_passes, dpo_gradient, dpo_loss, fit_categorical, implicit_reward, log_optimal_policy,
                          log_partition, optimal_policy, update_work)
 from rlnotes.rlhf import Preferences
@@ -260,7 +260,7 @@ def _flags(model):
 
 
 def _fresh(tok, seed=3):
-    return lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=seed)
+    return models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=seed)
 
 
 def test_train_trains_only_what_the_caller_left_trainable(tiny):
@@ -534,7 +534,7 @@ def test_count_passes_counts_forward_backward_and_decoding(tok, model):
         logp.sum().backward()
         with torch.no_grad():
             lm.sequence_logprob(model, p_ids, p_mask, r_ids, r_mask)           # the reference, no gradient
-            ids, _ = lm.sample(policy, tok, p_ids, p_mask, 4, generator=torch.Generator().manual_seed(0))
+            ids, _ = sampling.sample(policy, tok, p_ids, p_mask, 4, generator=torch.Generator().manual_seed(0))
         head(torch.zeros(3, 4)).sum().backward()
     assert c["policy"]["forward"] == 1 and c["policy"]["backward"] == 1
     assert 1 <= c["policy"]["decode_steps"] <= 4 and c["policy"]["decode_steps"] >= ids.shape[1]
@@ -696,9 +696,9 @@ def test_frontier_gives_the_same_numbers_in_worker_processes(tiny_prepared):
 
 @pytest.fixture(scope="module")
 def tiny_pairs():
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
-    ref = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).requires_grad_(False)
+    task = sentiment.SentimentTask()
+    tok = sentiment.build_tokenizer(task)
+    ref = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).requires_grad_(False)
     prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 4
     chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 4
     rejected = ["it was awful and bad .", "dull .", "the story is boring but weak .", "poor ."] * 4

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rlnotes import groups, lm, rlhf
+from rlnotes import groups, lm, models, rlhf
 from rlnotes.trainer import trainable_copy
 
 
@@ -12,7 +12,7 @@ def test_step_seed_is_the_seed_every_online_trainer_drew_its_prompts_with():
     for seed in (0, 1, 7, 2 ** 40):
         for step in (0, 1, 29, 10 ** 6):
             assert groups.step_seed(seed, step) == seed * 100_003 + step
-    assert groups.step_seed(2 ** 62, 5) > 2 ** 63          # Python ints: no overflow (lm.SentimentTask.prompts takes it)
+    assert groups.step_seed(2 ** 62, 5) > 2 ** 63          # Python ints: no overflow (sentiment.SentimentTask.prompts takes it)
     assert len({groups.step_seed(s, t) for s in range(4) for t in range(100)}) == 400
 
 
@@ -94,7 +94,7 @@ def test_reuses_scoring_pass(tiny_prepared):
 def _old_rlhf_rule(policy, cfg):
     """``rlhf._reuses_first_pass`` as it was before ``groups.reuses_scoring_pass`` replaced it, verbatim."""
     one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
-    return one_minibatch and not lm.active_dropout(policy)
+    return one_minibatch and not models.active_dropout(policy)
 
 
 class _Decided(Exception):

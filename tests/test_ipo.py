@@ -96,7 +96,7 @@ import copy  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from rlnotes import lm  # noqa: E402
+from rlnotes import models  # noqa: E402
 from rlnotes.trainer import TrainingInterrupted  # noqa: E402
 
 RUN = dict(beta=0.5, epochs=1, batch_size=4, lr=1e-2, seed=0)
@@ -108,7 +108,7 @@ def _flags(model):
 
 def test_train_leaves_the_callers_ref_as_found(tiny):
     _, tok, data = tiny
-    ref = lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).train()   # trainable, in train mode
+    ref = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).train()   # trainable, in train mode
     ref.lm_head.eval()
     before = _flags(ref)
     out = ipo.train(ref, data, eval_data=data, **RUN)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import lm, reward, rlhf, sft
+from rlnotes import lm, models, reward, rlhf, sentiment, sft
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_train_sft_lowers_heldout_loss(prepared):
     assert len(prepared.sft_history.update_array("loss")) == 20
     task, tok = prepared.task, prepared.tokenizer
     xs, ys = task.sft_corpus(16, seed=5)
-    model = lm.tiny_gpt2(tok, seed=1)
+    model = models.tiny_gpt2(tok, seed=1)
     before = rlhf.heldout_loss(model, tok, xs, ys)
     out = rlhf.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
     assert out.model is model and isinstance(out.config, rlhf.SFTConfig)  # trained in place
@@ -221,8 +221,8 @@ def test_train_ppo_evaluate_and_kl_to_ref(prepared):
 
 
 def test_scale_up_path_from_a_saved_folder(tmp_path, prepared):
-    lm.save_pretrained(lm.tiny_gpt2(prepared.tokenizer, seed=3), prepared.tokenizer, tmp_path / "lm")
-    model, tok = lm.load_causal_lm(tmp_path / "lm", device="cpu")
+    models.save_pretrained(models.tiny_gpt2(prepared.tokenizer, seed=3), prepared.tokenizer, tmp_path / "lm")
+    model, tok = models.load_causal_lm(tmp_path / "lm", device="cpu")
     small = rlhf.prepare(1, n_sft=32, sft_steps=3, n_pairs=8, n_test_pairs=4, rm_steps=2, n_eval_prompts=4,
                          model=model, tokenizer=tok)
     assert small.sft is model and len(small.test_prefs) == 4
@@ -233,7 +233,7 @@ def test_scale_up_path_from_a_saved_folder(tmp_path, prepared):
 def test_compare_kl_estimators(prepared):
     same = rlhf.compare_kl_estimators(prepared.sft, prepared, n_prompts=4, n_draws=8)
     assert same["exact"] == pytest.approx(0.0, abs=1e-6) and same["k1"]["std"] == pytest.approx(0.0, abs=1e-6)
-    other = rlhf.PolicyWithValue(lm.tiny_gpt2(prepared.tokenizer, seed=5))
+    other = rlhf.PolicyWithValue(models.tiny_gpt2(prepared.tokenizer, seed=5))
     res = rlhf.compare_kl_estimators(other, prepared, n_prompts=8, n_draws=2000)
     assert res["exact"] > 0.1
     assert abs(res["k1"]["bias"]) < 0.1 * res["exact"] and abs(res["k3"]["bias"]) < 0.1 * res["exact"]
@@ -345,7 +345,7 @@ def _interrupted_prepare():
 
 
 def test_prepare_interrupted_at_once_gives_an_empty_prepared(monkeypatch):
-    monkeypatch.setattr(lm, "SentimentTask", _interrupt_on_call(1)(lm.SentimentTask))
+    monkeypatch.setattr(sentiment, "SentimentTask", _interrupt_on_call(1)(sentiment.SentimentTask))
     stop = _interrupted_prepare()
     assert stop.phase == "the task and tokenizer"
     assert all(getattr(stop.result, f.name) is None for f in dataclasses.fields(rlhf.Prepared)
@@ -358,7 +358,7 @@ def test_prepare_interrupted_in_sft_gives_a_prepared_with_the_partial_sft(monkey
     monkeypatch.setattr(rlnotes.sft, "sft_loss", _interrupt_on_call(2)(rlnotes.sft.sft_loss))
     stop = _interrupted_prepare()
     P = stop.result
-    assert stop.phase == "SFT" and isinstance(P.task, lm.SentimentTask) and P.tokenizer is not None
+    assert stop.phase == "SFT" and isinstance(P.task, sentiment.SentimentTask) and P.tokenizer is not None
     assert isinstance(P.sft, torch.nn.Module) and len(P.sft_history) == 1 and "untrained" in P.sft_heldout
     assert P.reward_model is None and P.train_prefs is None and P.rm_history is None and P.eval_prompts is None
     with pytest.raises(ValueError, match="prepared is a partial Prepared"):
@@ -448,9 +448,9 @@ SIZES = dict(n_sft=96, sft_steps=6, n_pairs=24, n_test_pairs=12, rm_steps=4, n_e
 def step_by_step(seed):
     """Chapter 4's cells, at toy sizes."""
     s = rlhf.seed_streams(seed)
-    task = lm.SentimentTask()
-    tok = lm.build_tokenizer(task)
-    model = lm.tiny_gpt2(tok, seed=s["init"])
+    task = sentiment.SentimentTask()
+    tok = sentiment.build_tokenizer(task)
+    model = models.tiny_gpt2(tok, seed=s["init"])
     xs, ys = task.sft_corpus(SIZES["n_sft"], s["sft_corpus"])
     hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
     untrained = sft.heldout_loss(model, tok, hx, hy)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import lm, sft
+from rlnotes import lm, models, sft
 from rlnotes.trainer import TrainingInterrupted
 
 RUN = dict(steps=3, batch_size=4, seed=0)
@@ -17,7 +17,7 @@ def corpus(task):
 
 
 def _fresh(tok):
-    return lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
+    return models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
 
 
 def _flags(model):
