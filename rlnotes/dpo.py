@@ -775,7 +775,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
 
     "DPO": ``train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
     ``rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
-    ``rlhf.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
+    ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
     standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
     pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
     e epochs passes through the run of fewer epochs: same seed, same order, the same weights).
@@ -783,6 +783,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
     not kept.
     """
     from . import rlhf
+    from .measure import evaluate
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -793,7 +794,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
         raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
 
     def measure(policy):
-        m = rlhf.evaluate(policy, prepared, n_repeats=n_repeats)
+        m = evaluate(policy, prepared, n_repeats=n_repeats)
         out = {k: m[k] for k in FRONTIER_KEYS}
         if method == "DPO" and eval_data is not None:
             out["accuracy"] = preference_metrics(policy, prepared.sft, eval_data, beta)["accuracy"]

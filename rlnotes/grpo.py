@@ -35,7 +35,7 @@ from torch import nn
 
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
-from .rlhf import check_prepared
+from .prepare import check_prepared
 from .rloo import (check_groups, check_reward_fn, group_metrics, new_policy, reuses_scoring_pass, sample_groups,
                    score_groups)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,

@@ -33,7 +33,8 @@ from . import lm
 from .kl import sequence_kl
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
-from .rlhf import check_prepared, check_rewards
+from .prepare import check_prepared
+from .reward import check_rewards
 from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
 

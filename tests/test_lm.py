@@ -216,10 +216,10 @@ def _sample_without_cache(model, tok, p, pm, max_new_tokens, generator):
 
 
 def test_sample_drops_finished_rows_and_matches_the_uncached_definition(task, tok, model):
-    from rlnotes import rlhf
+    from rlnotes import sft
 
     trained = copy.deepcopy(model)
-    rlhf.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)  # now it ends responses with EOS
+    sft.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)  # now it ends responses with EOS
     trained = trained.double().eval()  # float64: cached and uncached passes agree far below any draw's margin
     p, pm = lm.encode_prompts(tok, task.prompts(24, 5))
     sizes = []
