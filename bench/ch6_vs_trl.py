@@ -1,6 +1,6 @@
 """Benchmark: rlnotes' GRPO and RLOO trainers against TRL 1.16's GRPOTrainer and RLOOTrainer.
 
-Same model (chapter 4's SFT'd tiny GPT-2, ``rlhf.prepare``, also the frozen reference), same
+Same model (chapter 4's SFT'd tiny GPT-2, ``prepare.prepare``, also the frozen reference), same
 word-level tokenizer, same train prompts, same reward function (the verifiable r*), same sizes:
 8 prompts x 4 completions per step, completions of at most 8 tokens, one optimiser step per
 batch, Adam(W) at a constant learning rate, gradient clipping at 1.0.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import grpo, groups, lm, models, rlhf, rloo
+from rlnotes import groups, grpo, lm, models, prepare, rloo
 from rlnotes.trainer import trainable_copy
 
 B, G, LR, BETA_GRPO, BETA_RLOO = 8, 4, 1e-3, 0.04, 0.05
@@ -185,7 +185,7 @@ def main():
     quiet()
     import trl
 
-    P = rlhf.prepare(seed=0)
+    P = prepare.prepare(seed=0)
     with tempfile.TemporaryDirectory() as path:
         models.save_pretrained(P.sft, P.tokenizer, path)
         losses = compare_losses(P, path)

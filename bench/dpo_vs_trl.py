@@ -1,6 +1,6 @@
 """Benchmark: rlnotes' DPO trainer against TRL's DPOTrainer, same model, tokenizer, data, same run.
 
-Both start from the same SFT model (chapter 4's tiny GPT-2, ``rlhf.prepare``), use that model as
+Both start from the same SFT model (chapter 4's tiny GPT-2, ``prepare.prepare``), use that model as
 the frozen reference, train on the same 1500 preference pairs in the same (sequential) order,
 with the same optimiser (AdamW, no weight decay, constant learning rate, gradient clipping at
 1.0), batch size and beta. Reported: seconds per epoch (wall clock), the per-step loss curves
@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import torch
 
-from rlnotes import dpo, rlhf
+from rlnotes import dpo, prepare
 
 
 def rlnotes_run(sft, train_data, args):
@@ -90,7 +90,7 @@ def main():
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 
-    prep = rlhf.prepare(seed=0)
+    prep = prepare.prepare(seed=0)
     sft, tok = prep.sft, prep.tokenizer
     train_data = prep.train_prefs.encode(tok)
     test_data = prep.test_prefs.encode(tok)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rlnotes import lm, models, rlhf, sampling, sentiment
+from rlnotes import lm, models, prepare, reward, rlhf, sampling, sentiment, sft
 
 
 def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: int, batch: int) -> dict:
@@ -39,12 +39,12 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
         return time.perf_counter() - t
 
     out = {}
-    out["sft"] = steps * seq_tokens / timed(lambda n: rlhf.train_sft(model, tok, xs, ys, steps=n, batch_size=batch))
+    out["sft"] = steps * seq_tokens / timed(lambda n: sft.train_sft(model, tok, xs, ys, steps=n, batch_size=batch))
     model.requires_grad_(False)
-    y1, y2 = rlhf.sample_pairs(model, tok, xs[:256], seed=0)
-    prefs = rlhf.label_preferences(task, xs[:256], y1, y2, seed=0)
+    y1, y2 = reward.sample_pairs(model, tok, xs[:256], seed=0)
+    prefs = reward.label_preferences(task, xs[:256], y1, y2, seed=0)
     out["reward_model"] = 2 * steps * seq_tokens / timed(
-        lambda n: rlhf.train_reward_model(model, tok, prefs, steps=n, batch_size=batch))
+        lambda n: reward.train_reward_model(model, tok, prefs, steps=n, batch_size=batch))
     gen = torch.Generator(device=device).manual_seed(0)
     sampled = []
 
@@ -54,7 +54,7 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
             sampled.append(int(mask.sum()))
     seconds = timed(generate)
     out["generation"] = sum(sampled[1:]) / seconds
-    prepared = rlhf.prepare(0, n_sft=256, sft_steps=2, n_pairs=32, n_test_pairs=8, rm_steps=2, n_eval_prompts=8,
+    prepared = prepare.prepare(0, n_sft=256, sft_steps=2, n_pairs=32, n_test_pairs=8, rm_steps=2, n_eval_prompts=8,
                             model=models.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd), tokenizer=tok, device=device)
     updates = max(2, steps // 10)
     t = time.perf_counter()

@@ -12,11 +12,11 @@ sequences or steps. Rows:
   ``precompute_ref_log_probs=True`` (set-up, i.e. tokenisation and the reference pass, counted).
   Same order (sequential), optimiser (AdamW, no weight decay, constant lr, clipping at 1), beta.
   The largest difference between the two per-step loss curves is printed as a check.
-- ``reward model``: seconds per step of ``rlnotes.rlhf.train_reward_model`` (without its final
+- ``reward model``: seconds per step of ``rlnotes.reward.train_reward_model`` (without its final
   mean-zero normalisation, which TRL has no equivalent of: timed and printed apart) against TRL's
   ``RewardTrainer`` on ``GPT2ForSequenceClassification`` from the same weights (set-up counted on
   both sides: tokenisation).
-- ``SFT``: seconds per step of ``rlnotes.rlhf.train_sft`` against TRL's ``SFTTrainer`` on the same
+- ``SFT``: seconds per step of ``rlnotes.sft.train_sft`` against TRL's ``SFTTrainer`` on the same
   prompt-completion pairs (loss on the completion only on both sides; set-up counted).
 - ``generation``: seconds per 1000 sampled tokens, ``rlnotes.sampling.sample`` against
   ``model.generate(do_sample=True, top_k=0)`` (what TRL's GRPOTrainer calls without vLLM), same
@@ -68,7 +68,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's progress bars (its reference
 import numpy as np
 import torch
 
-from rlnotes import dpo, grpo, lm, models, rlhf, sampling, sentiment
+from rlnotes import dpo, grpo, lm, models, prepare, reward, rlhf, sampling, sentiment, sft
 from rlnotes.rollout import History
 
 # width: layers, heads, DPO pairs (the first is the one the width comparison uses), reward-model
@@ -94,12 +94,12 @@ def rlnotes_dpo(policy, ref, data, **kw):
 
 def rlnotes_reward_model(sft, tok, prefs, **kw):
     """-> the trained reward model."""
-    return rlhf.train_reward_model(sft, tok, prefs, **kw).model
+    return reward.train_reward_model(sft, tok, prefs, **kw).model
 
 
 def rlnotes_sft(model, tok, prompts, responses, **kw):
     """-> per-step losses as an array (``model`` is trained in place)."""
-    return rlhf.train_sft(model, tok, prompts, responses, **kw).history.update_array("loss")
+    return sft.train_sft(model, tok, prompts, responses, **kw).history.update_array("loss")
 
 
 def rlnotes_ppo(prepared, **kw):
@@ -126,11 +126,11 @@ def timed(fn):
     return out, now() - t
 
 
-def make_pairs(task, n: int, seed: int = 0) -> rlhf.Preferences:
+def make_pairs(task, n: int, seed: int = 0) -> reward.Preferences:
     """``n`` (x, y_w, y_l): two fluent corpus responses per prompt (the second written for another
     prompt), ordered by a Bradley-Terry labeller on r*, like chapter 5's pairs in length and vocabulary."""
     xs, ys = task.sft_corpus(n, seed)
-    return rlhf.label_preferences(task, xs, ys, ys[1:] + ys[:1], seed=seed)
+    return reward.label_preferences(task, xs, ys, ys[1:] + ys[:1], seed=seed)
 
 
 def trl_common(out_dir: str, **kw) -> dict:
@@ -260,9 +260,9 @@ def run_generation(model, tok, prompts, batches: int, which: str, k: int = 1):
 
 
 def prepared_for(model, tok, task, prefs):
-    """A ``rlhf.Prepared`` around ``model`` (as pi_ref) and an (untrained) reward model of the same size."""
-    rm = rlhf.RewardModel(model).eval().requires_grad_(False)
-    return rlhf.Prepared(task, tok, model.requires_grad_(False), rm, prefs, prefs,
+    """A ``prepare.Prepared`` around ``model`` (as pi_ref) and an (untrained) reward model of the same size."""
+    rm = reward.RewardModel(model).eval().requires_grad_(False)
+    return prepare.Prepared(task, tok, model.requires_grad_(False), rm, prefs, prefs,
                          task.prompts(BATCH, 1, "test"), History(), History())
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import dpo, models, rlhf, sentiment
+from rlnotes import dpo, models, reward, sentiment
 
 SIZES = {64: (2, 4), 256: (4, 4), 768: (12, 12)}   # width: (layers, heads)
 
@@ -28,7 +28,7 @@ SIZES = {64: (2, 4), 256: (4, 4), 768: (12, 12)}   # width: (layers, heads)
 def pairs(task, tok, n: int, seed: int = 0) -> dict:
     """``n`` (x, y_w, y_l) pairs of corpus responses (the rejected one belongs to another prompt), labelled by r*."""
     xs, ys = task.sft_corpus(n, seed)
-    return rlhf.label_preferences(task, xs, ys, ys[1:] + ys[:1], seed=seed).encode(tok)
+    return reward.label_preferences(task, xs, ys, ys[1:] + ys[:1], seed=seed).encode(tok)
 
 
 def main():

@@ -25,7 +25,9 @@ module              chapter
 ``kvcache``         4-6: the KV cache, fencing off transformers' cache internals
 ``sft``             4: phase 1, supervised fine-tuning
 ``reward``          4: phase 2, Bradley-Terry preferences and the reward model
+``prepare``         4-6: phases 1 and 2 in one seeded call, the ``Prepared`` every LM chapter starts from
 ``rlhf``            4: phase 3, KL-regularised PPO over tokens
+``measure``         4-6: a policy on held-out prompts (r*, r_phi, KL to pi_ref), the KL estimators
 ``dpo``             5: the optimal policy, log Z and the DPO loss
 ``groups``          6: groups of samples for RLOO and GRPO, when a scoring pass serves the update
 ``rloo``            6: leave-one-out baselines, the exact bias of group baselines, RLOO

@@ -241,7 +241,7 @@ PAIR_KEYS = ("prompt_ids", "prompt_mask", "chosen_ids", "chosen_mask", "rejected
 
 
 def check_pairs(data: dict, name: str = "data") -> int:
-    """The number of pairs in ``data``, the preference tensors of ``rlnotes.rlhf.Preferences.encode``.
+    """The number of pairs in ``data``, the preference tensors of ``rlnotes.reward.Preferences.encode``.
 
     Refused, naming ``name``: anything but a dict (``TypeError``), a dict without the keys
     ``PAIR_KEYS`` (``ValueError``), values that are not 2-D integer torch tensors (``TypeError``),
@@ -250,11 +250,11 @@ def check_pairs(data: dict, name: str = "data") -> int:
     """
     if not isinstance(data, dict):
         raise TypeError(f"{name} must be a dict with the tensors {PAIR_KEYS} (e.g. "
-                        f"rlnotes.rlhf.Preferences.encode(tokenizer)), got {type(data).__name__}")
+                        f"rlnotes.reward.Preferences.encode(tokenizer)), got {type(data).__name__}")
     missing = [k for k in PAIR_KEYS if k not in data]
     if missing:
         raise ValueError(f"{name} must be a dict with the tensors {PAIR_KEYS} "
-                         f"(e.g. rlnotes.rlhf.Preferences.encode(tokenizer)); missing {missing}")
+                         f"(e.g. rlnotes.reward.Preferences.encode(tokenizer)); missing {missing}")
     for k in PAIR_KEYS:
         t = data[k]
         if not torch.is_tensor(t) or t.dim() != 2 or t.is_floating_point() or t.is_complex():
@@ -483,7 +483,7 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
     modes), and its log-probabilities are computed once before training. ``data`` (and
     ``eval_data``) hold the token tensors ``prompt_ids/prompt_mask`` (left-padded),
     ``chosen_ids/chosen_mask`` and ``rejected_ids/rejected_mask`` (right-padded), as returned by
-    ``rlnotes.rlhf.Preferences.encode`` (``check_pairs``).
+    ``rlnotes.reward.Preferences.encode`` (``check_pairs``).
 
     Logs per optimiser step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``
     (mean implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (``preference_accuracy``:
@@ -775,7 +775,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
 
     "DPO": ``train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
     ``rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
-    ``rlhf.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
+    ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
     standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
     pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
     e epochs passes through the run of fewer epochs: same seed, same order, the same weights).
@@ -783,6 +783,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
     not kept.
     """
     from . import rlhf
+    from .measure import evaluate
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -793,7 +794,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
         raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
 
     def measure(policy):
-        m = rlhf.evaluate(policy, prepared, n_repeats=n_repeats)
+        m = evaluate(policy, prepared, n_repeats=n_repeats)
         out = {k: m[k] for k in FRONTIER_KEYS}
         if method == "DPO" and eval_data is not None:
             out["accuracy"] = preference_metrics(policy, prepared.sft, eval_data, beta)["accuracy"]

@@ -1,7 +1,7 @@
 """Chapter 6: one reward-KL frontier for every method of the book (DPO paper, Figure 2, left).
 
 ``sweep`` trains each method at each beta and seed from chapter 4's pi_ref, and measures mean r*
-and KL(pi || pi_ref) on held-out prompts (``rlnotes.rlhf.evaluate``), each with its standard
+and KL(pi || pi_ref) on held-out prompts (``rlnotes.measure.evaluate``), each with its standard
 error over the samples. The online methods (PPO-RLHF, RLOO, GRPO) optimise the verifiable reward
 r* itself; the offline ones (DPO, IPO) learn from chapter 5's preference pairs, which were
 labelled by Bradley-Terry on r*. ``train_runs`` is the engine under ``sweep``: any list of runs,
@@ -28,7 +28,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from . import dpo, grpo, ipo, rlhf, rloo
+from . import dpo, grpo, ipo, measure, rlhf, rloo
 from .reward import VerifiableReward
 from .stats import standard_error
 from .utils import check_positive_int
@@ -83,13 +83,13 @@ def _one_run(prepared, data, run: dict, n_repeats: int) -> dict:
         settings = dict(run.get("settings", {}))
         callback = None
         if run.get("per_epoch", False):
-            callback = lambda policy: _measure(rlhf.evaluate(policy, prepared, n_repeats=n_repeats))
+            callback = lambda policy: _measure(measure.evaluate(policy, prepared, n_repeats=n_repeats))
         start = time.perf_counter()
         model, history = train_method(run["method"], prepared, run["beta"], run["seed"], data, callback=callback,
                                       **settings)
         seconds = time.perf_counter() - start
         if callback is None:
-            measured = _measure(rlhf.evaluate(model, prepared, n_repeats=n_repeats))
+            measured = _measure(measure.evaluate(model, prepared, n_repeats=n_repeats))
         else:                      # the evaluation after the last epoch is the final one
             measured = {k: float(history.update_array(f"eval/{k}")[-1]) for k in ("r_star", "r_star/se", "kl", "kl/se")}
     finally:
@@ -185,7 +185,7 @@ def train_runs(prepared, runs: list[dict], *, n_repeats: int = 1, workers: "int 
     evaluate before training and after every epoch, logged as ``eval/r_star``, ``eval/kl``, ...).
 
     Returns one dict per run, in order: the run's own keys, then ``r_star``, ``kl`` (mean over the
-    ``n_repeats`` x ``len(prepared.eval_prompts)`` samples of ``rlhf.evaluate``) with their
+    ``n_repeats`` x ``len(prepared.eval_prompts)`` samples of ``measure.evaluate``) with their
     standard errors ``r_star/se`` and ``kl/se``, ``seconds`` (training) and ``history``. Runs are
     spread over ``workers`` processes: a number (default: one per core on a CPU, at most one per
     run; one on a GPU; 1: in this process) or a started ``Workers``. Each run is on one torch

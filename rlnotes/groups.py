@@ -21,6 +21,7 @@ from torch import nn
 
 from . import lm, models, sampling
 from .kl import sequence_kl
+from .reward import check_rewards
 from .utils import check_finite, check_positive_int
 
 
@@ -74,7 +75,7 @@ class Groups:
 
     ``logp`` / ``ref_logp``: log pi_old(y_t|s_t) and log pi_ref(y_t|s_t) per token, [B k, T], 0 on
     padding; ``kl``: the exact per-token KL(pi_old || pi_ref) summed over each response, [B k]
-    (``rlnotes.kl.sequence_kl``, as ``rlnotes.rlhf.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old;
+    (``rlnotes.kl.sequence_kl``, as ``rlnotes.measure.kl_to_ref``); ``entropy``: mean entropy per response token of pi_old;
     ``first_pass``: ``logp`` with its autograd graph when ``sample_groups`` was asked to keep it (the
     forward pass of the one update), else None.
     """
@@ -158,10 +159,6 @@ def check_reward_fn(reward_fn):
 def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor]:
     """(reward, r*) of every sampled response: ``reward_fn``'s score (None: r* itself, computed once),
     checked by ``check_rewards``, and the verifiable r* logged beside it."""
-    # rlhf imports this module (reuses_scoring_pass, step_seed): import check_rewards here until it
-    # leaves rlhf (issue 26: it moves to rlnotes.reward; then import it at the top of this module).
-    from .rlhf import check_rewards
-
     r_star = task.true_rewards(g.prompts, g.text)
     if reward_fn is None:
         return r_star.to(g.logp), r_star

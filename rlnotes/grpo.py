@@ -37,7 +37,7 @@ from .groups import (check_groups, check_reward_fn, group_metrics, relative_adva
                      sample_groups, score_groups, step_seed)
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
-from .rlhf import check_prepared
+from .prepare import check_prepared
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard, trainable_copy)
 from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,

@@ -140,7 +140,7 @@ def train(ref, data: dict, eval_data: dict | None = None, config: IPOConfig | No
           **kwargs) -> TrainResult:
     """IPO (eq. ipo-loss) for a causal LM from a trainable copy of the frozen reference ``ref``.
 
-    ``data`` / ``eval_data`` are the preference tensors of ``rlnotes.rlhf.Preferences.encode``,
+    ``data`` / ``eval_data`` are the preference tensors of ``rlnotes.reward.Preferences.encode``,
     as for ``rlnotes.dpo.train`` (``rlnotes.dpo.check_pairs``); the reference's log-probabilities
     are computed once, in eval mode, and ``ref`` is handed back as it came (requires_grad flags,
     train/eval modes). Logs per step, under TRL's names: ``loss``, ``rewards/chosen``,

@@ -5,13 +5,15 @@ The labeller prefers y_1 to y_2 with probability p*(y_1 > y_2 | x) = sigma(r*(x,
 sigma(r_phi(x, y_w) - r_phi(x, y_l))] (eq. rlhf-rm). ``preference_accuracy`` is the book's one
 measure of how well any score ranks preference pairs (the reward model here, DPO's implicit
 reward in chapter 5). ``VerifiableReward`` puts the task's r* behind the reward model's call
-signature (chapter 6's PPO on the verifiable reward).
+signature (chapter 6's PPO on the verifiable reward); ``check_rewards`` the book's one check of what a reward function or reward
+model returns (chapters 4 and 6).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import reprlib
 from dataclasses import dataclass
 
 import torch
@@ -283,3 +285,44 @@ def train_reward_model(sft, tokenizer, prefs: Preferences, config: RewardConfig 
     rm.normalize_(tokenizer, list(prefs.prompts) * 2, list(prefs.chosen) + list(prefs.rejected))
     rm.requires_grad_(False)
     return result
+
+
+# ------------------------------------------------------------ what a reward function returns
+
+def check_rewards(name: str, value, n: int, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``value``, what ``name`` returned for ``n`` responses, as a tensor [n] on ``device``.
+
+    Accepted: a tensor, NumPy array, list or tuple of ``n`` real numbers (integers too), or one
+    number when ``n`` is 1; converted once to ``dtype`` (None: a floating tensor keeps its dtype,
+    anything else becomes torch's default float dtype). Refused: TypeError for anything but real
+    numbers (None, strings, dicts, bools, complex), ValueError for another count or shape (a 2-D
+    array, nested lists) and for NaN or inf.
+    """
+    allowed = f"one number per response ({n}): a list, tuple, NumPy array or tensor of {n} real numbers"
+    if not torch.is_tensor(value):
+        try:
+            if isinstance(value, (str, bytes, dict)):
+                raise TypeError
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must return {allowed}; got {type(value).__name__} {reprlib.repr(value)}") from None
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must return {allowed}; got {value.dtype} values (convert with float())")
+    if value.ndim == 0 and n == 1:
+        value = value.reshape(1)
+    if value.ndim != 1 or len(value) != n:
+        got = "one number" if value.ndim == 0 else (f"{len(value)} values" if value.ndim == 1 else
+                                                      f"an array of shape {tuple(value.shape)}")
+        raise ValueError(f"{name} must return {allowed}; got {got}")
+    if not bool(torch.isfinite(value).all()):
+        bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
+        raise ValueError(f"{name} must return finite numbers; got NaN or inf for responses {bad[:8]}")
+    if dtype is None:
+        dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
+    out = value.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(out).all()):  # finite before the cast: too large for dtype
+        bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()
+        kind = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} must return numbers that fit {kind} (at most {torch.finfo(dtype).max:.4g} in "
+                         f"size); got values too large for {kind} for responses {bad[:8]}")
+    return out

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm, models, sampling
+from . import lm
 from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
                      sample_groups, score_groups, step_seed)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard, trainable_copy)
-from .rlhf import check_prepared, check_rewards
+from .prepare import check_prepared
 from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
 
@@ -211,7 +211,7 @@ class RLOOConfig(Config):
 
 
 def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) -> TrainResult:
-    """RLOO on ``prepared``'s task (``rlnotes.rlhf.Prepared``), starting from pi_ref = ``prepared.sft``.
+    """RLOO on ``prepared``'s task (``rlnotes.prepare.Prepared``), starting from pi_ref = ``prepared.sft``.
 
     ``reward_fn(prompts, responses) -> [N]`` is the reward (default: the verifiable r*,
     ``prepared.task.true_rewards``); what it returns must pass ``check_rewards`` (one finite number

@@ -2,7 +2,7 @@
 as fast as several and repeats bit for bit. (``import rlnotes`` itself leaves the count alone.)
 
 The fixtures that more than one test file uses live here: the toy task's tokenizer and model,
-phases 1 and 2 (``rlhf.prepare``) once per session at each size the tests need, a headless
+phases 1 and 2 (``prepare.prepare``) once per session at each size the tests need, a headless
 Chromium, and a Ctrl-C sent in the middle of a run."""
 
 import os
@@ -43,7 +43,7 @@ def tiny(task, tok):
     """A one-layer GPT-2 (frozen) and eight hand-written preference pairs, encoded: (model, tok, data),
     for the DPO and IPO trainers' tests."""
     from rlnotes import models
-    from rlnotes.rlhf import Preferences
+    from rlnotes.reward import Preferences
 
     model = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
     model.requires_grad_(False)
@@ -74,7 +74,7 @@ def browser():
         browser.close()
 
 
-# ------------------------------------------------------------- phases 1 and 2 (rlhf.prepare), once per session
+# ------------------------------------------------------------- phases 1 and 2 (prepare.prepare), once per session
 # One fixture per size; a test that trains from one must leave it as it found it (the trainers
 # hand the caller's models back as found). Seed 0 throughout.
 
@@ -83,10 +83,10 @@ def tiny_prepare_run():
     """Phases 1 and 2 at toy sizes (3 SFT steps, 3 reward-model steps), for tests of the LM trainers'
     contract and error handling, not of what they learn: (prepared, whether ``prepare`` left the
     caller's torch generator as it was)."""
-    from rlnotes import rlhf
+    from rlnotes import prepare
 
     before = torch.get_rng_state()
-    prepared = rlhf.prepare(0, n_sft=64, sft_steps=3, n_pairs=32, n_test_pairs=16, rm_steps=3, n_eval_prompts=8)
+    prepared = prepare.prepare(0, n_sft=64, sft_steps=3, n_pairs=32, n_test_pairs=16, rm_steps=3, n_eval_prompts=8)
     return prepared, torch.equal(before, torch.get_rng_state())
 
 
@@ -100,18 +100,30 @@ def prepared_sft5():
     """Phases 1 and 2 with 5 SFT steps on 64 texts, 16 training and 8 test pairs, 2 reward-model
     steps and 8 evaluation prompts: every method of ``rlnotes.frontier`` moves this policy in one
     update (test_frontier)."""
-    from rlnotes import rlhf
+    from rlnotes import prepare
 
-    return rlhf.prepare(0, n_sft=64, sft_steps=5, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=8)
+    return prepare.prepare(0, n_sft=64, sft_steps=5, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=8)
 
 
 @pytest.fixture(scope="session")
 def prepared_sft20():
     """Phases 1 and 2 with 20 SFT steps on 128 texts, 32 training and 16 test pairs, 5 reward-model
     steps and 8 evaluation prompts: a miniature of the chapter's run, in seconds (test_rlhf)."""
-    from rlnotes import rlhf
+    from rlnotes import prepare
 
-    return rlhf.prepare(0, n_sft=128, sft_steps=20, n_pairs=32, n_test_pairs=16, rm_steps=5, n_eval_prompts=8)
+    return prepare.prepare(0, n_sft=128, sft_steps=20, n_pairs=32, n_test_pairs=16, rm_steps=5, n_eval_prompts=8)
+
+
+@pytest.fixture(scope="module")
+def sft20_batch(prepared_sft20):
+    """Two prompts and two responses encoded with ``prepared_sft20``'s tokenizer: (prompt_ids,
+    prompt_mask, response_ids, response_mask) (test_sft, test_reward, test_rlhf)."""
+    from rlnotes import lm
+
+    tok = prepared_sft20.tokenizer
+    p = lm.encode_prompts(tok, ["review of the movie :", "phone review :"])
+    r = lm.encode_responses(tok, ["it was good .", "good ."])
+    return p + r
 
 
 @pytest.fixture(scope="session")
@@ -119,9 +131,9 @@ def prepared_sft40():
     """Phases 1 and 2 with 40 SFT steps on 512 texts, 16 training and 8 test pairs, 2 reward-model
     steps and 64 evaluation prompts: an SFT policy good enough that RLOO and GRPO raise r* clearly
     in 25 steps, measured on 64 prompts (test_rloo, test_grpo)."""
-    from rlnotes import rlhf
+    from rlnotes import prepare
 
-    return rlhf.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
+    return prepare.prepare(0, n_sft=512, sft_steps=40, n_pairs=16, n_test_pairs=8, rm_steps=2, n_eval_prompts=64)
 
 
 # ------------------------------------------------------------- Ctrl-C in the middle of a run
@@ -147,3 +159,21 @@ def sigint_on_call():
             return fn(*args, **kwargs)
         return wrapped
     return wrap
+
+
+@pytest.fixture
+def interrupt_on_call():
+    """``interrupt_on_call(n)(fn)``: ``fn`` wrapped so that its ``n``-th call (from 1) raises
+    KeyboardInterrupt instead of running (no signal: the interrupt lands exactly there)."""
+    def on_call(n):
+        calls = []
+
+        def wrap(fn):
+            def wrapped(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == n:
+                    raise KeyboardInterrupt
+                return fn(*args, **kwargs)
+            return wrapped
+        return wrap
+    return on_call

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import dpo, grpo, ipo, models, pg, ppo, rlhf, rloo, trpo
+from rlnotes import dpo, grpo, ipo, models, pg, ppo, reward, rlhf, rloo, sft, trpo
 from rlnotes.trainer import TrainResult
 
 # ------------------------------------------------------------------------- the vocabulary
@@ -72,13 +72,13 @@ def _sft(prepared):
     xs, ys = task.sft_corpus(32, seed=11)
 
     def run(kw):  # SFT trains a model in place: a fresh one per run, built outside the trainer
-        return rlhf.train_sft(models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
+        return sft.train_sft(models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
 
     return run
 
 
 def _reward(prepared):
-    return lambda kw: rlhf.train_reward_model(prepared.sft, prepared.tokenizer, prepared.train_prefs, **kw)
+    return lambda kw: reward.train_reward_model(prepared.sft, prepared.tokenizer, prepared.train_prefs, **kw)
 
 
 def _rlhf_ppo(prepared):
@@ -104,9 +104,9 @@ CONTROL = [
      dict(epochs=3, num_steps=16), 3, ppo.OneBatchConfig),
 ]
 LM = [
-    ("sft.train_sft", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, rlhf.SFTConfig),
+    ("sft.train_sft", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, sft.SFTConfig),
     ("reward.train_reward_model", _reward, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3,
-     rlhf.RewardConfig),
+     reward.RewardConfig),
     ("rlhf.train_ppo", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
      dict(steps=2, batch_size=4, minibatch_size=2), 2, rlhf.RLHFConfig),
     ("dpo.train", _dpo, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
@@ -215,7 +215,7 @@ def test_the_contract(trainer):
     # an unknown keyword is refused by name, and a config of another trainer by type
     with pytest.raises(TypeError, match="learnin_rate"):
         run({**kwargs, "learnin_rate": 1e-3})
-    other = rlhf.SFTConfig() if config_cls is not rlhf.SFTConfig else dpo.DPOConfig()
+    other = sft.SFTConfig() if config_cls is not sft.SFTConfig else dpo.DPOConfig()
     with pytest.raises(TypeError, match=f"config must be a {config_cls.__name__}"):
         run({"config": other})
 

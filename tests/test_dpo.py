@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rlnotes import dpo, lm, models, rlhf, sampling, sentiment
 from rlnotes.dpo import (count_passes, dpo_gradient, dpo_loss, fit_categorical, implicit_reward, log_optimal_policy,
                          log_partition, optimal_policy, update_work)
-from rlnotes.rlhf import Preferences
+from rlnotes.reward import Preferences
 from rlnotes.trainer import TrainingInterrupted
 
 
@@ -702,7 +702,7 @@ def tiny_pairs():
     prompts = ["review of the movie :", "so , the book :", "game review :", "my thoughts on the cafe :"] * 4
     chosen = ["it was great .", "great , good and fun .", "lovely .", "the price was superb ."] * 4
     rejected = ["it was awful and bad .", "dull .", "the story is boring but weak .", "poor ."] * 4
-    prefs = rlhf.Preferences(prompts, chosen, rejected, torch.zeros(16), torch.zeros(16))
+    prefs = Preferences(prompts, chosen, rejected, torch.zeros(16), torch.zeros(16))
     return ref, prefs.encode(tok)
 
 

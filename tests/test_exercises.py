@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rlnotes import exercises
 from rlnotes.exercises import check

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from rlnotes import frontier, plots, rlhf
+from rlnotes import frontier, measure, plots
 
 # one update (or one epoch) of each method: the sweep's tests
 ONE_UPDATE = {"PPO": dict(steps=1, batch_size=4, epochs=1), "DPO": dict(epochs=1, batch_size=8),
@@ -52,7 +52,7 @@ def test_sweep_summarize_plot(prepared):
 def test_true_reward_replaces_the_reward_model(prepared):
     P = frontier.with_true_reward(prepared)
     assert P.sft is prepared.sft and P.reward_model is not prepared.reward_model
-    m = rlhf.evaluate(P.sft, P)
+    m = measure.evaluate(P.sft, P)
     assert m["r_phi"] == pytest.approx(m["r_star"])        # the "reward model" is r* itself
 
 

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rlnotes import groups, lm, models, rlhf
+from rlnotes import groups, models, rlhf
 from rlnotes.trainer import trainable_copy
 
 

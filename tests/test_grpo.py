@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import grpo, rlhf
+from rlnotes import grpo, measure
 from rlnotes.kl import k3
 
 
@@ -90,10 +90,10 @@ def prepared(prepared_sft40):
 
 def test_train_improves_r_star(prepared):
     P = prepared
-    before = rlhf.evaluate(P.sft, P)["r_star"]
+    before = measure.evaluate(P.sft, P)["r_star"]
     out = grpo.train(P, steps=25, batch_size=8, num_generations=4, lr=3e-3, beta=0.04, epochs=2, minibatch_size=16,
                      seed=0)
-    after = rlhf.evaluate(out.model, P)["r_star"]
+    after = measure.evaluate(out.model, P)["r_star"]
     assert after > before + 0.3, (before, after)
     h = out.history
     for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "kl/k3_per_token", "kl/exact_per_sequence",
@@ -167,7 +167,7 @@ def test_reward_fn_list_or_numpy_trains_as_the_tensor(tiny_prepared):
 
 
 def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared):
-    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from rlhf.prepare\), got NoneType"):
+    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from prepare.prepare\), got NoneType"):
         grpo.train(None)
     with pytest.raises(TypeError, match="reward_fn must be a function .* got str 'r_star'"):
         grpo.train(tiny_prepared, "r_star")

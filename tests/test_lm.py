@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlnotes import kvcache, lm, models, sampling, sentiment
+from rlnotes import kvcache, lm, models, sampling
 
 
 def test_encode_padding(tok):

@@ -1,8 +1,9 @@
-"""rlnotes.reward: the checks on its inputs; the closed-form tests of the Bradley-Terry
-model, the loss and the trained reward model live in test_rlhf.py."""
+"""rlnotes.reward: the checks on its inputs (and ``check_rewards``, the check of what a reward
+function returns); the closed forms of the Bradley-Terry model and the loss; the trained reward model."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,91 @@ def test_verifiable_reward_is_r_star(tiny_prepared):
     ids, mask = lm.encode_responses(P.tokenizer, responses)
     got = reward.VerifiableReward(P.task, P.tokenizer)(p, pm, ids, mask)
     torch.testing.assert_close(got, P.task.true_rewards(prompts, responses))
+
+# ------------------------------------------------------------- closed forms, and the trained reward model
+
+@pytest.fixture(scope="module")
+def prepared(prepared_sft20):
+    """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft20``)."""
+    return prepared_sft20
+
+
+def test_bt_probability_closed_form():
+    assert reward.bt_probability(torch.tensor(1.0), torch.tensor(0.0)).item() == pytest.approx(math.e / (math.e + 1))
+    assert reward.bt_probability(torch.tensor(3.0), torch.tensor(3.0)).item() == 0.5
+    r1, r2 = torch.randn(10), torch.randn(10)
+    assert torch.allclose(reward.bt_probability(r1, r2) + reward.bt_probability(r2, r1), torch.ones(10))
+    assert torch.allclose(reward.bt_probability(r1, r2), r1.exp() / (r1.exp() + r2.exp()))
+
+
+def test_reward_loss_at_extreme_margins():
+    assert reward.reward_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    big = torch.tensor([1e4]), torch.tensor([-1e4])
+    assert reward.reward_loss(*big).item() == 0.0
+    assert reward.reward_loss(big[1], big[0]).item() == pytest.approx(2e4)  # finite, = -margin
+    rc = torch.tensor([-1e4, 1e4], requires_grad=True)
+    reward.reward_loss(rc, torch.tensor([1e4, -1e4])).backward()
+    assert torch.isfinite(rc.grad).all() and rc.grad.tolist() == pytest.approx([-0.5, 0.0])
+    with pytest.raises(ValueError, match="shapes must match"):
+        reward.reward_loss(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="at least one pair"):
+        reward.reward_loss(torch.zeros(0), torch.zeros(0))
+
+
+def test_preference_accuracy():
+    # right, wrong, a tie (one half), right: (1 + 0 + 0.5 + 1) / 4
+    assert reward.preference_accuracy(torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])) == 0.625
+    with pytest.raises(ValueError, match="shapes must match"):
+        reward.preference_accuracy(torch.zeros(2), torch.zeros(3))
+
+
+def test_preferences_validation():
+    good = dict(prompts=["x"], chosen=["a ."], rejected=["b ."], r_chosen=[1.0], r_rejected=[0.0])
+    assert len(reward.Preferences(**good)) == 1
+    with pytest.raises(ValueError, match="empty preference data"):
+        reward.Preferences([], [], [], [], [])
+    with pytest.raises(ValueError, match="chosen must have one entry per prompt"):
+        reward.Preferences(**{**good, "chosen": ["a .", "c ."]})
+    with pytest.raises(ValueError, match="rejected must be a list of strings"):
+        reward.Preferences(**{**good, "rejected": [3]})
+    with pytest.raises(TypeError, match="prefs must be a Preferences"):
+        reward.train_reward_model(None, None, [("x", "a", "b")], steps=1)
+
+
+def test_label_preferences_follow_bradley_terry(prepared):
+    task = prepared.task
+    n = 4000
+    prefs = reward.label_preferences(task, ["x"] * n, ["it was great ."] * n, ["it was quiet ."] * n, seed=0)
+    frac = sum(c == "it was great ." for c in prefs.chosen) / n  # r* = 1 vs 0: p = sigma(1)
+    assert frac == pytest.approx(1 / (1 + math.exp(-1)), abs=0.025)
+    assert torch.all(prefs.r_chosen == torch.tensor([task.true_reward("x", c) for c in prefs.chosen]))
+    with pytest.raises(ValueError, match="equal length"):
+        reward.label_preferences(task, ["x"], [], [], seed=0)
+
+
+def test_sample_pairs_is_seeded(prepared):
+    y1, y2 = reward.sample_pairs(prepared.sft, prepared.tokenizer, ["phone review :"] * 5, seed=0)
+    assert len(y1) == len(y2) == 5
+    assert (y1, y2) == reward.sample_pairs(prepared.sft, prepared.tokenizer, ["phone review :"] * 5, seed=0)
+
+
+def test_reward_model_shape_and_normalisation(prepared, sft20_batch):
+    rm = prepared.reward_model
+    assert rm(*sft20_batch).shape == (2,)
+    assert not any(p.requires_grad for p in rm.parameters())
+    prefs = prepared.train_prefs
+    scores = rm.score(prepared.tokenizer, prefs.prompts * 2, prefs.chosen + prefs.rejected)
+    assert abs(scores.mean().item()) < 1e-4  # E[r_phi] = 0 on pi^SFT's samples
+    fresh = reward.RewardModel(prepared.sft)
+    assert all(p.requires_grad for p in fresh.parameters())
+    fresh.normalize_(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."])
+    assert abs(fresh.score(prepared.tokenizer, ["x :"] * 2, ["good .", "bad ."]).mean().item()) < 1e-5
+    assert len(prepared.rm_history.update_array("loss")) == 5
+    assert set(prepared.rm_history.updates) == {"loss", "accuracy", "seconds"}
+
+
+def test_check_rewards_refuses_what_overflows_the_dtype():  # fix27 item 19
+    with pytest.raises(ValueError, match=r"reward_fn must return numbers that fit float32 .*too large for float32"):
+        reward.check_rewards("reward_fn", np.array([1e39, 1.0]), 2, dtype=torch.float32)
+    assert reward.check_rewards("reward_fn", np.array([1e38, 1.0]), 2, dtype=torch.float32).dtype == torch.float32
+    assert reward.check_rewards("reward_fn", np.array([1e39, 1.0]), 2).dtype == torch.float64

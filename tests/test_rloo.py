@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import rlhf, rloo
+from rlnotes import measure, rloo
 from rlnotes.trainer import TrainResult, trainable_copy
 
 
@@ -57,13 +57,13 @@ def prepared(prepared_sft40):
 
 def test_train_improves_r_star_and_follows_the_contract(prepared):
     P = prepared
-    before = rlhf.evaluate(P.sft, P)["r_star"]
+    before = measure.evaluate(P.sft, P)["r_star"]
     ref_state = [p.clone() for p in P.sft.parameters()]
     rng = torch.get_rng_state()
     out = rloo.train(P, steps=25, batch_size=8, k=4, lr=3e-3, beta=0.05, seed=0)
     assert isinstance(out, TrainResult) and out.config.k == 4 and out.value_fn is None
     assert torch.equal(torch.get_rng_state(), rng)
-    after = rlhf.evaluate(out.model, P)["r_star"]
+    after = measure.evaluate(out.model, P)["r_star"]
     h = out.history
     assert after > before + 0.3, (before, after)
     for key in ("loss", "reward", "reward_std", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy",
@@ -192,7 +192,7 @@ def test_check_rewards_one_number_for_one_response_and_integers():
 def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared):
     import dataclasses
 
-    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from rlhf.prepare\), got NoneType"):
+    with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from prepare.prepare\), got NoneType"):
         rloo.train(None)
     with pytest.raises(TypeError, match="prepared must be a Prepared .* got dict"):
         rloo.train(vars(tiny_prepared))

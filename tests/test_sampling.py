@@ -70,10 +70,10 @@ def _sample_without_cache(model, tok, p, pm, max_new_tokens, generator, temperat
 def trained(task, tok, model):
     """The test model after 40 SFT steps (it now ends responses with EOS, at different steps), in float64:
     cached and uncached passes agree far below any draw's margin."""
-    from rlnotes import rlhf
+    from rlnotes import sft
 
     trained = copy.deepcopy(model)
-    rlhf.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)
+    sft.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)
     return trained.double().eval()
 
 

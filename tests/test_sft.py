@@ -1,5 +1,5 @@
 """rlnotes.sft: what train_sft does to the caller's model, the dtypes it trains in, and the
-held-out loss on bad input. (What SFT learns is tested in test_rlhf.py.)"""
+held-out loss on bad input; and what SFT learns (on conftest.py's ``prepared_sft20``)."""
 
 import numpy as np
 import pytest
@@ -116,3 +116,36 @@ def test_sft_loss_refuses_a_mask_with_no_response_token(tok, model):
     assert torch.isfinite(sft.sft_loss(model, p, pm, r, rm))
     with pytest.raises(ValueError, match="response_mask must mark at least one response token"):
         sft.sft_loss(model, p, pm, r, torch.zeros_like(rm))
+
+
+
+# ------------------------------------------------------------- what SFT learns
+
+@pytest.fixture(scope="module")
+def prepared(prepared_sft20):
+    """Phases 1 and 2 at the size these tests need (conftest.py's ``prepared_sft20``)."""
+    return prepared_sft20
+
+
+def test_sft_loss_is_mean_nll_of_response_tokens(prepared, sft20_batch):
+    logp = lm.token_logprobs(prepared.sft, *sft20_batch)
+    n_tokens = 5 + 3  # response tokens, EOS included
+    assert sft.sft_loss(prepared.sft, *sft20_batch).item() == pytest.approx(-logp.sum().item() / n_tokens, rel=1e-5)
+
+
+def test_train_sft_lowers_heldout_loss(prepared):
+    h = prepared.sft_heldout
+    assert h["sft"] < h["untrained"] - 1.0
+    assert len(prepared.sft_history.update_array("loss")) == 20
+    task, tok = prepared.task, prepared.tokenizer
+    xs, ys = task.sft_corpus(16, seed=5)
+    model = models.tiny_gpt2(tok, seed=1)
+    before = sft.heldout_loss(model, tok, xs, ys)
+    out = sft.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
+    assert out.model is model and isinstance(out.config, sft.SFTConfig)  # trained in place
+    assert set(out.history.updates) == {"loss", "seconds"} and len(out.history) == 15
+    assert sft.heldout_loss(model, tok, xs, ys) < before
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        sft.train_sft(model, tok, xs, ys, steps=0)
+    with pytest.raises(ValueError, match="equal length"):
+        sft.train_sft(model, tok, xs, ys[:-1], steps=1)
