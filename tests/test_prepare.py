@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from rlnotes import lm, models, prepare, reward, rlhf, sentiment, sft
+from rlnotes import models, prepare, reward, rlhf, sentiment, sft
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def _interrupted_prepare():
 
 
 def test_prepare_interrupted_at_once_gives_an_empty_prepared(monkeypatch, interrupt_on_call):
-    monkeypatch.setattr(lm, "SentimentTask", interrupt_on_call(1)(sentiment.SentimentTask))
+    monkeypatch.setattr(sentiment, "SentimentTask", interrupt_on_call(1)(sentiment.SentimentTask))
     stop = _interrupted_prepare()
     assert stop.phase == "the task and tokenizer"
     assert all(getattr(stop.result, f.name) is None for f in dataclasses.fields(prepare.Prepared)

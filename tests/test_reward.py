@@ -233,3 +233,12 @@ def test_check_rewards_refuses_what_overflows_the_dtype():  # fix27 item 19
         reward.check_rewards("reward_fn", np.array([1e39, 1.0]), 2, dtype=torch.float32)
     assert reward.check_rewards("reward_fn", np.array([1e38, 1.0]), 2, dtype=torch.float32).dtype == torch.float32
     assert reward.check_rewards("reward_fn", np.array([1e39, 1.0]), 2).dtype == torch.float64
+
+
+def test_check_rewards_one_number_for_one_response_and_integers():
+    assert torch.equal(reward.check_rewards("reward_fn", 0.5, 1), torch.tensor([0.5]))
+    assert torch.equal(reward.check_rewards("reward_fn", np.float64(2.0), 1, dtype=torch.float32), torch.tensor([2.0]))
+    ints = reward.check_rewards("reward_fn", [1, 0, 1], 3)
+    assert ints.dtype == torch.get_default_dtype() and ints.tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(3\).*got 2 values"):
+        reward.check_rewards("reward_fn", [1.0, 2.0], 3)

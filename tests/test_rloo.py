@@ -180,15 +180,6 @@ def test_reward_fn_returning_anything_else_is_refused(tiny_prepared, returned, e
         _run(tiny_prepared, lambda xs, ys: returned)
 
 
-def test_check_rewards_one_number_for_one_response_and_integers():
-    assert torch.equal(rloo.check_rewards("reward_fn", 0.5, 1), torch.tensor([0.5]))
-    assert torch.equal(rloo.check_rewards("reward_fn", np.float64(2.0), 1, dtype=torch.float32), torch.tensor([2.0]))
-    ints = rloo.check_rewards("reward_fn", [1, 0, 1], 3)
-    assert ints.dtype == torch.get_default_dtype() and ints.tolist() == [1.0, 0.0, 1.0]
-    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(3\).*got 2 values"):
-        rloo.check_rewards("reward_fn", [1.0, 2.0], 3)
-
-
 def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared):
     import dataclasses
 
