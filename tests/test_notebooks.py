@@ -6,6 +6,7 @@ last bits of a sum decide a seed's fate), so it carries the tag ``nbval-ignore-o
 that it runs; what it shows must be checked by the cell itself, with an ``assert``.
 """
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,113 @@ def test_the_figure_check_finds_a_figure_without_a_caption(tmp_path):
     nb["cells"] = nb["cells"][:2]
     (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
     assert figure_problems([tmp_path / "nb.ipynb"]) == []
+
+
+# --- Number density of the prose (issue 25, item 2) -------------------------------------------------
+
+MAX_NUMBERS = 10
+_GLUE = re.compile(r"\{glue(?::text|:md)?\}`[^`]*`")
+_ROLE = re.compile(r"\{[\w:.+-]+\}`[^`]*`")            # any other role: {ref}, {eq}, {py:func}, {cite:t}
+_CODE = re.compile(r"`[^`]*`")
+_INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\$)(?:[^$\\]|\\.)+?\$")
+_DISPLAY_MATH = re.compile(r"\$\$.*?\$\$[^\n]*", re.S)
+_LINK_TARGET = re.compile(r"\]\([^)]*\)")
+_HTML = re.compile(r"<!--.*?-->|<[^>\n]+>", re.S)
+_REFERENCE = re.compile(                              # "section 5.5", "chapters 4 and 5", "Figure 2"
+    r"(?i)(?:\b(?:sections?|chapters?|ch\.|exercises?|figures?|fig\.|tables?|appendix|parts?|eqs?\.|"
+    r"equations?)|§)\s*\(?\d+(?:\.\d+)*[a-z]?\)?"
+    r"(?:\s*(?:,|and|or|to|–|-)\s*\(?\d+(?:\.\d+)*[a-z]?\)?)*")
+_NUMBER = re.compile(                                 # 0.13, 3e-3, 95%, 1,500, 10**6, 10^6, 1/2, −0.4
+    r"(?<![\w.\-/])(?<![A-Za-z]-)[−-]?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+−]?\d+)?"
+    r"(?:(?:\*\*|\^)\d+)?(?:/\d+)?%?(?![\w.]*[A-Za-z_])(?!\.\d)")
+_FENCE = re.compile(r"^\s*(`{3,}|:{3,})\s*(\{([\w:-]+)\})?")
+_VERBATIM = {None, "code", "code-block", "code-cell", "math", "raw", "python", "bash", "text"}
+
+
+def prose_paragraphs(markdown):
+    """The paragraphs of prose in one markdown cell: blank-line separated, without headings, tables,
+    targets ``(label)=``, directive option lines ``:name: ...``, fence lines, display maths and the
+    inside of code/math fences (an admonition's or a note's body is prose and stays)."""
+    text = _DISPLAY_MATH.sub("\n", markdown)
+    paragraphs, current, fence = [], [], None
+    for line in text.splitlines():
+        stripped = line.strip()
+        m = _FENCE.match(line)
+        if fence is not None:                         # inside a fence: only its body, if prose
+            if m and m.group(1) == fence[0] and m.group(2) is None:
+                fence = None
+                paragraphs.append(current); current = []
+            elif fence[1] and not re.match(r"^\s*:[\w-]+:", line):
+                if stripped:
+                    current.append(stripped)
+                else:
+                    paragraphs.append(current); current = []
+            continue
+        if m and (m.group(2) or len(stripped) == len(m.group(1)) or stripped[len(m.group(1)):].isalpha()):
+            paragraphs.append(current); current = []
+            lang = m.group(3) or (stripped[len(m.group(1)):] or None)
+            fence = (m.group(1), lang not in _VERBATIM and lang != "table")
+            continue
+        if not stripped:
+            paragraphs.append(current); current = []
+        elif stripped.startswith(("#", "|")) or re.fullmatch(r"\([\w.:-]+\)=", stripped):
+            continue
+        else:
+            current.append(stripped)
+    paragraphs.append(current)
+    return [" ".join(p) for p in paragraphs if p]
+
+
+def count_numbers(paragraph):
+    """How many numbers a reader reads in one paragraph of prose.
+
+    Each glue role ({glue}, {glue:text}, {glue:md}) counts one. Every other role and inline code is
+    dropped with its backticks (a {ref}, a {py:func}, a `code` quotes no result), and so is inline
+    maths ``$...$``: its numbers are constants of a formula ($\\gamma = 1$, $(1-\\gamma)^2$), not
+    results, which the book glues. In what remains each numeric literal counts one: 0.13, −0.4, 3e-3,
+    95%, 1,500, 10**6, 10^6 and 1/2 are one number each. Not counted: digits inside a word or a name
+    (GPT-2, distinct-2, ch4, A1, 2nd), a link's target, and references to the book's own parts: a
+    number (or a list or range of them) right after "section", "chapter", "exercise", "figure",
+    "table", "appendix", "part", "equation", "eq." or "§" (section 5.5, chapters 4 and 5, Figure 2),
+    case-insensitive; a bare "5.5" without such a word counts. Headings, tables, display maths, code
+    and directive option lines are not prose (see prose_paragraphs); a bulleted list without blank
+    lines between its items is one paragraph, as the issue measures it.
+    """
+    glued = len(_GLUE.findall(paragraph))
+    rest = _GLUE.sub(" ", paragraph)
+    for pattern in (_ROLE, _CODE, _INLINE_MATH, _LINK_TARGET, _HTML, _REFERENCE):
+        rest = pattern.sub(" ", rest)
+    return glued + len(_NUMBER.findall(rest))
+
+
+def dense_paragraphs(path, limit=MAX_NUMBERS):
+    """(cell index, count, first words) of every prose paragraph that quotes more than limit numbers."""
+    cells = json.loads(path.read_text())["cells"]
+    return [(i, n, p[:60]) for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+            for p in prose_paragraphs("".join(c["source"])) if (n := count_numbers(p)) > limit]
+
+
+def test_the_number_counter_counts_a_known_paragraph(tmp_path):
+    paragraph = ("After 1,500 steps (section 5.5, as in chapters 4 and 5) the mean KL is "
+                 "{glue:text}`ch4_kl_mean:.2f` nats, $\\beta = 0.1$ and {ref}`ch4-task` aside; "
+                 "95% of 10**6 draws fall within 3e-3 of −0.4, one in 1/2 on GPT-2 (`lr=3e-4`).")
+    # 1,500 + glue + 95% + 10**6 + 3e-3 + −0.4 + 1/2; not 5.5, 4, 5, 0.1, GPT-2's 2 or the code's 3e-4
+    assert count_numbers(paragraph) == 7
+    cell = ("## A heading with 3 numbers 1 2\n\n(lab-1)=\nFirst 1 and 2.\n\n| 1 | 2 |\n|---|---|\n\n"
+            "$$\nx = 1 + 2\n$$ (eq-1)\n\n:::{admonition} In 3 words\n:class: tip\nBody 4 and 5.\n:::\n\n"
+            "```python\nx = 6\n```\nLast 7.")
+    assert prose_paragraphs(cell) == ["First 1 and 2.", "Body 4 and 5.", "Last 7."]
+    assert [count_numbers(p) for p in prose_paragraphs(cell)] == [2, 2, 1]
+    dense = "Eleven: " + ", ".join(str(k) for k in range(11)) + "."
+    nb = {"cells": [{"cell_type": "markdown", "source": [cell]}, {"cell_type": "code", "source": dense},
+                    {"cell_type": "markdown", "source": ["Ten.\n", "\n", dense[:-4] + "."]},
+                    {"cell_type": "markdown", "source": ["Intro.\n", "\n", dense]}], "metadata": {}}
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert dense_paragraphs(tmp_path / "nb.ipynb") == [(3, 11, dense[:60])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_paragraph_quotes_more_than_ten_numbers(path):
+    dense = dense_paragraphs(path)
+    assert not dense, (f"{path.name}: paragraphs quoting more than {MAX_NUMBERS} numbers "
+                       f"(cell, count, start): {dense}; move the numbers into a table after it")
