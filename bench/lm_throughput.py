@@ -39,12 +39,12 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
         return time.perf_counter() - t
 
     out = {}
-    out["sft"] = steps * seq_tokens / timed(lambda n: sft.train_sft(model, tok, xs, ys, steps=n, batch_size=batch))
+    out["sft"] = steps * seq_tokens / timed(lambda n: sft.train((xs, ys), model=model, tokenizer=tok, steps=n, batch_size=batch))
     model.requires_grad_(False)
     y1, y2 = reward.sample_pairs(model, tok, xs[:256], seed=0)
     prefs = reward.label_preferences(task, xs[:256], y1, y2, seed=0)
     out["reward_model"] = 2 * steps * seq_tokens / timed(
-        lambda n: reward.train_reward_model(model, tok, prefs, steps=n, batch_size=batch))
+        lambda n: reward.train(prefs, sft=model, tokenizer=tok, steps=n, batch_size=batch))
     gen = torch.Generator(device=device).manual_seed(0)
     sampled = []
 
@@ -58,7 +58,7 @@ def bench(device: str, threads: int | None, n_layer: int, n_embd: int, steps: in
                             model=models.tiny_gpt2(tok, n_layer=n_layer, n_embd=n_embd), tokenizer=tok, device=device)
     updates = max(2, steps // 10)
     t = time.perf_counter()
-    rlhf.train_ppo(prepared, beta=0.1, steps=updates, batch_size=batch)
+    rlhf.train(prepared, beta=0.1, steps=updates, batch_size=batch)
     out["ppo_update"] = updates * batch * (seq_tokens / batch) / (time.perf_counter() - t)
     return out
 

@@ -12,11 +12,11 @@ sequences or steps. Rows:
   ``precompute_ref_log_probs=True`` (set-up, i.e. tokenisation and the reference pass, counted).
   Same order (sequential), optimiser (AdamW, no weight decay, constant lr, clipping at 1), beta.
   The largest difference between the two per-step loss curves is printed as a check.
-- ``reward model``: seconds per step of ``rlnotes.reward.train_reward_model`` (without its final
+- ``reward model``: seconds per step of ``rlnotes.reward.train`` (without its final
   mean-zero normalisation, which TRL has no equivalent of: timed and printed apart) against TRL's
   ``RewardTrainer`` on ``GPT2ForSequenceClassification`` from the same weights (set-up counted on
   both sides: tokenisation).
-- ``SFT``: seconds per step of ``rlnotes.sft.train_sft`` against TRL's ``SFTTrainer`` on the same
+- ``SFT``: seconds per step of ``rlnotes.sft.train`` against TRL's ``SFTTrainer`` on the same
   prompt-completion pairs (loss on the completion only on both sides; set-up counted).
 - ``generation``: seconds per 1000 sampled tokens, ``rlnotes.sampling.sample`` against
   ``model.generate(do_sample=True, top_k=0)`` (what TRL's GRPOTrainer calls without vLLM), same
@@ -28,7 +28,7 @@ sequences or steps. Rows:
   model), a reward model of the policy's size as the reward (both re-tokenise the decoded text
   for it), one epoch, one gradient step. TRL's trainer construction (it loads the policy, the
   reference and the reward model from disk) is printed apart.
-- ``PPO update vs TRL GRPO step``: ``rlnotes.rlhf.train_ppo`` with ``steps=1, epochs=1`` (one
+- ``PPO update vs TRL GRPO step``: ``rlnotes.rlhf.train`` with ``steps=1, epochs=1`` (one
   minibatch; sample 64 prompts once each, score with the reward model, reference log-probs, value
   head, GAE, one Adam step) against the same TRL GRPO step (TRL 1.16 has no PPO trainer): not the
   same algorithm (PPO's 64 prompts against GRPO's 8, PPO's value head), the same work per sequence.
@@ -94,17 +94,17 @@ def rlnotes_dpo(policy, ref, data, **kw):
 
 def rlnotes_reward_model(sft, tok, prefs, **kw):
     """-> the trained reward model."""
-    return reward.train_reward_model(sft, tok, prefs, **kw).model
+    return reward.train(prefs, sft=sft, tokenizer=tok, **kw).model
 
 
 def rlnotes_sft(model, tok, prompts, responses, **kw):
     """-> per-step losses as an array (``model`` is trained in place)."""
-    return sft.train_sft(model, tok, prompts, responses, **kw).history.update_array("loss")
+    return sft.train((prompts, responses), model=model, tokenizer=tok, **kw).history.update_array("loss")
 
 
 def rlnotes_ppo(prepared, **kw):
     """-> the trained policy (the LM and its value head, a ``PolicyWithValue``)."""
-    return rlhf.train_ppo(prepared, **kw).value_fn
+    return rlhf.train(prepared, **kw).value_fn
 
 
 def rlnotes_grpo(prepared, reward_fn, **kw):

@@ -727,7 +727,7 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None, dp
                 ) -> dict:
     """What one update of RLHF-PPO and one of DPO compute, counted by ``count_passes`` on real runs.
 
-    RLHF-PPO is ``rlhf.train_ppo(prepared)`` (``ppo_config``: an ``rlhf.RLHFConfig``, default its
+    RLHF-PPO is ``rlhf.train(prepared)`` (``ppo_config``: an ``rlhf.RLHFConfig``, default its
     defaults); DPO is ``train(None, prepared.sft, pairs)`` on the first ``batch_size`` x k pairs of
     ``data``, one epoch (``dpo_config``, default ``DPOConfig()``), so k updates. Each runs for 1 and for
     1 + ``n_updates`` updates, same seed; the difference divided by ``n_updates`` is the work of one
@@ -747,7 +747,7 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None, dp
                          f"{dpo_cfg.batch_size * (1 + n_updates)} pairs, got {n}")
 
     def ppo_run(k):
-        rlhf.train_ppo(prepared, ppo_cfg, steps=k)
+        rlhf.train(prepared, ppo_cfg, steps=k)
 
     def dpo_run(k):
         train(None, prepared.sft, {key: v[:k * dpo_cfg.batch_size] for key, v in data.items()}, dpo_cfg)
@@ -774,7 +774,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
     ``beta`` of the objective Eq. 3, then measure its samples on held-out prompts.
 
     "DPO": ``train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
-    ``rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
+    ``rlhf.train(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
     ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
     standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
     pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
@@ -802,7 +802,7 @@ def frontier_point(prepared, data: dict, method: str, beta: float, seed: int = 0
 
     seen = {}
     if method == "PPO":
-        run = rlhf.train_ppo(prepared, beta=beta, seed=seed, **kwargs)
+        run = rlhf.train(prepared, beta=beta, seed=seed, **kwargs)
     else:
         cfg = make_config(DPOConfig, None, beta=beta, seed=seed, **kwargs)
         total = cfg.epochs * -(-check_pairs(data) // cfg.batch_size)

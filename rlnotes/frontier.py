@@ -46,7 +46,7 @@ def train_method(method: str, prepared, beta: float, seed: int, data: dict | Non
     """Train ``method`` (one of ``METHODS``) at ``beta`` and ``seed``; returns ``(model, history)``,
     the trained causal LM and its ``History``.
 
-    PPO is chapter 4's ``rlhf.train_ppo`` on r* (no unfinished-text penalty: r* has its own),
+    PPO is chapter 4's ``rlhf.train`` on r* (no unfinished-text penalty: r* has its own),
     DPO chapter 5's ``dpo.train``: the only two calls into those trainers in chapter 6. ``data``
     is ``prepared.train_prefs`` encoded (computed if None); ``settings`` go to the trainer.
     ``callback(policy) -> dict`` (DPO and IPO only) is called before training and after every
@@ -59,7 +59,7 @@ def train_method(method: str, prepared, beta: float, seed: int, data: dict | Non
     if method in ("DPO", "IPO") and data is None:
         data = prepared.train_prefs.encode(prepared.tokenizer)
     if method == "PPO":
-        out = rlhf.train_ppo(with_true_reward(prepared), beta=beta, seed=seed, missing_eos_penalty=0.0, **settings)
+        out = rlhf.train(with_true_reward(prepared), beta=beta, seed=seed, missing_eos_penalty=0.0, **settings)
     elif method == "DPO":
         if callback is not None:   # an evaluation before training and after each pass over the pairs
             settings["eval_every"] = math.ceil(len(data["prompt_ids"]) / settings.get("batch_size", dpo.DPOConfig.batch_size))

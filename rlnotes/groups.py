@@ -27,7 +27,7 @@ from .utils import check_finite, check_positive_int
 
 def step_seed(seed: int, step: int) -> int:
     """The seed of the prompts of update ``step`` of a run seeded ``seed``: ``seed * 100_003 + step``
-    (the online trainers ``rlhf.train_ppo``, ``rloo.train``, ``grpo.train``; may pass 2**63)."""
+    (the online trainers ``rlhf.train``, ``rloo.train``, ``grpo.train``; may pass 2**63)."""
     return seed * 100_003 + step
 
 

@@ -4,8 +4,8 @@
   CPU): the task (r* is ``task.true_rewards``), ``tokenizer``, ``sft`` (pi^SFT = pi_ref, frozen),
   ``reward_model`` (r_phi, mean zero on pi^SFT's samples), ``train_prefs`` / ``test_prefs``,
   ``eval_prompts``, ``sft_history``, ``rm_history``. Chapters 4 to 6 start from it; chapter 4 runs
-  its steps one by one (``seed_streams``, ``sft.train_sft``, ``preference_data``,
-  ``reward.train_reward_model``) and checks with ``Prepared.differences`` that they give the same objects.
+  its steps one by one (``seed_streams``, ``sft.train``, ``preference_data``,
+  ``reward.train``) and checks with ``Prepared.differences`` that they give the same objects.
 - ``check_prepared``: the check of a ``Prepared`` that phase 3 and the later chapters' trainers make.
 - ``PrepareInterrupted``: what an interrupted ``prepare`` raises, with the parts made so far.
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models, sentiment
-from .reward import Preferences, RewardModel, label_preferences, sample_pairs, train_reward_model
-from .sft import heldout_loss, train_sft
+from . import models, reward, sentiment, sft
+from .reward import Preferences, RewardModel, label_preferences, sample_pairs
+from .sft import heldout_loss
 from .trainer import History, TrainingInterrupted, TrainResult
 from .utils import check_positive_int, check_seed, get_device
 
@@ -175,14 +175,14 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
         xs, ys = task.sft_corpus(n_sft, s["sft_corpus"])
         hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
         parts["sft_heldout"] = {"untrained": heldout_loss(model, tokenizer, hx, hy)}
-        parts["sft_history"] = train_sft(model, tokenizer, xs, ys, steps=sft_steps, seed=s["sft"]).history
+        parts["sft_history"] = sft.train((xs, ys), model=model, tokenizer=tokenizer, steps=sft_steps, seed=s["sft"]).history
         parts["sft_heldout"]["sft"] = heldout_loss(model, tokenizer, hx, hy)
         model.requires_grad_(False)
         phase = "the preference data"
         parts["train_prefs"] = preference_data(task, model, tokenizer, "train", n_pairs, seed=s["train_pairs"])
         parts["test_prefs"] = preference_data(task, model, tokenizer, "test", n_test_pairs, seed=s["test_pairs"])
         phase = "the reward model"
-        rm = train_reward_model(model, tokenizer, parts["train_prefs"], steps=rm_steps, seed=s["reward_model"])
+        rm = reward.train(parts["train_prefs"], sft=model, tokenizer=tokenizer, steps=rm_steps, seed=s["reward_model"])
         parts["reward_model"], parts["rm_history"] = rm.model, rm.history
         parts["eval_prompts"] = task.prompts(n_eval_prompts, s["eval_prompts"], "test")
     except KeyboardInterrupt as stop:

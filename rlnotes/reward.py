@@ -219,7 +219,7 @@ class RewardModel(nn.Module):
 class VerifiableReward(nn.Module):
     """A program as the reward model: r*(x, y) of ``task`` computed from token ids (no parameters).
 
-    It has the reward model's call signature, so chapter 4's PPO (``rlhf.train_ppo``) can
+    It has the reward model's call signature, so chapter 4's PPO (``rlhf.train``) can
     optimise the verifiable reward r* instead of a learned r_phi.
     """
 
@@ -248,17 +248,17 @@ class RewardConfig(SFTConfig):
         self.check("weight_decay", check_in_range, 0.0, math.inf)
 
 
-def train_reward_model(sft, tokenizer, prefs: Preferences, config: RewardConfig | None = None,
-                       **kwargs) -> TrainResult:
+def train(prefs: Preferences, config: RewardConfig | None = None, *, sft, tokenizer, **overrides) -> TrainResult:
     """Phase 2: minimise L_R (eq. rlhf-rm) over mini-batches of D, then normalise r_phi to mean 0 on D's responses.
 
-    Arguments: those of ``RewardConfig``, or a ``config``. ``sft`` is copied, not changed.
+    ``prefs`` are the labelled pairs, ``sft`` the LM the reward model starts from (copied, not
+    changed), ``tokenizer`` its tokenizer. Settings: those of ``RewardConfig``, as keywords or a ``config``.
     Returns a ``TrainResult`` whose ``model`` is the ``RewardModel`` (frozen); logs per step
     ``loss``, ``accuracy`` (on the mini-batch, ``preference_accuracy``) and ``seconds``.
     """
     if not isinstance(prefs, Preferences):
         raise TypeError(f"prefs must be a Preferences, got {type(prefs).__name__}")
-    cfg = make_config(RewardConfig, config, **kwargs)
+    cfg = make_config(RewardConfig, config, **overrides)
     device = next(sft.parameters()).device
     history = History()
     with rng_scope(cfg.seed):

@@ -7,7 +7,7 @@ is the token-level MDP: the state s_t is the prompt and the tokens so far, the a
 token y_t, and the reward of eq. (rlhf-token-reward) arrives per token (the KL penalty) and at the
 last token (r_phi).
 
-- ``train_ppo(prepared, config=None, **kwargs) -> TrainResult``: phase 3 from a ``prepare.Prepared``,
+- ``train(prepared, config=None, **overrides) -> TrainResult``: phase 3 from a ``prepare.Prepared``,
   as ``collect`` (sample, score, per-token rewards, GAE) then ``update`` (epochs of minibatch steps
   on -L^CLIP + c_1 L^VF).
 """
@@ -284,7 +284,7 @@ def update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Tok
     return v_loss.item()
 
 
-def train_ppo(prepared: Prepared, config: RLHFConfig | None = None, **kwargs) -> TrainResult:
+def train(prepared: Prepared, config: RLHFConfig | None = None, **overrides) -> TrainResult:
     """Phase 3: PPO over tokens on max_pi E[r_phi(x, y)] - beta KL(pi || pi_ref) (eq. rlhf-objective).
 
     Arguments: those of ``RLHFConfig``, or a ``config``. Each step ``collect``s one response per
@@ -305,7 +305,7 @@ def train_ppo(prepared: Prepared, config: RLHFConfig | None = None, **kwargs) ->
     (``model`` and ``value_fn`` None if it came before they were made); each update and its log
     entry are applied whole.
     """
-    cfg = make_config(RLHFConfig, config, **kwargs)
+    cfg = make_config(RLHFConfig, config, **overrides)
     device = check_prepared("prepared", prepared).device
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists

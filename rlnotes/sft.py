@@ -93,7 +93,7 @@ def heldout_loss(model, tokenizer, prompts: list[str], responses: list[str], bat
     ``prompts`` and ``responses``: non-empty lists of strings of one length (``sentiment.check_texts``);
     ``batch_size``: an integer >= 1."""
     check_model("model", model)
-    prompts, responses = _check_corpus(prompts, responses)
+    prompts, responses = check_corpus((prompts, responses))
     batch_size = check_positive_int("batch_size", batch_size)
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -105,8 +105,12 @@ def heldout_loss(model, tokenizer, prompts: list[str], responses: list[str], bat
     return total / count
 
 
-def _check_corpus(prompts, responses) -> tuple[list[str], list[str]]:
-    prompts, responses = sentiment.check_texts("prompts", prompts), sentiment.check_texts("responses", responses)
+def check_corpus(data) -> tuple[list[str], list[str]]:
+    """``data`` as ``(prompts, responses)``, two lists of strings of equal length, or a clear error."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"data must be (prompts, responses), two lists of strings, got {type(data).__name__}"
+                        f"{f' of length {len(data)}' if isinstance(data, (tuple, list)) else ''}")
+    prompts, responses = sentiment.check_texts("prompts", data[0]), sentiment.check_texts("responses", data[1])
     if len(prompts) != len(responses):
         raise ValueError(f"prompts and responses must be of equal length, got {len(prompts)} and {len(responses)}")
     return prompts, responses
@@ -133,19 +137,20 @@ class SFTConfig(Config):
         self.check("progress", check_bool)
 
 
-def train_sft(model, tokenizer, prompts: list[str], responses: list[str], config: SFTConfig | None = None,
-              **kwargs) -> TrainResult:
+def train(data, config: SFTConfig | None = None, *, model, tokenizer, **overrides) -> TrainResult:
     """Phase 1: AdamW on L_SFT over random mini-batches of (prompt, response) text, ``model`` trained in place.
 
-    Arguments: those of ``SFTConfig``, or a ``config``. Returns a ``TrainResult`` whose
+    ``data`` is ``(prompts, responses)``, two lists of strings of one length (what
+    ``SentimentTask.sft_corpus`` returns); ``model`` the causal LM and ``tokenizer`` its tokenizer.
+    Settings: those of ``SFTConfig``, as keywords or a ``config``. Returns a ``TrainResult`` whose
     ``model`` is ``model``; logs ``loss`` per step. Only the parameters the caller left
     trainable (``requires_grad=True``) are trained, and ``model`` is handed back in the
     train/eval mode it came in, also after an error or an interrupt (``TrainingInterrupted``).
     Refused: a model with no trainable parameter (``ValueError``) or with float16 parameters
     (``TypeError``: allowed are float32, float64 and bfloat16, ``check_model``).
     """
-    cfg = make_config(SFTConfig, config, **kwargs)
-    prompts, responses = _check_corpus(prompts, responses)
+    cfg = make_config(SFTConfig, config, **overrides)
+    prompts, responses = check_corpus(data)
     check_trainable("model", model)
     history = History()
     result = TrainResult(model, history, cfg)

@@ -38,9 +38,9 @@ VOCABULARY = {
                                 "loss/policy", "loss/value", "entropy", "learning_rate", "eps", "ratio_min",
                                 "ratio_max", "seconds"}),
     "ppo.epochs_on_one_batch": ("OneBatchConfig", {"kl/exact_per_state", "outside", "ratio_max"}),
-    "sft.train_sft": ("SFTConfig", {"loss", "seconds"}),
-    "reward.train_reward_model": ("RewardConfig", {"loss", "accuracy", "seconds"}),
-    "rlhf.train_ppo": ("RLHFConfig", {"r_phi", "r_star", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy",
+    "sft.train": ("SFTConfig", {"loss", "seconds"}),
+    "reward.train": ("RewardConfig", {"loss", "accuracy", "seconds"}),
+    "rlhf.train": ("RLHFConfig", {"r_phi", "r_star", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy",
                                       "distinct_1", "distinct_2", "completions/clipped_ratio", "beta", "loss/value",
                                       "seconds"}),
     "dpo.train": ("DPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -72,17 +72,17 @@ def _sft(prepared):
     xs, ys = task.sft_corpus(32, seed=11)
 
     def run(kw):  # SFT trains a model in place: a fresh one per run, built outside the trainer
-        return sft.train_sft(models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tok, xs, ys, **kw)
+        return sft.train((xs, ys), model=models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tokenizer=tok, **kw)
 
     return run
 
 
 def _reward(prepared):
-    return lambda kw: reward.train_reward_model(prepared.sft, prepared.tokenizer, prepared.train_prefs, **kw)
+    return lambda kw: reward.train(prepared.train_prefs, sft=prepared.sft, tokenizer=prepared.tokenizer, **kw)
 
 
 def _rlhf_ppo(prepared):
-    return lambda kw: rlhf.train_ppo(prepared, **kw)
+    return lambda kw: rlhf.train(prepared, **kw)
 
 
 def _dpo(prepared):
@@ -104,10 +104,10 @@ CONTROL = [
      dict(epochs=3, num_steps=16), 3, ppo.OneBatchConfig),
 ]
 LM = [
-    ("sft.train_sft", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, sft.SFTConfig),
-    ("reward.train_reward_model", _reward, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3,
+    ("sft.train", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, sft.SFTConfig),
+    ("reward.train", _reward, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3,
      reward.RewardConfig),
-    ("rlhf.train_ppo", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
+    ("rlhf.train", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
      dict(steps=2, batch_size=4, minibatch_size=2), 2, rlhf.RLHFConfig),
     ("dpo.train", _dpo, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
 ]
@@ -243,7 +243,7 @@ def test_value_fn_where_the_method_learns_one(tiny_prepared):
 
     for fn in (pg.train, trpo.train, ppo.train):
         assert isinstance(fn(total_steps=64, num_envs=2, num_steps=32, seed=0).value_fn, ValueNet)
-    out = rlhf.train_ppo(tiny_prepared, steps=1, batch_size=2, epochs=1, seed=0)
+    out = rlhf.train(tiny_prepared, steps=1, batch_size=2, epochs=1, seed=0)
     assert isinstance(out.value_fn, rlhf.PolicyWithValue) and out.value_fn.lm is out.model
 
 

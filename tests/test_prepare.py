@@ -82,7 +82,7 @@ def test_prepare_interrupted_in_sft_gives_a_prepared_with_the_partial_sft(monkey
     assert isinstance(P.sft, torch.nn.Module) and len(P.sft_history) == 1 and "untrained" in P.sft_heldout
     assert P.reward_model is None and P.train_prefs is None and P.rm_history is None and P.eval_prompts is None
     with pytest.raises(ValueError, match="prepared is a partial Prepared"):
-        rlhf.train_ppo(P)
+        rlhf.train(P)
 
 
 def test_prepare_interrupted_in_the_preference_data_or_the_reward_model(monkeypatch, interrupt_on_call):
@@ -122,12 +122,12 @@ def step_by_step(seed):
     xs, ys = task.sft_corpus(SIZES["n_sft"], s["sft_corpus"])
     hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
     untrained = sft.heldout_loss(model, tok, hx, hy)
-    sft_run = sft.train_sft(model, tok, xs, ys, steps=SIZES["sft_steps"], seed=s["sft"])
+    sft_run = sft.train((xs, ys), model=model, tokenizer=tok, steps=SIZES["sft_steps"], seed=s["sft"])
     pi_sft = sft_run.model.requires_grad_(False)
     heldout = {"untrained": untrained, "sft": sft.heldout_loss(pi_sft, tok, hx, hy)}
     train = prepare.preference_data(task, pi_sft, tok, "train", SIZES["n_pairs"], seed=s["train_pairs"])
     test = prepare.preference_data(task, pi_sft, tok, "test", SIZES["n_test_pairs"], seed=s["test_pairs"])
-    rm_run = reward.train_reward_model(pi_sft, tok, train, steps=SIZES["rm_steps"], seed=s["reward_model"])
+    rm_run = reward.train(train, sft=pi_sft, tokenizer=tok, steps=SIZES["rm_steps"], seed=s["reward_model"])
     return prepare.Prepared(task, tok, pi_sft, rm_run.model, train, test,
                          task.prompts(SIZES["n_eval_prompts"], s["eval_prompts"], "test"),
                          sft_run.history, rm_run.history, heldout)

@@ -96,9 +96,9 @@ def test_train_reward_model_checks_the_context(tok, model):
     prefs = reward.Preferences([long_prompt, "phone review :"], ["good .", "good ."], ["bad .", "bad ."],
                                [1.0, 1.0], [-1.0, -1.0])
     with pytest.raises(ValueError, match="prompt \\+ response is 34 tokens, more than the model's context of 32"):
-        reward.train_reward_model(model, tok, prefs, steps=1, batch_size=2)
+        reward.train(prefs, sft=model, tokenizer=tok, steps=1, batch_size=2)
     fits = prefs.subset([1])
-    assert len(reward.train_reward_model(model, tok, fits, steps=1, batch_size=2).history.update_array("loss")) == 1
+    assert len(reward.train(fits, sft=model, tokenizer=tok, steps=1, batch_size=2).history.update_array("loss")) == 1
 
 
 def test_sample_pairs_and_labels_check_their_arguments(task, tok, model):
@@ -193,7 +193,7 @@ def test_preferences_validation():
     with pytest.raises(ValueError, match="rejected must be a list of strings"):
         reward.Preferences(**{**good, "rejected": [3]})
     with pytest.raises(TypeError, match="prefs must be a Preferences"):
-        reward.train_reward_model(None, None, [("x", "a", "b")], steps=1)
+        reward.train([("x", "a", "b")], sft=None, tokenizer=None, steps=1)
 
 
 def test_label_preferences_follow_bradley_terry(prepared):

@@ -63,7 +63,7 @@ def test_policy_with_value_and_ppo_token_loss(prepared, sft20_batch):
 
 
 def test_train_ppo_evaluate_and_kl_to_ref(prepared):
-    out = rlhf.train_ppo(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, seed=0)
+    out = rlhf.train(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, seed=0)
     policy, hist = out.model, out.history
     assert isinstance(out.value_fn, rlhf.PolicyWithValue) and out.value_fn.lm is policy
     keys = ("r_phi", "r_star", "kl/exact_per_sequence", "kl/k1_per_sequence", "entropy", "distinct_1", "distinct_2",
@@ -86,14 +86,14 @@ def test_train_ppo_evaluate_and_kl_to_ref(prepared):
     assert ev == measure.evaluate(policy, prepared, n_repeats=1, seed=0)
     assert ev == measure.evaluate(out.value_fn, prepared, n_repeats=1, seed=0)  # the LM or the LM with its value head
     assert measure.evaluate(prepared.sft, prepared, n_repeats=1)["kl/exact_per_sequence"] == pytest.approx(0.0, abs=1e-6)
-    adaptive = rlhf.train_ppo(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, kl_target=1.0).history
+    adaptive = rlhf.train(prepared, beta=0.1, steps=2, batch_size=8, epochs=1, kl_target=1.0).history
     assert adaptive.update_array("beta")[0] == 0.1 and adaptive.update_array("beta")[1] != 0.1
     with pytest.raises(ValueError, match="eps must be > 0"):
-        rlhf.train_ppo(prepared, eps=0.0)
+        rlhf.train(prepared, eps=0.0)
     with pytest.raises(ValueError, match="eps must be finite"):
-        rlhf.train_ppo(prepared, eps=math.inf)
+        rlhf.train(prepared, eps=math.inf)
     with pytest.raises(ValueError, match="minibatch_size must be <="):
-        rlhf.train_ppo(prepared, batch_size=2, minibatch_size=4)
+        rlhf.train(prepared, batch_size=2, minibatch_size=4)
 
 
 def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
@@ -103,11 +103,11 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
     forward = rlhf.PolicyWithValue.forward
     monkeypatch.setattr(rlhf.PolicyWithValue, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
     kw = dict(beta=0.1, steps=2, batch_size=8, epochs=2, seed=0)
-    reused = rlhf.train_ppo(prepared, **kw)
+    reused = rlhf.train(prepared, **kw)
     assert len(calls) == 2 * 2  # per step: collect's pass (kept for epoch 0), epoch 1's pass
     calls.clear()
     monkeypatch.setattr(rlhf, "reuses_scoring_pass", lambda *a, **kw: False)
-    recomputed = rlhf.train_ppo(prepared, **kw)
+    recomputed = rlhf.train(prepared, **kw)
     assert len(calls) == 2 * 3
     for key in ("r_phi", "kl/exact_per_sequence", "loss/value"):
         np.testing.assert_allclose(reused.history.update_array(key), recomputed.history.update_array(key),
@@ -126,9 +126,9 @@ def test_update_reuses_collects_forward_pass(prepared, monkeypatch):
 
 def test_train_ppo_refuses_what_is_not_a_prepared(tiny_prepared):
     with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from prepare.prepare\), got NoneType"):
-        rlhf.train_ppo(None)
+        rlhf.train(None)
     with pytest.raises(ValueError, match="prepared is a partial Prepared .*sft_history, rm_history are None"):
-        rlhf.train_ppo(dataclasses.replace(tiny_prepared, sft_history=None, rm_history=None))
+        rlhf.train(dataclasses.replace(tiny_prepared, sft_history=None, rm_history=None))
 
 
 @pytest.mark.parametrize("scores, error, match", [
@@ -139,7 +139,7 @@ def test_train_ppo_refuses_what_is_not_a_prepared(tiny_prepared):
 def test_train_ppo_checks_the_reward_models_scores(tiny_prepared, scores, error, match):
     bad = dataclasses.replace(tiny_prepared, reward_model=lambda p, pm, ids, mask: scores(len(p)))
     with pytest.raises(error, match="prepared.reward_model " + match):
-        rlhf.train_ppo(bad, steps=1, batch_size=2, epochs=1)
+        rlhf.train(bad, steps=1, batch_size=2, epochs=1)
 
 
 def test_token_rewards_and_ppo_token_loss_bad_input():
@@ -157,7 +157,7 @@ def test_train_ppo_interrupted_before_the_policy_exists(tiny_prepared, monkeypat
 
     monkeypatch.setattr(rlhf, "PolicyWithValue", interrupt_on_call(1)(rlhf.PolicyWithValue))
     with pytest.raises(KeyboardInterrupt) as caught:
-        rlhf.train_ppo(tiny_prepared, steps=2, batch_size=2, epochs=1)
+        rlhf.train(tiny_prepared, steps=2, batch_size=2, epochs=1)
     assert isinstance(caught.value, TrainingInterrupted)
     assert caught.value.result.model is None and caught.value.result.value_fn is None
     assert len(caught.value.result.history) == 0 and caught.value.result.config.steps == 2
@@ -165,17 +165,17 @@ def test_train_ppo_interrupted_before_the_policy_exists(tiny_prepared, monkeypat
 
 def test_train_ppo_refuses_a_zero_max_grad_norm_and_a_negative_vf_coef_by_name(tiny_prepared):
     with pytest.raises(ValueError, match="max_grad_norm must be > 0, got 0.0"):
-        rlhf.train_ppo(tiny_prepared, max_grad_norm=0)
+        rlhf.train(tiny_prepared, max_grad_norm=0)
     with pytest.raises(ValueError, match=r"vf_coef must be in \[0.0, inf\], got -1.0"):
-        rlhf.train_ppo(tiny_prepared, vf_coef=-1)
+        rlhf.train(tiny_prepared, vf_coef=-1)
 
 
 def test_train_ppo_eps_is_any_positive_finite_number(tiny_prepared):
     with pytest.raises(ValueError, match="eps must be > 0"):
-        rlhf.train_ppo(tiny_prepared, eps=0.0)
+        rlhf.train(tiny_prepared, eps=0.0)
     with pytest.raises(ValueError, match="eps must be finite"):
-        rlhf.train_ppo(tiny_prepared, eps=math.inf)
-    out = rlhf.train_ppo(tiny_prepared, eps=1.5, steps=1, batch_size=2, epochs=1)  # (0, inf): 1.5 is fine
+        rlhf.train(tiny_prepared, eps=math.inf)
+    out = rlhf.train(tiny_prepared, eps=1.5, steps=1, batch_size=2, epochs=1)  # (0, inf): 1.5 is fine
     assert out.config.eps == 1.5 and len(out.history) == 1
 
 

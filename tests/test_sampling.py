@@ -73,7 +73,7 @@ def trained(task, tok, model):
     from rlnotes import sft
 
     trained = copy.deepcopy(model)
-    sft.train_sft(trained, tok, *task.sft_corpus(512, 0), steps=40)
+    sft.train(task.sft_corpus(512, 0), model=trained, tokenizer=tok, steps=40)
     return trained.double().eval()
 
 

@@ -1,4 +1,4 @@
-"""rlnotes.sft: what train_sft does to the caller's model, the dtypes it trains in, and the
+"""rlnotes.sft: what sft.train does to the caller's model, the dtypes it trains in, and the
 held-out loss on bad input; and what SFT learns (on conftest.py's ``prepared_sft20``)."""
 
 import numpy as np
@@ -30,7 +30,7 @@ def test_train_sft_hands_the_model_back_in_the_mode_it_came_in(tok, corpus, mode
     if mode == "mixed":
         model.lm_head.eval()
     before = _flags(model)
-    out = sft.train_sft(model, tok, *corpus, **RUN)
+    out = sft.train(corpus, model=model, tokenizer=tok, **RUN)
     assert out.model is model and _flags(model) == before
     assert len(out.history) == 3
 
@@ -48,11 +48,11 @@ def test_train_sft_restores_the_mode_after_an_error_and_an_interrupt(tok, corpus
     original = sft.sft_loss
     monkeypatch.setattr(sft, "sft_loss", loss_then_fail)
     with pytest.raises(RuntimeError, match="out of memory"):
-        sft.train_sft(model, tok, *corpus, **RUN)
+        sft.train(corpus, model=model, tokenizer=tok, **RUN)
     assert model.training
     monkeypatch.setattr(sft, "sft_loss", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt) as stop:
-        sft.train_sft(model, tok, *corpus, **RUN)
+        sft.train(corpus, model=model, tokenizer=tok, **RUN)
     assert isinstance(stop.value, TrainingInterrupted) and model.training
 
 
@@ -62,7 +62,7 @@ def test_ctrl_c_while_encoding_the_corpus_raises_training_interrupted(tok, corpu
 
     monkeypatch.setattr(lm, "encode_prompts", interrupted)
     with pytest.raises(KeyboardInterrupt) as stop:
-        sft.train_sft(_fresh(tok), tok, *corpus, **RUN)
+        sft.train(corpus, model=_fresh(tok), tokenizer=tok, **RUN)
     assert isinstance(stop.value, TrainingInterrupted) and "after 0 complete updates" in str(stop.value)
     assert len(stop.value.result.history) == 0 and isinstance(stop.value.result.config, sft.SFTConfig)
 
@@ -70,17 +70,17 @@ def test_ctrl_c_while_encoding_the_corpus_raises_training_interrupted(tok, corpu
 def test_train_sft_refuses_float16_and_a_frozen_model(tok, corpus):
     with pytest.raises(TypeError, match=r"model has torch.float16 parameters.*allowed: float32, float64 or "
                                         r"bfloat16, e.g. model.float\(\)"):
-        sft.train_sft(_fresh(tok).half(), tok, *corpus, **RUN)
+        sft.train(corpus, model=_fresh(tok).half(), tokenizer=tok, **RUN)
     with pytest.raises(ValueError, match=r"model has no trainable parameter \(requires_grad is False"):
-        sft.train_sft(_fresh(tok).requires_grad_(False), tok, *corpus, **RUN)
+        sft.train(corpus, model=_fresh(tok).requires_grad_(False), tokenizer=tok, **RUN)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        sft.train_sft("gpt2", tok, *corpus, **RUN)
+        sft.train(corpus, model="gpt2", tokenizer=tok, **RUN)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_train_sft_trains_in_the_allowed_dtypes(tok, corpus, dtype):
     model = _fresh(tok).to(dtype)
-    loss = sft.train_sft(model, tok, *corpus, **RUN).history.update_array("loss")
+    loss = sft.train(corpus, model=model, tokenizer=tok, **RUN).history.update_array("loss")
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     assert all(p.dtype == dtype for p in model.parameters())
 
@@ -89,7 +89,7 @@ def test_train_sft_trains_only_what_is_trainable(tok, corpus):
     model = _fresh(tok)
     model.transformer.wte.requires_grad_(False)
     frozen = model.transformer.wte.weight.clone()
-    sft.train_sft(model, tok, *corpus, **RUN)
+    sft.train(corpus, model=model, tokenizer=tok, **RUN)
     assert torch.equal(model.transformer.wte.weight, frozen) and not model.transformer.wte.weight.requires_grad
 
 
@@ -141,11 +141,20 @@ def test_train_sft_lowers_heldout_loss(prepared):
     xs, ys = task.sft_corpus(16, seed=5)
     model = models.tiny_gpt2(tok, seed=1)
     before = sft.heldout_loss(model, tok, xs, ys)
-    out = sft.train_sft(model, tok, xs, ys, steps=15, batch_size=16, lr=3e-3, seed=0)
+    out = sft.train((xs, ys), model=model, tokenizer=tok, steps=15, batch_size=16, lr=3e-3, seed=0)
     assert out.model is model and isinstance(out.config, sft.SFTConfig)  # trained in place
     assert set(out.history.updates) == {"loss", "seconds"} and len(out.history) == 15
     assert sft.heldout_loss(model, tok, xs, ys) < before
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        sft.train_sft(model, tok, xs, ys, steps=0)
+        sft.train((xs, ys), model=model, tokenizer=tok, steps=0)
     with pytest.raises(ValueError, match="equal length"):
-        sft.train_sft(model, tok, xs, ys[:-1], steps=1)
+        sft.train((xs, ys[:-1]), model=model, tokenizer=tok, steps=1)
+
+
+def test_train_takes_its_data_as_prompts_and_responses(tok, corpus):
+    with pytest.raises(TypeError, match=r"data must be \(prompts, responses\), two lists of strings, got str"):
+        sft.train("the corpus", model=_fresh(tok), tokenizer=tok, **RUN)
+    with pytest.raises(TypeError, match=r"data must be \(prompts, responses\), .*got tuple of length 3"):
+        sft.train((*corpus, corpus[0]), model=_fresh(tok), tokenizer=tok, **RUN)
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'tokenizer'"):
+        sft.train(corpus, model=_fresh(tok), **RUN)

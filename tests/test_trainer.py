@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import models, pg, ppo
-from rlnotes.sft import train_sft
+from rlnotes import models, pg, ppo, sft
 from rlnotes.trainer import History, trainable_copy
 
 
@@ -69,10 +68,10 @@ def test_whole_floats_are_accepted_where_counts_are_expected(tiny_prepared):
     task, tok = tiny_prepared.task, tiny_prepared.tokenizer
     xs, ys = task.sft_corpus(8, seed=0)
     model = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0)
-    sft = train_sft(model, tok, xs, ys, steps=300.0, batch_size=1, lr=1e-3)
-    assert sft.config.steps == 300 and type(sft.config.steps) is int and len(sft.history) == 300
+    run = sft.train((xs, ys), model=model, tokenizer=tok, steps=300.0, batch_size=1, lr=1e-3)
+    assert run.config.steps == 300 and type(run.config.steps) is int and len(run.history) == 300
     with pytest.raises(TypeError, match="steps must be an integer, got 300.5"):
-        train_sft(model, tok, xs, ys, steps=300.5)
+        sft.train((xs, ys), model=model, tokenizer=tok, steps=300.5)
 
 
 def test_none_is_refused_where_a_field_is_not_optional():
