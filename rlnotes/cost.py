@@ -165,8 +165,9 @@ def one_update_each(env_id: str = "CartPole-v1", seed: int = 0, repeats: int = 5
     def trpo_update(counts):
         pi, v = copy.deepcopy(policy), copy.deepcopy(value_fn)
         with trpo.count_passes(pi) as p, trpo.count_passes(v) as pv:
-            info = trpo._trpo_step(pi, obs, actions, normalize(adv), trpo_cfg.delta,
-                                   trpo_cfg.cg_iters, trpo_cfg.damping, trpo_cfg.max_backtracks, trpo_cfg.shrink)
+            info = trpo.trpo_step(pi, obs, actions, normalize(adv), trpo_cfg.delta, cg_iters=trpo_cfg.cg_iters,
+                                  damping=trpo_cfg.damping, max_backtracks=trpo_cfg.max_backtracks,
+                                  shrink=trpo_cfg.shrink)
             fit_value(v, torch.optim.Adam(v.parameters(), lr=trpo_cfg.vf_lr), obs, ret, trpo_cfg.vf_iters)
         counts.update(p, value_forward=pv["forward"], value_backward=pv["backward"], cg_iters=int(info["cg_iters"]),
                       line_search=int(info["backtracks"] + info["accepted"]))
@@ -175,7 +176,7 @@ def one_update_each(env_id: str = "CartPole-v1", seed: int = 0, repeats: int = 5
         net = ActorCritic(copy.deepcopy(policy), copy.deepcopy(value_fn))
         optimizer = make_optimizer(net, ppo_cfg.lr)
         with trpo.count_passes(net) as p:
-            ppo._update(net, optimizer, obs, actions, logp_old, adv, ret, ppo_cfg.update_config(1.0), generator)
+            ppo.update(net, optimizer, obs, actions, logp_old, adv, ret, ppo_cfg.update_config(1.0), generator)
         counts.update(p, value_forward=0, value_backward=0)
 
     out = {"TRPO": {}, "PPO": {}}

@@ -104,10 +104,6 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     eps = check_positive("eps", eps)
     loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)
     max_length = logp.shape[1] if max_length is None else check_positive_int("max_length", max_length, logp.shape[1])
-    return _grpo_loss(logp, logp_old, logp_ref, advantages, mask, beta, eps, loss_type, max_length)
-
-
-def _grpo_loss(logp, logp_old, logp_ref, advantages, mask, beta, eps, loss_type, max_length):
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - logp_old)
     surrogate = clipped_surrogate(ratio, advantages[:, None].expand_as(ratio), eps)
@@ -231,8 +227,8 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
                         order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
                         for idx in order.to(g.ids.device).split(mb):
                             logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
-                            out = _grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
-                                             cfg.eps, cfg.loss_type, task.max_response_tokens)
+                            out = grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
+                                            cfg.eps, cfg.loss_type, task.max_response_tokens)
                             opt.zero_grad()
                             out.loss.backward()
                             if cfg.max_grad_norm is not None:

@@ -59,10 +59,6 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps: float)
     check_same_shape(ratio=ratio, advantages=advantages)
     check_finite("ratio", ratio.detach())
     check_finite("advantages", advantages.detach())
-    return _clipped_surrogate(ratio, advantages, eps)
-
-
-def _clipped_surrogate(ratio, advantages, eps):
     return torch.min(ratio * advantages, ratio.clamp(1.0 - eps, 1.0 + eps) * advantages)
 
 
@@ -90,7 +86,7 @@ class PPOLoss(NamedTuple):
 
 def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
              returns: torch.Tensor, entropy: torch.Tensor | None = None, eps: float = 0.2, vf_coef: float = 1.0,
-             ent_coef: float = 0.0) -> PPOLoss:
+             ent_coef: float = 0.0, diagnostics: bool = True) -> PPOLoss:
     """-L^{CLIP+VF+S} of eq. 9: -L^CLIP + c_1 L^VF - c_2 E_t[S[pi](s_t)], with L^VF = 1/2 E_t[(V(s_t) - V^targ_t)^2].
 
     ``logp`` (log pi_theta(a_t|s_t), with gradient), ``logp_old``, ``advantages``, ``values``
@@ -99,7 +95,8 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
     reported as nan). The value loss is ``rlnotes.nets.value_loss``, the half squared error, so
     c_1 = 1 here is SB3's and RL Zoo's c_1 = 0.5 on the plain squared error. Also returned, for
     logging: the approximate KL E_t[(r - 1) - log r] (k3) and the fraction of samples whose ratio
-    lies outside [1 - eps, 1 + eps].
+    lies outside [1 - eps, 1 + eps]; with ``diagnostics=False`` (``update``, but for its last
+    minibatch) these two are None and not computed.
     """
     eps = check_positive("eps", eps)
     vf_coef = check_in_range("vf_coef", vf_coef, 0.0, math.inf)
@@ -113,13 +110,9 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
         check_finite(name, t.detach())
     if logp.numel() == 0:
         raise ValueError("logp must hold at least one sample, got an empty tensor")
-    return _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, True)
-
-
-def _ppo_loss(logp, logp_old, advantages, values, returns, entropy, eps, vf_coef, ent_coef, diagnostics):
     log_ratio = logp - logp_old
     r = torch.exp(log_ratio)
-    policy_loss = -_clipped_surrogate(r, advantages, eps).mean()
+    policy_loss = -clipped_surrogate(r, advantages, eps).mean()
     v_loss = value_loss(values, returns)
     loss = policy_loss + vf_coef * v_loss
     entropy = torch.tensor(math.nan) if entropy is None else entropy.mean()
@@ -158,26 +151,24 @@ class UpdateConfig(Config):
 
 
 def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
-           logp_old: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, **kwargs) -> dict:
+           logp_old: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor, config: UpdateConfig | None = None,
+           generator: torch.Generator | None = None, **kwargs) -> dict:
     """``epochs`` passes of minibatch gradient steps on ``ppo_loss`` over one batch of experience.
 
-    Keyword arguments: those of ``UpdateConfig``. The batch is reshuffled each epoch
-    (``torch.randperm``; no shuffle when one minibatch holds it all), the advantages are
-    normalised per minibatch, and the gradient norm of all parameters is clipped to
-    ``max_grad_norm``. Returns the last minibatch's loss terms. ``obs``, ``logp_old``,
-    ``advantages`` and ``returns`` must be finite (``ValueError`` otherwise).
+    Arguments: an ``UpdateConfig`` or its keyword arguments (``make_config``). The batch is
+    reshuffled each epoch (``torch.randperm`` with ``generator``, None: torch's global one; no
+    shuffle when one minibatch holds it all), the advantages are normalised per minibatch, and the
+    gradient norm of all parameters is clipped to ``max_grad_norm``. Returns the last minibatch's
+    loss terms. ``obs``, ``logp_old``, ``advantages`` and ``returns`` must be finite (``ValueError``
+    otherwise).
     """
-    cfg = UpdateConfig(**kwargs)
+    cfg = make_config(UpdateConfig, config, **kwargs)
     check_same_shape(actions=actions, logp_old=logp_old, advantages=advantages, returns=returns)
     for name, t in (("obs", obs), ("logp_old", logp_old), ("advantages", advantages), ("returns", returns)):
         check_finite(name, t)
     if len(obs) != len(actions) or len(actions) == 0:
         raise ValueError(f"obs and actions must hold the same number (>= 1) of samples, "
                          f"got {len(obs)} and {len(actions)}")
-    return _update(net, optimizer, obs, actions, logp_old, advantages, returns, cfg)
-
-
-def _update(net, optimizer, obs, actions, logp_old, advantages, returns, cfg, generator=None) -> dict:
     n = len(obs)
     params = list(net.parameters())
     actions = actions.unsqueeze(-1)
@@ -198,8 +189,8 @@ def _update(net, optimizer, obs, actions, logp_old, advantages, returns, cfg, ge
             if cfg.ent_coef > 0 or last:
                 with torch.set_grad_enabled(cfg.ent_coef > 0 and torch.is_grad_enabled()):
                     entropy = -(log_probs.exp() * log_probs).sum(-1)
-            out = _ppo_loss(logp, logp_old[idx], adv, values, returns[idx], entropy, cfg.eps, cfg.vf_coef,
-                            cfg.ent_coef, last)
+            out = ppo_loss(logp, logp_old[idx], adv, values, returns[idx], entropy, cfg.eps, cfg.vf_coef,
+                           cfg.ent_coef, diagnostics=last)
             for p in params:  # optimizer.zero_grad(set_to_none=True), without its profiling hooks
                 p.grad = None
             out.loss.backward()
@@ -289,7 +280,7 @@ def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs
                         obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
                         with torch.no_grad():
                             old_log_probs = net(obs)[0]
-                        stats = _update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
+                        stats = update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
                         with torch.no_grad():
                             new_log_probs = net(obs)[0]
                             kl = mean_kl(old_log_probs, new_log_probs)
@@ -368,7 +359,7 @@ def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | No
             logp_old = old.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # the same forward as below
         one_epoch = UpdateConfig(**{**{k: getattr(cfg, k) for k in UpdateConfig.__dataclass_fields__}, "epochs": 1})
         for _ in range(cfg.epochs):
-            _update(net, optimizer, obs, actions, logp_old, adv, ret, one_epoch)
+            update(net, optimizer, obs, actions, logp_old, adv, ret, one_epoch)
             with torch.no_grad():
                 new = net(obs)[0]
                 r = torch.exp(new.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)

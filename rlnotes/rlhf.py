@@ -141,12 +141,6 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     check_binary("mask", mask)
     if not bool((mask != 0).any()):
         raise ValueError(f"mask must mark at least one response token, got none (shape {tuple(mask.shape)})")
-    return _ppo_token_loss(logp, old_logp, advantages, mask, eps)
-
-
-def _ppo_token_loss(logp, old_logp, advantages, mask, eps):
-    """``ppo_token_loss`` without its shape check (``update`` calls it once per minibatch on tensors of
-    one ``TokenBatch``, whose shapes ``collect`` made equal)."""
     surrogate = clipped_surrogate(ppo_ratio(logp, old_logp), advantages, eps)
     m = mask.to(surrogate.dtype)
     return -(surrogate * m).sum() / m.sum()
@@ -274,7 +268,7 @@ def update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Tok
                 first_pass = None
             else:
                 _, logp, values = policy(batch.prompt_ids[idx], batch.prompt_mask[idx], batch.ids[idx], batch.mask[idx])
-            pg = _ppo_token_loss(logp, batch.old_logp[idx], batch.advantages[idx], batch.mask[idx], cfg.eps)
+            pg = ppo_token_loss(logp, batch.old_logp[idx], batch.advantages[idx], batch.mask[idx], cfg.eps)
             v_loss = value_loss(values, batch.returns[idx], batch.mask[idx])
             loss = pg + cfg.vf_coef * v_loss
             optimizer.zero_grad()

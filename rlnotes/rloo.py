@@ -63,10 +63,6 @@ def rloo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     check_finite("logp", logp.detach())
     check_finite("logp_old", logp_old.detach())
     check_finite("advantages", advantages.detach())
-    return _rloo_loss(logp, logp_old, advantages)
-
-
-def _rloo_loss(logp, logp_old, advantages):
     return -(torch.exp(logp - logp_old) * advantages).mean()
 
 
@@ -248,7 +244,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                     k1 = (g.logp - g.ref_logp).sum(1)
                     adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
                     logp = (g.first_pass if reuse else g.token_logprobs(policy)).sum(1)
-                    loss = _rloo_loss(logp, g.logp.sum(1), adv)
+                    loss = rloo_loss(logp, g.logp.sum(1), adv)
                     opt.zero_grad()
                     loss.backward()
                     if cfg.max_grad_norm is not None:

@@ -49,10 +49,6 @@ def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, re
     iters = check_positive_int("iters", iters)
     tol = check_in_range("tol", tol, 0.0, math.inf)
     check_finite("b", b)
-    return _conjugate_gradient(Avp, b, iters, tol, residuals)
-
-
-def _conjugate_gradient(Avp, b, iters, tol, residuals):
     b = b.detach().clone() if torch.is_tensor(b) else np.array(b, dtype=float)
     x, r, p = b * 0, b, b
     rr = float(r @ r)
@@ -82,8 +78,13 @@ def surrogate(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 
     At theta = theta_old the ratio is 1 and its gradient is grad log pi, so grad L = the chapter 1
     policy gradient g. Inputs are the log-probabilities of the taken actions under pi_theta and pi_old.
+    Refused (``ValueError``, naming the argument): shapes that differ, no sample, NaN or inf.
     """
     check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages)
+    if logp.numel() == 0:
+        raise ValueError("logp must hold at least one sample, got an empty tensor (the mean would be NaN)")
+    for name, t in (("logp", logp), ("logp_old", logp_old), ("advantages", advantages)):
+        check_finite(name, t.detach())
     return (torch.exp(logp - logp_old) * advantages).mean()
 
 
@@ -101,10 +102,6 @@ def fisher_vector_product(policy: CategoricalPolicy, obs: torch.Tensor, damping:
     """
     damping = check_in_range("damping", damping, 0.0, math.inf)
     check_finite("obs", obs)
-    return _fisher_vector_product(policy, obs, damping)
-
-
-def _fisher_vector_product(policy, obs, damping):
     params = [p for p in policy.parameters() if p.requires_grad]
     dist = policy(obs)
     old = Categorical(logits=dist.logits.detach())  # pi_old: the policy now, frozen
@@ -151,10 +148,6 @@ def line_search(evaluate: Callable, full_step, delta: float, max_backtracks: int
     max_backtracks = check_positive_int("max_backtracks", max_backtracks)
     shrink = _check_shrink(shrink)
     check_finite("full_step", full_step)
-    return _line_search(evaluate, full_step, delta, max_backtracks, shrink)
-
-
-def _line_search(evaluate, full_step, delta, max_backtracks, shrink):
     trials = []
     for i in range(max_backtracks):
         step = full_step * shrink ** i
@@ -190,19 +183,15 @@ def trpo_step(policy: CategoricalPolicy, obs: torch.Tensor, actions: torch.Tenso
     check_finite("obs", obs)
     check_finite("advantages", advantages)
     check_same_shape(actions=actions, advantages=advantages)
-    return _trpo_step(policy, obs, actions, advantages, delta, cg_iters, damping, max_backtracks, shrink)
-
-
-def _trpo_step(policy, obs, actions, advantages, delta, cg_iters, damping, max_backtracks, shrink) -> dict:
     params = [p for p in policy.parameters() if p.requires_grad]
     dist = policy(obs)
     logp_old = dist.log_prob(actions).detach()
     old = Categorical(logits=dist.logits.detach())
     surr_old = surrogate(dist.log_prob(actions), logp_old, advantages)
     g = _flat(torch.autograd.grad(surr_old, params))
-    Fvp = _fisher_vector_product(policy, obs, damping)
+    Fvp = fisher_vector_product(policy, obs, damping)
     residuals: list[float] = []
-    s = _conjugate_gradient(Fvp, g, cg_iters, 1e-10, residuals)
+    s = conjugate_gradient(Fvp, g, cg_iters, 1e-10, residuals)
     sFs = float(s @ Fvp(s))
     beta = math.sqrt(2 * delta / sFs) if sFs > 0 else 0.0
     theta_old = parameters_to_vector(params).detach()
@@ -216,7 +205,7 @@ def _trpo_step(policy, obs, actions, advantages, delta, cg_iters, damping, max_b
 
     step = 0 * theta_old
     try:
-        result = _line_search(evaluate, beta * s, delta, max_backtracks, shrink)
+        result = line_search(evaluate, beta * s, delta, max_backtracks, shrink)
         step = result.step
     finally:  # the accepted step, or theta_old when rejected or interrupted mid-search
         with torch.no_grad():
@@ -310,8 +299,8 @@ def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwarg
                         obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
                         with torch.no_grad():
                             entropy = policy(obs).entropy().mean().item()
-                        info = _trpo_step(policy, obs, actions, adv, cfg.delta, cfg.cg_iters, cfg.damping,
-                                          cfg.max_backtracks, cfg.shrink)
+                        info = trpo_step(policy, obs, actions, adv, cfg.delta, cg_iters=cfg.cg_iters,
+                                         damping=cfg.damping, max_backtracks=cfg.max_backtracks, shrink=cfg.shrink)
                         v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
                     history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
                                  "seconds": timer.seconds})

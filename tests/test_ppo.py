@@ -219,15 +219,17 @@ def test_train_stop_return_stops_once_the_moving_mean_reaches_it():
     assert reached < 4096 and h.update_array("env_steps")[-1] - reached < 64  # stopped in that iteration
 
 
-def test_ppo_loss_unchecked_core_matches_the_checked_one():
-    """``update`` calls the unchecked core ``_ppo_loss`` per minibatch: same numbers, and bad
-    arguments are still caught once, by ``update`` itself (its ``UpdateConfig``)."""
+def test_ppo_loss_without_diagnostics_is_the_same_loss():
+    """``update`` calls ``ppo_loss`` itself per minibatch, with ``diagnostics=False`` but for the last
+    one: the same numbers, without the approximate KL and the clip fraction; bad arguments are caught
+    by ``update`` itself (its ``UpdateConfig``)."""
     torch.manual_seed(0)
     logp = torch.randn(32, requires_grad=True)
     args = (logp, torch.randn(32), torch.randn(32), torch.randn(32, requires_grad=True), torch.randn(32))
     a = ppo.ppo_loss(*args, eps=0.1)
-    b = ppo._ppo_loss(*args, None, 0.1, 1.0, 0.0, True)
-    for x, y in zip(a, b):
+    b = ppo.ppo_loss(*args, None, 0.1, 1.0, 0.0, diagnostics=False)
+    assert b.approx_kl is None and b.clip_fraction is None
+    for x, y in zip(a[:4], b[:4]):
         torch.testing.assert_close(x, y, equal_nan=True)
     expected = -ppo.clipped_surrogate(torch.exp(args[0] - args[1]), args[2], 0.1).mean()
     torch.testing.assert_close(a.policy_loss, expected.detach())

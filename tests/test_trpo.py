@@ -124,6 +124,17 @@ def test_surrogate_shape_check():
         trpo.surrogate(torch.zeros(3), torch.zeros(3), torch.zeros(4))
 
 
+def test_surrogate_refuses_nan_inf_and_empty_input_by_name():  # issue 27
+    ok = torch.zeros(3)
+    for name, args in (("logp", (torch.tensor([0.0, math.nan, 0.0]), ok, ok)),
+                       ("logp_old", (ok, torch.tensor([0.0, -math.inf, 0.0]), ok)),
+                       ("advantages", (ok, ok, torch.tensor([math.inf, 0.0, 0.0])))):
+        with pytest.raises(ValueError, match=f"^{name} must be finite"):
+            trpo.surrogate(*args)
+    with pytest.raises(ValueError, match="at least one sample"):
+        trpo.surrogate(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+
+
 def test_mean_kl_matches_exact_bandit_kl():
     theta_old, theta = np.array([0.1, 0.5, -0.3]), np.array([0.4, -0.2, 0.0])
     old = Categorical(logits=torch.tensor(np.stack([theta_old, theta_old])))
