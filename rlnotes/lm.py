@@ -30,7 +30,7 @@ from .utils import check_binary, check_positive, check_positive_int, get_device
 
 __all__ = ["encode_prompts", "encode_responses", "decode_responses", "response_logits", "logprobs_from_logits",
            "token_logprobs", "sequence_logprob", "group_response_logits", "last_hidden", "stack_pairs",
-           "group_size", "check_context", "check_temperature", "check_prompts", "special_id", "MIN_TEMPERATURE"]
+           "group_size", "joint", "check_context", "check_temperature", "check_prompts", "special_id", "MIN_TEMPERATURE"]
 
 # The smallest temperature: logits / temperature must stay finite in float32 (largest 3.4e38), and at
 # 1e-6 sampling is already greedy for any logit gap above ~1e-4 (a ratio of e^100 or more).
@@ -207,7 +207,9 @@ def _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask, k: 
     check_context(model, int((n_prompt + response_mask.long().sum(1)).max()))
 
 
-def _joint(prompt_ids, prompt_mask, response_ids, response_mask):
+def joint(prompt_ids, prompt_mask, response_ids, response_mask):
+    """[x; y] as one sequence: ids and mask side by side, and position ids that count only real tokens
+    (left padding of x takes position 0, so every x's first real token is at position 0)."""
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -227,7 +229,7 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     takes it), and on a CUDA GPU with bf16 support the pass runs under bf16 autocast.
     """
     _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    ids, mask, positions = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
+    ids, mask, positions = joint(prompt_ids, prompt_mask, response_ids, response_mask)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
     keep = last_logits_kwargs(model, T + 1)
     with autocast(ids.device):
@@ -363,7 +365,7 @@ def last_hidden(body, prompt_ids, prompt_mask, response_ids, response_mask) -> t
     rows = torch.arange(len(response_ids), device=response_ids.device)
     n = response_mask.sum(dim=1)
     if k == 1:
-        ids, mask, positions = _joint(prompt_ids, prompt_mask, response_ids, response_mask)
+        ids, mask, positions = joint(prompt_ids, prompt_mask, response_ids, response_mask)
         with autocast(ids.device):
             hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         return hidden[rows, prompt_ids.shape[1] + n - 1]

@@ -92,7 +92,7 @@ def test_reuses_scoring_pass(tiny_prepared):
 
 
 def _old_rlhf_rule(policy, cfg):
-    """``rlhf._reuses_first_pass`` as it was before ``groups.reuses_scoring_pass`` replaced it, verbatim."""
+    """The old rule of rlhf (its private ``reuses_first_pass``) as it was before ``groups.reuses_scoring_pass`` replaced it, verbatim."""
     one_minibatch = cfg.minibatch_size is None or cfg.minibatch_size >= cfg.batch_size
     return one_minibatch and not models.active_dropout(policy)
 

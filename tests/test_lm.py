@@ -65,7 +65,7 @@ def test_response_logits_keeps_only_the_response_positions(tok, model):
     slice at positions P-1 .. P+T-2, and a model whose forward lacks logits_to_keep gets the slice."""
     p, pm = lm.encode_prompts(tok, ["phone review :", "review of the movie :"])
     r, rm = lm.encode_responses(tok, ["it was good .", "bad ."])
-    ids, mask, positions = lm._joint(p, pm, r, rm)
+    ids, mask, positions = lm.joint(p, pm, r, rm)
     full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     P, T = p.shape[1], r.shape[1]
     torch.testing.assert_close(lm.response_logits(model, p, pm, r, rm), full[:, P - 1:P + T - 1])
