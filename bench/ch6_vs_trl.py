@@ -166,7 +166,7 @@ def time_runs(P, path, steps, repeats):
             if name == "GRPO":
                 grpo.train(P, steps=steps, batch_size=B, num_generations=G, lr=LR, beta=BETA_GRPO, seed=0)
             else:
-                rloo.train(P, steps=steps, batch_size=B, k=G, lr=LR, beta=BETA_RLOO, seed=0)
+                rloo.train(P, steps=steps, batch_size=B, num_generations=G, lr=LR, beta=BETA_RLOO, seed=0)
             ours.append((time.perf_counter() - t0) / steps)
             trainer = make_trainer(name.lower(), path, P, steps)
             t0 = time.perf_counter()

@@ -109,7 +109,7 @@ def rlnotes_ppo(prepared, **kw):
 
 def rlnotes_grpo(prepared, reward_fn, **kw):
     """-> the trained policy."""
-    return grpo.train(prepared, reward_fn, **kw).model
+    return grpo.train(prepared, reward_fn=reward_fn, **kw).model
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -326,7 +326,7 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
         per_epoch, epochs = cfg.minibatch_size or n, cfg.epochs
     else:
         cfg = rloo.RLOOConfig(**settings)
-        n = per_epoch = cfg.batch_size * cfg.k
+        n = per_epoch = cfg.batch_size * cfg.num_generations
         epochs = 1
     return {"updates": cfg.steps, "adam_steps": cfg.steps * epochs * math.ceil(n / min(per_epoch, n)),
             "responses": cfg.steps * n, "pairs": 0, "lr": cfg.lr}

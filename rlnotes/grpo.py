@@ -184,7 +184,7 @@ class GRPOConfig(Config):
         self.check("progress", check_bool)
 
 
-def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) -> TrainResult:
+def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overrides) -> TrainResult:
     """GRPO (DeepSeekMath, Algorithm 1 with one reference model) on ``prepared``'s task from pi_ref.
 
     ``reward_fn(prompts, responses) -> [N]`` defaults to the verifiable reward r*
@@ -202,7 +202,7 @@ def train(prepared, reward_fn=None, config: GRPOConfig | None = None, **kwargs) 
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
     was made); each update and its log entry are applied whole.
     """
-    cfg = make_config(GRPOConfig, config, **kwargs)
+    cfg = make_config(GRPOConfig, config, **overrides)
     task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
     reward_fn = check_reward_fn(reward_fn)
     G, n = cfg.num_generations, cfg.batch_size * cfg.num_generations

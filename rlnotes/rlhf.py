@@ -151,7 +151,7 @@ class RLHFConfig(Config):
     """Phase 3, PPO over tokens: ``steps`` collect-then-update iterations, each sampling one response
     for each of ``batch_size`` train prompts and taking ``epochs`` passes of minibatches of
     ``minibatch_size`` responses (None: the whole batch) of Adam (``lr``) on -L^CLIP (clip range
-    ``eps``) + ``vf_coef`` L^VF, gradients clipped to ``max_grad_norm``; GAE(``gamma``, ``lam``) over
+    ``eps``) + ``vf_coef`` L^VF, gradients clipped to ``max_grad_norm`` (None: not clipped); GAE(``gamma``, ``lam``) over
     the response's tokens. The KL coefficient is ``beta``, or, with ``kl_target``, the adaptive
     controller's starting value (``kl_horizon``). ``missing_eos_penalty`` is subtracted from the score
     of a response that never emits EOS."""
@@ -167,7 +167,7 @@ class RLHFConfig(Config):
     gamma: float = 1.0
     lam: float = 0.95
     vf_coef: float = 0.5
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
     kl_target: float | None = None
     kl_horizon: int = 2000
     missing_eos_penalty: float = 2.0
@@ -273,7 +273,8 @@ def update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Tok
             loss = pg + cfg.vf_coef * v_loss
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
     return v_loss.item()
 

@@ -182,14 +182,14 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
 
 @dataclass(frozen=True, kw_only=True)
 class RLOOConfig(Config):
-    """RLOO: ``steps`` updates, each on ``batch_size`` prompts with ``k`` samples each (one Adam
+    """RLOO: ``steps`` updates, each on ``batch_size`` prompts with ``num_generations`` samples each (k; one Adam
     step at ``lr`` on the whole batch), KL coefficient ``beta`` in the reward, gradient-norm
     clipping ``max_grad_norm`` (None: none), ``seed``, ``progress``."""
 
     seed: int = 0
     steps: int = 30
     batch_size: int = 8
-    k: int = 4
+    num_generations: int = 4
     lr: float = 2e-3
     beta: float = 0.05
     max_grad_norm: float | None = 1.0
@@ -199,19 +199,19 @@ class RLOOConfig(Config):
         self.check("seed", check_seed)
         self.check("steps", check_positive_int)
         self.check("batch_size", check_positive_int)
-        self.check("k", check_positive_int, 2)
+        self.check("num_generations", check_positive_int, 2)
         self.check("lr", check_positive)
         self.check("beta", check_in_range, 0.0, math.inf)
         self.check("max_grad_norm", check_positive)
         self.check("progress", check_bool)
 
 
-def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) -> TrainResult:
+def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overrides) -> TrainResult:
     """RLOO on ``prepared``'s task (``rlnotes.prepare.Prepared``), starting from pi_ref = ``prepared.sft``.
 
     ``reward_fn(prompts, responses) -> [N]`` is the reward (default: the verifiable r*,
     ``prepared.task.true_rewards``); what it returns must pass ``check_rewards`` (one finite number
-    per response). Each step samples ``k`` responses for each of ``batch_size``
+    per response). Each step samples ``num_generations`` (k) responses for each of ``batch_size``
     train prompts, sets R_i = reward - beta * sum_t log(pi_old / pi_ref), takes the leave-one-out
     advantages (eq. rloo-adv) and one Adam step on ``rloo_loss``. Logs ``loss``, ``reward``
     (mean R before the KL term), ``reward_std`` (mean over groups), ``frac_reward_zero_std``,
@@ -223,7 +223,7 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
     was made); each update and its log entry are applied whole.
     """
-    cfg = make_config(RLOOConfig, config, **kwargs)
+    cfg = make_config(RLOOConfig, config, **overrides)
     task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
     reward_fn = check_reward_fn(reward_fn)
     history = History()
@@ -238,11 +238,11 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
             with atomic():
                 with Timer() as timer:
                     prompts = task.prompts(cfg.batch_size, step_seed(cfg.seed, step))
-                    g = sample_groups(policy, ref, tok, prompts, cfg.k, task.max_response_tokens, gen,
+                    g = sample_groups(policy, ref, tok, prompts, cfg.num_generations, task.max_response_tokens, gen,
                                       keep_graph=reuse)
                     reward, r_star = score_groups(task, reward_fn, g)
                     k1 = (g.logp - g.ref_logp).sum(1)
-                    adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.k)).view(-1)
+                    adv = rloo_advantages((reward - cfg.beta * k1).view(-1, cfg.num_generations)).view(-1)
                     logp = (g.first_pass if reuse else g.token_logprobs(policy)).sum(1)
                     loss = rloo_loss(logp, g.logp.sum(1), adv)
                     opt.zero_grad()
@@ -250,6 +250,6 @@ def train(prepared, reward_fn=None, config: RLOOConfig | None = None, **kwargs) 
                     if cfg.max_grad_norm is not None:
                         nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                     opt.step()
-                history.log({"loss": loss, **group_metrics(g, reward, r_star, cfg.k),
+                history.log({"loss": loss, **group_metrics(g, reward, r_star, cfg.num_generations),
                              "kl/k1_per_sequence": k1.mean(), "seconds": timer.seconds})
     return result

@@ -113,7 +113,7 @@ LM = [
 ]
 LM += [
     ("rloo.train", lambda prepared: (lambda kw: rloo.train(prepared, **kw)),
-     dict(steps=2.0, batch_size=2.0, k=2.0, seed=0), dict(steps=2, batch_size=2, k=2), 2, rloo.RLOOConfig),
+     dict(steps=2.0, batch_size=2.0, num_generations=2.0, seed=0), dict(steps=2, batch_size=2, num_generations=2), 2, rloo.RLOOConfig),
     ("grpo.train", lambda prepared: (lambda kw: grpo.train(prepared, **kw)),
      dict(steps=2.0, batch_size=2, num_generations=2.0, seed=0), dict(steps=2, num_generations=2), 2,
      grpo.GRPOConfig),

@@ -16,11 +16,11 @@ from rlnotes import frontier, measure, plots
 
 # one update (or one epoch) of each method: the sweep's tests
 ONE_UPDATE = {"PPO": dict(steps=1, batch_size=4, epochs=1), "DPO": dict(epochs=1, batch_size=8),
-              "IPO": dict(epochs=1, batch_size=8), "RLOO": dict(steps=1, batch_size=2, k=2),
+              "IPO": dict(epochs=1, batch_size=8), "RLOO": dict(steps=1, batch_size=2, num_generations=2),
               "GRPO": dict(steps=1, batch_size=2, num_generations=2)}
 # a few updates, epochs and minibatches of each: the tests of the budget and of train_runs
 TINY = {"PPO": dict(steps=2, batch_size=4, epochs=3), "DPO": dict(epochs=2, batch_size=6),
-        "IPO": dict(epochs=1, batch_size=5), "RLOO": dict(steps=3, batch_size=2, k=2),
+        "IPO": dict(epochs=1, batch_size=5), "RLOO": dict(steps=3, batch_size=2, num_generations=2),
         "GRPO": dict(steps=2, batch_size=2, num_generations=3, epochs=2, minibatch_size=4)}
 
 

@@ -127,20 +127,20 @@ def test_interrupt_gives_the_partial_result(prepared):
         return prepared.task.true_rewards(prompts, responses)
 
     with pytest.raises(TrainingInterrupted) as stop:
-        grpo.train(prepared, reward, steps=5, batch_size=2, num_generations=2, seed=0)
+        grpo.train(prepared, reward_fn=reward, steps=5, batch_size=2, num_generations=2, seed=0)
     assert len(stop.value.result.history) == 2 and stop.value.result.config.steps == 5
 
 
 # ------------------------------------------------------------- bad input
 
 def _run(prepared, reward_fn=None, **kw):
-    return grpo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "num_generations": 2, "seed": 0, **kw})
+    return grpo.train(prepared, reward_fn=reward_fn, **{"steps": 1, "batch_size": 2, "num_generations": 2, "seed": 0, **kw})
 
 
 def test_reward_fn_returning_twice_the_responses_is_refused(tiny_prepared):
     P = tiny_prepared
     with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(4\).*got 8 values"):
-        grpo.train(P, lambda xs, ys: torch.arange(2.0 * len(ys)), steps=1, batch_size=2, num_generations=2)
+        grpo.train(P, reward_fn=lambda xs, ys: torch.arange(2.0 * len(ys)), steps=1, batch_size=2, num_generations=2)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -170,7 +170,7 @@ def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared
     with pytest.raises(TypeError, match=r"prepared must be a Prepared \(from prepare.prepare\), got NoneType"):
         grpo.train(None)
     with pytest.raises(TypeError, match="reward_fn must be a function .* got str 'r_star'"):
-        grpo.train(tiny_prepared, "r_star")
+        grpo.train(tiny_prepared, reward_fn="r_star")
 
 
 def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):

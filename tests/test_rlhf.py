@@ -226,3 +226,9 @@ def test_ppo_token_loss_refuses_a_mask_not_of_0s_and_1s_and_names_old_logp():  #
     with pytest.raises(ValueError, match=r"^old_logp must be finite"):
         rlhf.ppo_token_loss(LPt, LPt * float("nan"), torch.tensor([[1., 3., 0.]]), MK, 0.2)
     assert rlhf.ppo_token_loss(LPt, LPt, torch.tensor([[1., 3., 0.]]), MK.bool(), 0.2).item() == -2.0
+
+
+def test_max_grad_norm_none_turns_clipping_off(tiny_prepared):
+    assert rlhf.RLHFConfig(max_grad_norm=None).max_grad_norm is None
+    out = rlhf.train(tiny_prepared, steps=1, batch_size=2, max_grad_norm=None, seed=0)
+    assert out.config.max_grad_norm is None and len(out.history) == 1

@@ -60,8 +60,8 @@ def test_train_improves_r_star_and_follows_the_contract(prepared):
     before = measure.evaluate(P.sft, P)["r_star"]
     ref_state = [p.clone() for p in P.sft.parameters()]
     rng = torch.get_rng_state()
-    out = rloo.train(P, steps=25, batch_size=8, k=4, lr=3e-3, beta=0.05, seed=0)
-    assert isinstance(out, TrainResult) and out.config.k == 4 and out.value_fn is None
+    out = rloo.train(P, steps=25, batch_size=8, num_generations=4, lr=3e-3, beta=0.05, seed=0)
+    assert isinstance(out, TrainResult) and out.config.num_generations == 4 and out.value_fn is None
     assert torch.equal(torch.get_rng_state(), rng)
     after = measure.evaluate(out.model, P)["r_star"]
     h = out.history
@@ -72,11 +72,11 @@ def test_train_improves_r_star_and_follows_the_contract(prepared):
     assert h.update_array("kl/exact_per_sequence")[0] == pytest.approx(0.0, abs=1e-4)
     for p, q in zip(ref_state, P.sft.parameters()):
         assert torch.equal(p, q)
-    again = rloo.train(P, steps=2, batch_size=8, k=4, lr=3e-3, beta=0.05, seed=0)
+    again = rloo.train(P, steps=2, batch_size=8, num_generations=4, lr=3e-3, beta=0.05, seed=0)
     assert again.history.updates["loss"] == h.updates["loss"][:2]
 
 
-@pytest.mark.parametrize("kwargs, name", [({"k": 1}, "k"), ({"beta": -1}, "beta"), ({"lr": 0}, "lr"),
+@pytest.mark.parametrize("kwargs, name", [({"num_generations": 1}, "num_generations"), ({"beta": -1}, "beta"), ({"lr": 0}, "lr"),
                                           ({"steps": 1.5}, "steps"), ({"progress": 1}, "progress")])
 def test_train_bad_arguments(prepared, kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
@@ -95,7 +95,7 @@ def test_interrupt_gives_the_partial_result(prepared):
         return prepared.task.true_rewards(prompts, responses)
 
     with pytest.raises(TrainingInterrupted) as stop:
-        rloo.train(prepared, reward, steps=5, batch_size=2, k=2, seed=0)
+        rloo.train(prepared, reward_fn=reward, steps=5, batch_size=2, num_generations=2, seed=0)
     assert len(stop.value.result.history) == 1
 
 
@@ -116,7 +116,7 @@ def test_one_update_reuses_the_scoring_pass(prepared, monkeypatch, trainer):
     (one policy forward fewer per step); the run equals recomputing the pass; and it is off where the
     step would not see the scoring parameters (two epochs, minibatches) or dropout is active."""
     from rlnotes import grpo
-    train = (lambda **kw: rloo.train(prepared, k=4, **kw)) if trainer == "rloo" else \
+    train = (lambda **kw: rloo.train(prepared, num_generations=4, **kw)) if trainer == "rloo" else \
         (lambda **kw: grpo.train(prepared, num_generations=4, **kw))
     kw = dict(steps=3, batch_size=4, lr=3e-3, seed=0)
     calls = _count_policy_passes(monkeypatch, prepared.sft)
@@ -137,7 +137,7 @@ def test_one_update_reuses_the_scoring_pass(prepared, monkeypatch, trainer):
 # ------------------------------------------------------------- bad input
 
 def _run(prepared, reward_fn=None, **kw):
-    return rloo.train(prepared, reward_fn, **{"steps": 1, "batch_size": 2, "k": 2, "seed": 0, **kw})
+    return rloo.train(prepared, reward_fn=reward_fn, **{"steps": 1, "batch_size": 2, "num_generations": 2, "seed": 0, **kw})
 
 
 def test_reward_fn_must_return_one_number_per_response(tiny_prepared):
@@ -190,7 +190,7 @@ def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared
     with pytest.raises(ValueError, match="prepared is a partial Prepared .*reward_model is None"):
         rloo.train(dataclasses.replace(tiny_prepared, reward_model=None))
     with pytest.raises(TypeError, match="reward_fn must be a function .* got int 3"):
-        rloo.train(tiny_prepared, 3)
+        rloo.train(tiny_prepared, reward_fn=3)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -274,7 +274,7 @@ def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
         _run(tiny_prepared)
     assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)
     assert caught.value.result.model is None
-    assert len(caught.value.result.history) == 0 and caught.value.result.config.k == 2
+    assert len(caught.value.result.history) == 0 and caught.value.result.config.num_generations == 2
 
 
 def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepared, ctrl_c_raises):
