@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .returns import discounted_returns
-from .utils import check_in_range, check_positive_int
+from .utils import check_in_range, check_positive, check_positive_int, check_seed
 
 
 def _check_theta(theta, shape) -> None:
@@ -270,6 +270,25 @@ class TabularMDP:
         score = torch.nn.functional.one_hot(traj.actions, A).to(torch.float64) - pi[traj.states]  # [H, n, A]
         rows = torch.nn.functional.one_hot(traj.states, S).to(torch.float64)                      # [H, n, S]
         return torch.einsum("tns,tna,tn->nsa", rows, score, weights.to(torch.float64))
+
+    def reinforce(self, theta: torch.Tensor, *, steps: int = 40, n: int = 64, lr: float = 0.5,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The simplest policy-gradient loop (REINFORCE, Williams 1992): at each of ``steps`` steps, sample
+        ``n`` trajectories from pi_theta, weight each action's score by the discounted return that
+        followed it (w_t = gamma^t G_t, ``score_function_samples``) and move theta by ``lr`` times the
+        mean: theta <- theta + lr * mean_i g_i. Returns the final theta and the exact J(theta) before
+        each step and after the last, [steps + 1]. Seeded by ``seed``; ``theta`` is not changed."""
+        steps, n = check_positive_int("steps", steps), check_positive_int("n", n)
+        lr, seed = check_positive("lr", lr), check_seed("seed", seed)
+        _check_theta(theta, self.shape)
+        generator = torch.Generator().manual_seed(seed)
+        theta, curve = theta.detach().to(torch.float64).clone(), [self.exact_return(theta)]
+        for _ in range(steps):
+            traj = self.sample_trajectories(theta, n, generator)
+            weights = self.discounts() * reward_to_go(traj.rewards, self.gamma)
+            theta = theta + lr * self.score_function_samples(theta, traj, weights).mean(0)
+            curve.append(self.exact_return(theta))
+        return theta, torch.stack(curve)
 
     def discounts(self) -> torch.Tensor:
         """gamma^t for t = 0..H-1, shape [H, 1] (broadcasts against [H, n] rollouts)."""

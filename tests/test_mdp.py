@@ -357,3 +357,25 @@ def test_surrogate_kl_and_fisher_bad_input():
         M.natural_gradient([[0.0, 0.0]] * 3)
     with pytest.raises(TypeError, match="theta must be a torch.Tensor"):
         M.surrogate_gap_bound(theta, [[0.0, 0.0]] * 3)
+
+
+def test_reinforce_climbs_the_exact_return_and_is_seeded():
+    M = mdp.TabularMDP.random(n_states=3, n_actions=2, horizon=4, gamma=0.9, seed=0)
+    theta = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    before = theta.clone()
+    th, J = M.reinforce(theta, steps=40, n=64, lr=0.5, seed=0)
+    assert torch.equal(theta, before) and J.shape == (41,)                  # the caller's theta untouched
+    assert J[0] == M.exact_return(theta) and J[-1] == M.exact_return(th)
+    assert J[-1] > J[0] + 0.5                                               # it learns
+    th2, J2 = M.reinforce(theta, steps=40, n=64, lr=0.5, seed=0)
+    assert torch.equal(J, J2) and torch.equal(th, th2)
+    # one step is theta + lr * (the mean of the causal estimator's samples), as the docstring says
+    g = torch.Generator().manual_seed(3)
+    traj = M.sample_trajectories(theta, 8, g)
+    step = M.score_function_samples(theta, traj, M.discounts() * mdp.reward_to_go(traj.rewards, M.gamma)).mean(0)
+    one, _ = M.reinforce(theta, steps=1, n=8, lr=0.1, seed=3)
+    assert torch.allclose(one, theta + 0.1 * step, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0.0"):
+        M.reinforce(theta, lr=0)
+    with pytest.raises(TypeError, match="theta must be a torch.Tensor"):
+        M.reinforce([[0.0, 0.0]] * 3)
