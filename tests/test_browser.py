@@ -122,9 +122,10 @@ def test_page_renders(base, browser, name):
         page.close()
 
 
-# What may be wider than its box: code cells and wide tables scroll inside their own block, and at
-# 400 px so may a printed output or a display equation; anything else wider than the content column
-# is cut off (at 1280 px a display equation or a printed output must fit: split it, or wrap it).
+# What may be wider than its box: wide tables scroll inside their own block, and at 400 px so may
+# code, a printed output or a display equation; anything else wider than the content column is cut
+# off (at 1280 px a display equation, a printed output or a visible line of code must fit: the code
+# is written 75 characters wide, tests/test_notebooks.py checks).
 OVERFLOW_JS = """(width) => {
   const column = document.querySelector("article.bd-article");
   const describe = (el) => {
@@ -148,6 +149,13 @@ OVERFLOW_JS = """(width) => {
     const outside = el.getBoundingClientRect().right > limit;
     if (width >= 1000 ? (needsScroll || outside) : (outside && !inScroller(el))) bad.push("cut off: " + describe(el));
   }
+  if (width >= 1000) {   // a visible code cell fits the column: no line of it scrolls sideways
+    for (const el of column.querySelectorAll("div.cell_input pre")) {
+      if (el.offsetParent === null || el.scrollWidth <= el.clientWidth + 1) continue;
+      const longest = el.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+      bad.push(`code cut off: ${el.scrollWidth}px in ${el.clientWidth}px: ${longest.trim().slice(0, 100)}`);
+    }
+  }
   const doc = document.documentElement;
   if (doc.scrollWidth > window.innerWidth + 1) bad.push(`the page scrolls sideways: ${doc.scrollWidth}px in ${window.innerWidth}px`);
   if (column.scrollWidth > column.clientWidth + 1) bad.push(`the content column scrolls sideways: ${column.scrollWidth}px in ${column.clientWidth}px`);
@@ -158,8 +166,9 @@ OVERFLOW_JS = """(width) => {
 @pytest.mark.parametrize("width", [1280, 400])
 @pytest.mark.parametrize("name", PAGES)
 def test_nothing_is_cut_off(server, browser, name, width):
-    """At 1280 px no display equation, table or printed output overflows the content column; at
-    400 px the page does not scroll sideways (code, outputs and equations scroll in their block)."""
+    """At 1280 px no display equation, table, printed output or visible line of code overflows the
+    content column; at 400 px the page does not scroll sideways (code, outputs and equations scroll
+    in their block)."""
     page, _ = open_page(browser, urljoin(server, f"{name}.html"), width=width)
     try:
         page.wait_for_load_state("networkidle")
