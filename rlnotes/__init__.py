@@ -2,37 +2,39 @@
 
 One module per idea, in the order of the book:
 
-==================  ==========================================================
-module              chapter
-==================  ==========================================================
-``trainer``         all: the contract every trainer follows (``History``, ``TrainResult``, configs)
-``kl``              all: the exact KL and the k1, k2, k3 estimators
-``bandits``         1, 2: softmax bandits with exact gradients and Fisher matrix
-``mdp``             1: a tiny tabular MDP with exact J(theta), V, Q; reward-to-go, n-step advantages
-``returns``         1-4: discounted returns, GAE and advantage normalisation
-``nets``            1-3: categorical policy and value networks, the value loss
-``rollout``         1-3: vectorised gymnasium rollouts, the control trainers' shared configuration
-``pg``              1: the score-function estimator and L^PG
-``trpo``            2: conjugate gradient, Fisher-vector products, line search
-``ppo``             3: the ratio r_t and L^CLIP
-``actor_critic``    3: PPO's speed engineering (packed networks, foreach kernels)
-``cost``            3: what one update computes, TRPO against PPO
-``widgets``         1-5: the interactive figures
-``lm``              4, 5: a small causal LM, its tokenizer and the toy task
-``sft``             4: phase 1, supervised fine-tuning
-``reward``          4: phase 2, Bradley-Terry preferences and the reward model
-``rlhf``            4: phase 3, KL-regularised PPO over tokens
-``dpo``             5: the optimal policy, log Z and the DPO loss
-``rloo``            6: leave-one-out baselines, groups of samples, RLOO
-``grpo``            6: group advantages, GRPO's loss and its normalisations
-``ipo``             6: the IPO loss, DPO's unbounded margin
-``frontier``        6: one reward-KL frontier for every method
-``post``            all: the source post's claims, checked
-``plots``           all: the figures that recur across chapters
-``seeds``           1-3: the seeds of one setting, run on every core
-``stats``           all: standard errors, bootstrap intervals, IQM over seeds and samples
-``utils``           all: seeding, device selection, argument checks
-==================  ==========================================================
+===================  ==========================================================
+module               chapter
+===================  ==========================================================
+``trainer``          all: the contract every trainer follows (``History``, ``TrainResult``, configs)
+``kl``               all: the exact KL and the k1, k2, k3 estimators
+``bandits``          1, 2: softmax bandits with exact gradients and Fisher matrix
+``mdp``              1: a tiny tabular MDP with exact J(theta), V, Q; reward-to-go, n-step advantages
+``returns``          1-4: discounted returns, GAE and advantage normalisation
+``nets``             1-3: categorical policy and value networks, the value loss
+``rollout``          1-3: vectorised gymnasium rollouts, the control trainers' shared configuration
+``pg``               1: the score-function estimator and L^PG
+``trpo``             2: conjugate gradient, Fisher-vector products, line search
+``ppo``              3: the ratio r_t and L^CLIP
+``actor_critic``     3: PPO's speed engineering (packed networks, foreach kernels)
+``cost``             3, 5: what one update computes, TRPO against PPO, RLHF-PPO against DPO
+``widgets``          1-5: the interactive figures
+``lm``               4, 5: a small causal LM, its tokenizer and the toy task
+``sft``              4: phase 1, supervised fine-tuning
+``reward``           4: phase 2, Bradley-Terry preferences and the reward model
+``rlhf``             4: phase 3, KL-regularised PPO over tokens
+``pairs``            5, 6: preference pairs and their log-probabilities
+``dpo``              5, 6: the DPO and IPO losses, one trainer for both
+``dpo_closed_form``  5: the optimal policy, log Z, DPO on a one-token model
+``rloo``             6: leave-one-out baselines, groups of samples, RLOO
+``grpo``             6: group advantages, GRPO's loss and its normalisations
+``ipo``              6: IPO against DPO on a one-token model, DPO's unbounded margin
+``frontier``         5, 6: reward-KL frontiers (DPO against PPO; every method)
+``post``             all: the source post's claims, checked
+``plots``            all: the figures that recur across chapters
+``seeds``            1-3: the seeds of one setting, run on every core
+``stats``            all: standard errors, bootstrap intervals, IQM over seeds and samples
+``utils``            all: seeding, device selection, argument checks
+===================  ==========================================================
 
 Importing rlnotes changes nothing global (no thread count, no random seed): the book's set-up
 cell chooses one torch thread itself, and each trainer draws from generators of its own.
