@@ -1,4 +1,4 @@
-"""Which batch size computes the reference log-probabilities fastest (``rlnotes.dpo.reference_logps``)?
+"""Which batch size computes the reference log-probabilities fastest (``rlnotes.pairs.reference_logps``)?
 
 The reference model's pass over all preference pairs runs once, under ``no_grad``, so its batch
 size is free: a larger batch amortises per-call overhead, a smaller one keeps the activations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import dpo, lm, rlhf
+from rlnotes import lm, pairs, rlhf
 
 SIZES = {64: (2, 4), 256: (4, 4), 768: (12, 12)}   # width: (layers, heads)
 
@@ -52,12 +52,12 @@ def main():
     for width in args.widths:
         layers, heads = SIZES[width]
         ref = lm.tiny_gpt2(tok, n_layer=layers, n_embd=width, n_head=heads).eval()
-        dpo.reference_logps(ref, {k: v[:8] for k, v in data.items()}, batch_size=8)  # warm-up
+        pairs.reference_logps(ref, {k: v[:8] for k, v in data.items()}, batch_size=8)  # warm-up
         row = {}
         for _ in range(args.repeats):     # interleaved, so that load from other processes hits every size alike
             for bs in args.batch_sizes:
                 t = clock()
-                dpo.reference_logps(ref, data, batch_size=bs)
+                pairs.reference_logps(ref, data, batch_size=bs)
                 row[bs] = min(row.get(bs, float("inf")), (clock() - t) * 1000 / args.pairs)
         out[width] = row
         best = min(row, key=row.get)

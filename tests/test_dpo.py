@@ -306,7 +306,7 @@ def test_dpo_gradient_refuses_no_pairs_no_graph_and_mismatched_shapes():
         dpo_gradient([theta], logp, logp[:2], logp.detach(), logp.detach(), 0.1)
 
 
-# ----- the reward-KL frontier over seeds (frontier_point, frontier) ---------------------------------
+# ----- reusing the reference's log-probabilities ----------------------------------------------------
 
 def test_train_reuses_given_reference_logps(tiny):
     model, _, data = tiny
@@ -527,3 +527,13 @@ def test_ipo_callback_none_numpy_scalars_and_non_numbers(tiny):
         dpo.train(None, ref, data, callback=lambda policy: {"text": "skipped"}, **IPO_RUN)
     with pytest.raises(ValueError, match="callback's key 'margin' clashes with the trainer's own eval/margin"):
         dpo.train(None, ref, data, callback=lambda policy: {"margin": 1.0}, **IPO_RUN)
+
+
+def test_per_token_divides_by_the_response_lengths_and_loss_types_are_trls_names(tiny):
+    _, _, data = tiny
+    c, r = torch.ones(8), torch.full((8,), 2.0)
+    pc, pr = dpo.per_token(c, r, data)
+    torch.testing.assert_close(pc, 1 / data["chosen_mask"].sum(1).float())
+    torch.testing.assert_close(pr, 2 / data["rejected_mask"].sum(1).float())
+    assert dpo.LOSS_TYPES == {"sigmoid": dpo.dpo_loss, "ipo": dpo.ipo_loss}
+    assert dpo.DPOConfig().loss_type == "sigmoid" and dpo.DPOConfig(loss_type="ipo").loss_type == "ipo"

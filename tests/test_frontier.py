@@ -210,6 +210,8 @@ def test_budget_refuses_a_bool_n_pairs_and_takes_numpy_and_whole_float_counts():
     assert frontier.budget("IPO", n_pairs=np.int64(5))["pairs"] == frontier.budget("IPO", n_pairs=5)["pairs"]
 
 
+# ----- chapter 5's frontier: DPO against RLHF-PPO (dpo_ppo_point, dpo_ppo_frontier) ---------------
+
 def test_dpo_ppo_point_measures_dpo_and_ppo_and_a_checkpoint_is_the_shorter_run(tiny_prepared):
     P = tiny_prepared
     data = P.train_prefs.encode(P.tokenizer)              # 32 pairs: 4 steps of 8 per epoch

@@ -15,9 +15,6 @@ def _fresh(tok, seed=3):
     return lm.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=seed)
 
 
-# ----- the trainer on a tiny causal LM -------------------------------------------------------
-
-
 def test_pair_logps_match_separate_sequence_logprobs(tiny):
     model, tok, data = tiny
     c, r = pairs.pair_logps(model, data)
@@ -53,3 +50,28 @@ def test_pair_logps_names_a_bad_batch(tiny):
     model, _, data = tiny
     with pytest.raises(ValueError, match=r"batch must be a dict with the tensors .* missing \['rejected_mask'\]"):
         pairs.pair_logps(model, {k: v for k, v in data.items() if k != "rejected_mask"})
+
+
+def test_check_pairs_counts_and_trim_pairs_drops_all_padding_columns(tiny):
+    _, _, data = tiny
+    assert pairs.check_pairs(data) == 8 and set(pairs.PAIR_KEYS) <= set(data)
+    b = pairs.trim_pairs(data, torch.tensor([0, 2]))
+    assert all(len(b[k]) == 2 for k in pairs.PAIR_KEYS)
+    assert b["prompt_mask"][:, 0].any() and b["chosen_mask"][:, -1].any() and b["rejected_mask"][:, -1].any()
+    for side in ("prompt", "chosen", "rejected"):   # the kept tokens are the same
+        full = data[f"{side}_ids"][[0, 2]][data[f"{side}_mask"][[0, 2]].bool()]
+        assert torch.equal(b[f"{side}_ids"][b[f"{side}_mask"].bool()], full)
+
+
+def test_check_ref_logps_and_scoring_batch_size():
+    c, r = torch.zeros(3), torch.ones(3)
+    assert pairs.check_ref_logps((c, r), 3) == (c, r)
+    with pytest.raises(TypeError, match="ref_logps must be two tensors"):
+        pairs.check_ref_logps(c, 3)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        pairs.check_ref_logps((c, r), 4)
+    with pytest.raises(ValueError, match="ref_logps"):
+        pairs.check_ref_logps((c, torch.tensor([0.0, float("nan"), 0.0])), 3)
+    assert pairs.scoring_batch_size(None) == 512 and pairs.scoring_batch_size(8) == 8
+    with pytest.raises(ValueError, match="batch_size"):
+        pairs.scoring_batch_size(0)
