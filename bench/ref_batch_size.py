@@ -1,4 +1,4 @@
-"""Which batch size computes the reference log-probabilities fastest (``rlnotes.dpo.reference_logps``)?
+"""Which batch size computes the reference log-probabilities fastest (``rlnotes.pairs.reference_logps``)?
 
 The reference model's pass over all preference pairs runs once, under ``no_grad``, so its batch
 size is free: a larger batch amortises per-call overhead, a smaller one keeps the activations
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from rlnotes import dpo, models, reward, sentiment
+from rlnotes import models, pairs, reward, sentiment
 
 SIZES = {64: (2, 4), 256: (4, 4), 768: (12, 12)}   # width: (layers, heads)
 
 
-def pairs(task, tok, n: int, seed: int = 0) -> dict:
+def make_pairs(task, tok, n: int, seed: int = 0) -> dict:
     """``n`` (x, y_w, y_l) pairs of corpus responses (the rejected one belongs to another prompt), labelled by r*."""
     xs, ys = task.sft_corpus(n, seed)
     return reward.label_preferences(task, xs, ys, ys[1:] + ys[:1], seed=seed).encode(tok)
@@ -44,7 +44,7 @@ def main():
     torch.set_num_threads(1)
     task = sentiment.SentimentTask()
     tok = sentiment.build_tokenizer(task)
-    data = pairs(task, tok, args.pairs)
+    data = make_pairs(task, tok, args.pairs)
     out = {}
     print(f"{args.clock} seconds per 1000 pairs, fastest of {args.repeats}; {args.pairs} pairs, 1 thread, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -52,12 +52,12 @@ def main():
     for width in args.widths:
         layers, heads = SIZES[width]
         ref = models.tiny_gpt2(tok, n_layer=layers, n_embd=width, n_head=heads).eval()
-        dpo.reference_logps(ref, {k: v[:8] for k, v in data.items()}, batch_size=8)  # warm-up
+        pairs.reference_logps(ref, {k: v[:8] for k, v in data.items()}, batch_size=8)  # warm-up
         row = {}
         for _ in range(args.repeats):     # interleaved, so that load from other processes hits every size alike
             for bs in args.batch_sizes:
                 t = clock()
-                dpo.reference_logps(ref, data, batch_size=bs)
+                pairs.reference_logps(ref, data, batch_size=bs)
                 row[bs] = min(row.get(bs, float("inf")), (clock() - t) * 1000 / args.pairs)
         out[width] = row
         best = min(row, key=row.get)

@@ -2,45 +2,48 @@
 
 One module per idea, in the order of the book:
 
-==================  ==========================================================
 module              chapter
-==================  ==========================================================
-``trainer``         all: the contract every trainer follows (``History``, ``TrainResult``, configs)
-``kl``              all: the exact KL and the k1, k2, k3 estimators
-``bandits``         1, 2: softmax bandits with exact gradients and Fisher matrix
-``mdp``             1: a tiny tabular MDP with exact J(theta), V, Q; reward-to-go, n-step advantages
-``returns``         1-4: discounted returns, GAE and advantage normalisation
-``nets``            1-3: categorical policy and value networks, the value loss
-``rollout``         1-3: vectorised gymnasium rollouts, the control trainers' shared configuration
-``pg``              1: the score-function estimator and L^PG
-``trpo``            2: conjugate gradient, Fisher-vector products, line search
-``ppo``             3: the ratio r_t and L^CLIP
-``actor_critic``    3: PPO's speed engineering (packed networks, foreach kernels)
-``cost``            3: what one update computes, TRPO against PPO
-``widgets``         1-5: the interactive figures
-``sentiment``       4-6: the toy sentiment task, its true reward r*, its tokenizer, distinct-n
-``models``          4-6: causal LMs built (tiny GPT-2), loaded and saved; bf16 autocast
-``lm``              4-6: encoding, log-probabilities, each prompt run once for k responses
-``sampling``        4-6: batched, seeded sampling with the KV cache
-``kvcache``         4-6: the KV cache, fencing off transformers' cache internals
-``sft``             4: phase 1, supervised fine-tuning
-``reward``          4: phase 2, Bradley-Terry preferences and the reward model
-``prepare``         4-6: phases 1 and 2 in one seeded call, the ``Prepared`` every LM chapter starts from
-``rlhf``            4: phase 3, KL-regularised PPO over tokens
-``measure``         4-6: a policy on held-out prompts (r*, r_phi, KL to pi_ref), the KL estimators
-``dpo``             5: the optimal policy, log Z and the DPO loss
-``groups``          6: groups of samples for RLOO and GRPO, when a scoring pass serves the update
-``rloo``            6: leave-one-out baselines, the exact bias of group baselines, RLOO
-``grpo``            6: group advantages, GRPO's loss and its normalisations
-``ipo``             6: the IPO loss, DPO's unbounded margin
-``frontier``        6: one reward-KL frontier for every method
-``post``            all: the source post's claims, checked
-``plots``           all: every static (matplotlib) figure
-``seeds``           1-3: the seeds of one setting, run on every core
-``exercises``       1-6: the build-it exercises' checks, the reader's function against rlnotes'
-``stats``           all: standard errors, bootstrap intervals, IQM over seeds and samples
-``utils``           all: seeding, device selection, argument checks
-==================  ==========================================================
+===================  ==========================================================
+module               chapter
+===================  ==========================================================
+``trainer``          all: the contract every trainer follows (``History``, ``TrainResult``, configs)
+``kl``               all: the exact KL and the k1, k2, k3 estimators
+``bandits``          1, 2: softmax bandits with exact gradients and Fisher matrix
+``mdp``              1: a tiny tabular MDP with exact J(theta), V, Q; REINFORCE on it; reward-to-go, n-step advantages
+``returns``          1-4: discounted returns, GAE and advantage normalisation
+``nets``             1-3: categorical policy and value networks, the value loss
+``rollout``          1-3: vectorised gymnasium rollouts, the control trainers' shared configuration
+``pg``               1: the score-function estimator and L^PG
+``trpo``             2: conjugate gradient, Fisher-vector products, line search
+``ppo``              3: the ratio r_t and L^CLIP
+``actor_critic``     3: PPO's speed engineering (packed networks, foreach kernels)
+``cost``             3, 5: what one update computes, TRPO against PPO, RLHF-PPO against DPO
+``widgets``          1-5: the interactive figures
+``sentiment``        4-6: the toy sentiment task, its true reward r*, its tokenizer, distinct-n
+``models``           4-6: causal LMs built (tiny GPT-2), loaded and saved; bf16 autocast
+``lm``               4-6: encoding, log-probabilities, each prompt run once for k responses
+``sampling``         4-6: batched, seeded sampling with the KV cache
+``kvcache``          4-6: the KV cache, fencing off transformers' cache internals
+``sft``              4: phase 1, supervised fine-tuning
+``reward``           4: phase 2, Bradley-Terry preferences and the reward model; checks of any reward's scores
+``prepare``          4-6: phases 1 and 2 in one seeded call, the ``Prepared`` every LM chapter starts from
+``rlhf``             4: phase 3, KL-regularised PPO over tokens
+``measure``          4-6: a policy on held-out prompts (r*, r_phi, KL to pi_ref), the KL estimators
+``pairs``            5, 6: preference pairs and their log-probabilities
+``dpo``              5, 6: the DPO and IPO losses, one trainer for both
+``dpo_closed_form``  5: the optimal policy, log Z, DPO on a one-token model
+``groups``           6: groups of samples for RLOO and GRPO, when a scoring pass serves the update
+``rloo``             6: leave-one-out baselines, the exact bias of group baselines, RLOO
+``grpo``             6: group advantages, GRPO's loss and its normalisations
+``ipo``              6: IPO against DPO on a one-token model, DPO's unbounded margin
+``frontier``         5, 6: reward-KL frontiers (DPO against PPO; every method)
+``post``             all: the source post's claims, checked
+``plots``            all: every static (matplotlib) figure
+``seeds``            1-3: the seeds of one setting, run on every core
+``stats``            all: standard errors, bootstrap intervals, IQM over seeds and samples
+``exercises``        1-6: the build-it exercises' checks, the reader's function against rlnotes'
+``utils``            all: seeding, device selection, argument checks
+===================  ==========================================================
 
 Importing rlnotes changes nothing global (no thread count, no random seed): the book's set-up
 cell chooses one torch thread itself, and each trainer draws from generators of its own.

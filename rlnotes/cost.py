@@ -20,10 +20,16 @@ value network together, and an Adam step: no Hessian-vector product, no solver, 
 ``trpo_passes`` reads k and m from a TRPO run's log, ``ppo_passes`` computes E x M from a
 configuration, and ``one_update_each`` counts both with hooks (``rlnotes.trpo.count_passes``) on
 one shared batch and times them.
+
+Chapter 5 counts the same way what one update of RLHF-PPO and one of DPO compute on a language
+model: ``count_passes`` sorts every network call by role (``ROLES``: policy, value head, reference,
+reward model) into forward passes, backward passes and decoding steps (``WORK_KEYS``), and
+``update_work`` counts both trainers on real runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -34,12 +40,14 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from . import ppo, trpo
+from . import dpo, ppo, trpo
 from .actor_critic import ActorCritic, make_optimizer
 from .nets import CategoricalPolicy, ValueNet, fit_value
+from .pairs import check_pairs
 from .returns import advantage_batch, normalize
 from .rollout import Runner
-from .trainer import History, rng_scope
+from .sft import check_model
+from .trainer import History, make_config, rng_scope
 from .utils import check_positive_int
 
 
@@ -192,4 +200,140 @@ def one_update_each(env_id: str = "CartPole-v1", seed: int = 0, repeats: int = 5
                 seconds[name].append(time.perf_counter() - start)
     for name in out:
         out[name]["seconds"] = float(np.median(seconds[name]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What one update computes: RLHF-PPO against DPO, counted (chapter 5, section 5.8)
+# ---------------------------------------------------------------------------------------------
+
+ROLES = ("policy", "value head", "reference", "reward model")
+WORK_KEYS = ("forward", "backward", "decode_steps", "tokens_decoded")
+
+
+@contextlib.contextmanager
+def count_passes(ref, reward_model=None):
+    """Count what each network computes inside a ``with`` block, by role; yields the counts as they fill.
+
+    The counts are a dict role -> {``forward``, ``backward``, ``decode_steps``, ``tokens_decoded``,
+    ``networks``, ``parameters``} for the roles of ``ROLES``. A call of ``ref`` is the reference's and a
+    call of ``reward_model`` the reward model's; any other ``transformers`` language model called outside
+    those is the policy, and an ``nn.Linear`` called outside all of them is a value head (as in
+    ``rlhf.PolicyWithValue``). Calls nested inside a counted one belong to it. A pass that runs each
+    prompt once for several responses (``lm.group_response_logits``) counts as one forward: its
+    prompt half (the model's body on the prompts, then its output layer on their last states) is not
+    counted apart.
+
+    * ``decode_steps``: policy calls that return the logits of one position per row, the steps of
+      autoregressive sampling (``lm.sample``: the prompt's pass, then one pass per new token, each
+      waiting for the token before it); ``tokens_decoded`` sums their rows (one new token each);
+    * ``forward``: every other call, one pass over whole sequences;
+    * ``backward``: a gradient reaching a counted call's output (one backward pass through it);
+    * ``networks`` and ``parameters``: the distinct modules called in that role, and their size.
+    """
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+    from transformers import PreTrainedModel
+
+    check_model("ref", ref)
+    if reward_model is not None:
+        check_model("reward_model", reward_model)
+
+    counts = {role: dict.fromkeys(WORK_KEYS + ("networks", "parameters"), 0) for role in ROLES}
+    seen, stack = [], []
+    parts = {id(m) for net in (ref, reward_model) if net is not None for m in net.modules() if m is not net}
+
+    def role_of(module):
+        if any(role for _, role in stack):
+            return None                            # inside a network already counted
+        if module is ref:
+            return "reference"
+        if reward_model is not None and module is reward_model:
+            return "reward model"
+        if id(module) in parts:
+            return None                            # a part of a network called on its own: a prompt half
+        if isinstance(module, PreTrainedModel):
+            if module.get_output_embeddings() is None:
+                return None                        # a language model's body alone: a prompt half
+            parts.update(id(m) for m in module.modules() if m is not module)
+            return "policy"
+        return "value head" if isinstance(module, torch.nn.Linear) else None
+
+    def bump(role, key, n=1):
+        counts[role][key] += n
+
+    def pre(module, inputs):
+        stack.append((module, role_of(module)))
+
+    def post(module, inputs, output):
+        _, role = stack.pop()
+        if role is None:
+            return
+        if not any(m is module for m in seen):
+            seen.append(module)
+            bump(role, "networks")
+            bump(role, "parameters", sum(p.numel() for p in module.parameters()))
+        out = getattr(output, "logits", output)
+        if role == "policy" and torch.is_tensor(out) and out.dim() == 3 and out.shape[1] == 1:
+            bump(role, "decode_steps")
+            bump(role, "tokens_decoded", out.shape[0])
+        else:
+            bump(role, "forward")
+        if torch.is_tensor(out) and out.requires_grad:
+            out.register_hook(lambda grad: bump(role, "backward"))
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _work_per_update(run, ref, reward_model, n_updates: int) -> tuple[dict, dict]:
+    """(per update, once) from ``run(k)`` for k = 1 and 1 + n_updates: the difference over n_updates, and
+    the forward and backward passes of the 1-update run beyond it (decoding varies from update to update)."""
+    with count_passes(ref, reward_model) as one:
+        run(1)
+    with count_passes(ref, reward_model) as more:
+        run(1 + n_updates)
+    per = {role: {k: (more[role][k] - one[role][k]) / n_updates for k in WORK_KEYS} for role in ROLES}
+    for role in ROLES:
+        per[role]["networks"], per[role]["parameters"] = more[role]["networks"], more[role]["parameters"]
+    once = {role: {k: one[role][k] - per[role][k] for k in ("forward", "backward")} for role in ROLES}
+    return per, once
+
+
+def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None,
+                dpo_config: dpo.DPOConfig | None = None) -> dict:
+    """What one update of RLHF-PPO and one of DPO compute, counted by ``count_passes`` on real runs.
+
+    RLHF-PPO is ``rlhf.train(prepared)`` (``ppo_config``: an ``rlhf.RLHFConfig``, default its
+    defaults); DPO is ``dpo.train(None, prepared.sft, pairs)`` on the first ``batch_size`` x k pairs of
+    ``data``, one epoch (``dpo_config``, default ``dpo.DPOConfig()``), so k updates. Each runs for 1 and for
+    1 + ``n_updates`` updates, same seed; the difference divided by ``n_updates`` is the work of one
+    update, and the forward and backward passes of the 1-update run beyond it are done once per run
+    (DPO's reference log-probabilities of the pairs, 512 pairs per pass). Returns
+    {"RLHF-PPO": {"per_update": ..., "once": ...}, "DPO": {...}}, each a dict role -> counts
+    (``count_passes``'s keys; ``networks`` and ``parameters`` from the longer run).
+    """
+    from . import rlhf
+
+    n = check_pairs(data)
+    n_updates = check_positive_int("n_updates", n_updates)
+    ppo_cfg = make_config(rlhf.RLHFConfig, ppo_config)
+    dpo_cfg = make_config(dpo.DPOConfig, dpo_config, epochs=1, eval_every=None)
+    if dpo_cfg.batch_size * (1 + n_updates) > n:
+        raise ValueError(f"data must hold at least batch_size x (1 + n_updates) = "
+                         f"{dpo_cfg.batch_size * (1 + n_updates)} pairs, got {n}")
+
+    def ppo_run(k):
+        rlhf.train(prepared, ppo_cfg, steps=k)
+
+    def dpo_run(k):
+        dpo.train(None, prepared.sft, {key: v[:k * dpo_cfg.batch_size] for key, v in data.items()}, dpo_cfg)
+
+    out = {}
+    for method, run in (("RLHF-PPO", ppo_run), ("DPO", dpo_run)):
+        per, once = _work_per_update(run, prepared.sft, prepared.reward_model, n_updates)
+        out[method] = {"per_update": per, "once": once}
     return out

@@ -9,9 +9,13 @@ spread over the CPU's cores (``Workers``: one process per core, started once for
 one torch thread per run, so the numbers are the same whatever the number of processes),
 optionally evaluated after every epoch (DPO, IPO; ``per_epoch`` and ``epoch_rows`` read them).
 ``summarize`` gives the mean over seeds with its standard error and the spread (sample std and
-min-max), ``format_table`` prints it (``rlnotes.plots.method_frontier`` draws it); ``budget``
-counts what each run spends (samples, Adam steps), and ``gap_to_curve`` measures how far one
-method's points lie below another's frontier.
+min-max), ``format_table`` prints it (``rlnotes.plots.method_frontier`` draws it); ``budget`` counts what each run spends
+(samples, Adam steps), and ``gap_to_curve`` measures how far one method's points lie below
+another's frontier.
+
+Chapter 5's frontier, DPO against RLHF-PPO on the learned reward r_phi (``DPO_PPO_METHODS``):
+``dpo_ppo_point`` trains one and measures it (``FRONTIER_KEYS``, optionally at DPO checkpoints),
+``dpo_ppo_frontier`` runs many such points over the cores.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from . import dpo, grpo, ipo, measure, rlhf, rloo
+from . import dpo, grpo, measure, rlhf, rloo
+from .pairs import check_pairs, reference_logps
 from .reward import VerifiableReward
 from .stats import standard_error
+from .trainer import make_config
 from .utils import check_positive_int
 
 METHODS = ("PPO", "DPO", "IPO", "RLOO", "GRPO")
@@ -47,7 +53,8 @@ def train_method(method: str, prepared, beta: float, seed: int, data: dict | Non
     the trained causal LM and its ``History``.
 
     PPO is chapter 4's ``rlhf.train`` on r* (no unfinished-text penalty: r* has its own),
-    DPO chapter 5's ``dpo.train``: the only two calls into those trainers in chapter 6. ``data``
+    DPO chapter 5's ``dpo.train`` and IPO the same with ``loss_type="ipo"``: the only calls into those
+    trainers in chapter 6. ``data``
     is ``prepared.train_prefs`` encoded (computed if None); ``settings`` go to the trainer.
     ``callback(policy) -> dict`` (DPO and IPO only) is called before training and after every
     epoch, its numbers logged as ``eval/<name>``.
@@ -60,12 +67,12 @@ def train_method(method: str, prepared, beta: float, seed: int, data: dict | Non
         data = prepared.train_prefs.encode(prepared.tokenizer)
     if method == "PPO":
         out = rlhf.train(with_true_reward(prepared), beta=beta, seed=seed, missing_eos_penalty=0.0, **settings)
-    elif method == "DPO":
+    elif method in ("DPO", "IPO"):
         if callback is not None:   # an evaluation before training and after each pass over the pairs
             settings["eval_every"] = math.ceil(len(data["prompt_ids"]) / settings.get("batch_size", dpo.DPOConfig.batch_size))
-        out = dpo.train(None, prepared.sft, data, beta=beta, seed=seed, callback=callback, **settings)
-    elif method == "IPO":
-        out = ipo.train(prepared.sft, data, beta=beta, seed=seed, callback=callback, **settings)
+        loss_type = "sigmoid" if method == "DPO" else "ipo"
+        out = dpo.train(None, prepared.sft, data, beta=beta, seed=seed, callback=callback, loss_type=loss_type,
+                        **settings)
     else:
         out = (rloo if method == "RLOO" else grpo).train(prepared, beta=beta, seed=seed, **settings)
     return out.model, out.history
@@ -313,7 +320,7 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
         if n_pairs is None:
             raise ValueError(f"n_pairs must be a positive int for {method}, got {n_pairs!r}")
         n_pairs = check_positive_int("n_pairs", n_pairs)
-        cfg = (dpo.DPOConfig if method == "DPO" else ipo.IPOConfig)(**settings)
+        cfg = dpo.DPOConfig(loss_type="sigmoid" if method == "DPO" else "ipo", **settings)
         return {"updates": cfg.epochs, "adam_steps": cfg.epochs * math.ceil(n_pairs / cfg.batch_size),
                 "responses": 0, "pairs": cfg.epochs * n_pairs, "lr": cfg.lr}
     if method == "PPO":
@@ -331,3 +338,120 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
     return {"updates": cfg.steps, "adam_steps": cfg.steps * epochs * math.ceil(n / min(per_epoch, n)),
             "responses": cfg.steps * n, "pairs": 0, "lr": cfg.lr}
 
+# ---------------------------------------------------------------------------------------------
+# Chapter 5's reward-KL frontier over seeds: DPO and RLHF-PPO at one beta (section 5.7)
+# ---------------------------------------------------------------------------------------------
+
+DPO_PPO_METHODS = ("DPO", "PPO")
+FRONTIER_KEYS = ("r_star", "r_star/se", "r_phi", "r_phi/se", "kl/exact_per_sequence", "kl/exact_per_sequence/se", "n")
+
+
+def dpo_ppo_point(prepared, data: dict, method: str, beta: float, seed: int = 0, *, checkpoints=(),
+                   eval_data: dict | None = None, n_repeats: int = 2, ref_logps: tuple | None = None,
+                   **kwargs) -> dict:
+    """One point of the reward-KL frontier (DPO paper, Figure 2): train ``method`` with the KL coefficient
+    ``beta`` of the objective Eq. 3, then measure its samples on held-out prompts.
+
+    "DPO": ``dpo.train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
+    ``rlhf.train(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
+    ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
+    standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
+    pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
+    e epochs passes through the run of fewer epochs: same seed, same order, the same weights).
+    Returns {"eval": ..., "checkpoints": {step: ...}, "history": History, "config": ...}; the model is
+    not kept.
+    """
+    if method not in DPO_PPO_METHODS:
+        raise ValueError(f"method must be one of {DPO_PPO_METHODS}, got {method!r}")
+    if eval_data is not None:
+        check_pairs(eval_data, "eval_data")
+    checkpoints = sorted({check_positive_int("checkpoints", c) for c in checkpoints})
+    if checkpoints and method != "DPO":
+        raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
+
+    def measured(policy):
+        m = measure.evaluate(policy, prepared, n_repeats=n_repeats)
+        out = {k: m[k] for k in FRONTIER_KEYS}
+        if method == "DPO" and eval_data is not None:
+            out["accuracy"] = dpo.preference_metrics(policy, prepared.sft, eval_data, beta)["accuracy"]
+        return out
+
+    seen = {}
+    if method == "PPO":
+        run = rlhf.train(prepared, beta=beta, seed=seed, **kwargs)
+    else:
+        cfg = make_config(dpo.DPOConfig, None, beta=beta, seed=seed, **kwargs)
+        total = cfg.epochs * -(-check_pairs(data) // cfg.batch_size)
+        if checkpoints and checkpoints[-1] > total:
+            raise ValueError(f"checkpoints must be optimiser steps of the run (1 to {total}), got {checkpoints}")
+        every = int(np.gcd.reduce(checkpoints)) if checkpoints else None
+        calls = []
+
+        def at_checkpoint(policy):          # train calls it at steps 0, every, 2 every, ... and at the end
+            step = min(every * len(calls), total)
+            calls.append(step)
+            if step in checkpoints:
+                seen[step] = measured(policy)
+            return {}
+
+        run = dpo.train(None, prepared.sft, data, cfg, ref_logps=ref_logps,
+                    callback=at_checkpoint if checkpoints else None, eval_every=every)
+    return {"eval": measured(run.model), "checkpoints": seen, "history": run.history, "config": run.config}
+
+
+_FRONTIER_WORKER = {}
+
+
+def _frontier_worker_init(prepared, data, eval_data):
+    import transformers
+
+    torch.set_num_threads(1)
+    # transformers registers what a model class can record (hidden states, which the value head of
+    # RLHF-PPO reads) when a model of that class is built; a process that only unpickles models has
+    # built none, so build one throwaway model per class first (weights from a forked generator)
+    classes = {type(m): m.config for obj in vars(prepared).values() if isinstance(obj, torch.nn.Module)
+               for m in obj.modules() if isinstance(m, transformers.PreTrainedModel)}
+    with torch.random.fork_rng():
+        for cls, config in classes.items():
+            cls(config)
+    _FRONTIER_WORKER.update(prepared=prepared, data=data, eval_data=eval_data,
+                            ref_logps=reference_logps(prepared.sft, data))
+
+
+def _frontier_job(point: dict) -> dict:
+    w = _FRONTIER_WORKER
+    ref = {"ref_logps": w["ref_logps"]} if point.get("method") == "DPO" else {}
+    return dpo_ppo_point(w["prepared"], w["data"], eval_data=w["eval_data"], **ref, **point)
+
+
+def dpo_ppo_frontier(prepared, data: dict, points, *, eval_data: dict | None = None,
+                     workers: int | None = None) -> list:
+    """``dpo_ppo_point(prepared, data, eval_data=eval_data, **p)`` for each dict ``p`` of ``points``
+    (``method``, ``beta``, ``seed`` and the rest of its arguments), in the order given.
+
+    The points run in up to ``workers`` processes (default: one per core; 1: in this process), each
+    with one torch thread, so that the results are the same whatever the number of processes. Each
+    process receives ``prepared`` and the pairs once, and computes the reference's log-probabilities
+    of the pairs once for all its DPO runs.
+    """
+    check_pairs(data)
+    if eval_data is not None:
+        check_pairs(eval_data, "eval_data")
+    points = [dict(p) for p in points]
+    for p in points:
+        if not {"method", "beta"} <= set(p):
+            raise ValueError(f"each point needs a method and a beta, got {p}")
+    workers = min(len(points), _cores() if workers is None else check_positive_int("workers", workers))
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        saved = dict(_FRONTIER_WORKER)
+        try:
+            _frontier_worker_init(prepared, data, eval_data)
+            return [_frontier_job(p) for p in points]
+        finally:
+            torch.set_num_threads(threads)
+            _FRONTIER_WORKER.clear()
+            _FRONTIER_WORKER.update(saved)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_frontier_worker_init,
+                             initargs=(prepared, data, eval_data)) as pool:
+        return list(pool.map(_frontier_job, points))

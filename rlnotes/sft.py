@@ -5,7 +5,7 @@ L_SFT = -(1 / #tokens) sum_t log pi(y_t | x, y_<t) (eq. rlhf-sft). The result is
 reference policy pi_ref, the starting point of every method after it.
 
 The checks every LM trainer makes on the caller's models live here too (``check_model``,
-``check_trainable``, ``kept_as_found``): ``rlnotes.dpo`` and ``rlnotes.ipo`` use them.
+``check_trainable``, ``kept_as_found``): ``rlnotes.dpo``, ``rlnotes.pairs`` and ``rlnotes.cost`` use them.
 """
 
 from __future__ import annotations

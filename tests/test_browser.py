@@ -326,7 +326,7 @@ def _figure_checks():
     import numpy as np
     import torch
 
-    from rlnotes import bandits, dpo, ppo, trpo, widgets
+    from rlnotes import bandits, dpo, dpo_closed_form, ppo, trpo, widgets
 
     def clip(v, fig):
         r, drawn = np.array(v["curve"]).T
@@ -384,9 +384,9 @@ def _figure_checks():
 
     def optimum(v, fig):
         ref, rewards = np.array(fig.ref_probs), np.array(fig.rewards)
-        pi = dpo.optimal_policy(ref, rewards, v["beta"])
+        pi = dpo_closed_form.optimal_policy(ref, rewards, v["beta"])
         np.testing.assert_allclose(v["pi"], pi, atol=1e-12)
-        assert v["log_z"] == pytest.approx(float(dpo.log_partition(ref, rewards, v["beta"])), abs=1e-12)
+        assert v["log_z"] == pytest.approx(float(dpo_closed_form.log_partition(ref, rewards, v["beta"])), abs=1e-12)
         assert v["expected_reward"] == pytest.approx(float(pi @ rewards), abs=1e-12)
         assert v["kl"] == pytest.approx(float(np.sum(pi * np.log(pi / ref))), abs=1e-9)
         assert v["entropy"] == pytest.approx(float(-np.sum(pi * np.log(pi))), abs=1e-9)

@@ -45,15 +45,13 @@ VOCABULARY = {
                                       "seconds"}),
     "dpo.train": ("DPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                                 "logps/chosen", "logps/rejected", "seconds", "eval/step", "eval/loss",
-                                "eval/accuracy"}),
+                                "eval/accuracy", "eval/margin"}),
 }
 GROUPS = {"loss", "reward", "reward_std", "frac_reward_zero_std", "kl/exact_per_sequence", "entropy",
           "completions/mean_length", "completions/clipped_ratio", "r_star", "seconds"}
 VOCABULARY.update({
     "rloo.train": ("RLOOConfig", GROUPS | {"kl/k1_per_sequence"}),
     "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean"}),
-    "ipo.train": ("IPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                                "logps/chosen", "logps/rejected", "seconds", "eval/epoch", "eval/loss", "eval/margin"}),
 })
 EVAL_CALLBACK = "eval/<callback keys>"  # how CONTRIBUTING.md writes dpo's callback keys
 KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_full_step)?$")
@@ -85,10 +83,10 @@ def _rlhf_ppo(prepared):
     return lambda kw: rlhf.train(prepared, **kw)
 
 
-def _dpo(prepared):
+def _dpo(prepared, loss_type="sigmoid"):
     data = prepared.train_prefs.encode(prepared.tokenizer)
     eval_data = prepared.test_prefs.encode(prepared.tokenizer)
-    return lambda kw: dpo.train(None, prepared.sft, data, eval_data=eval_data, **kw)
+    return lambda kw: dpo.train(None, prepared.sft, data, eval_data=eval_data, loss_type=loss_type, **kw)
 
 
 CONTROL = [
@@ -117,9 +115,8 @@ LM += [
     ("grpo.train", lambda prepared: (lambda kw: grpo.train(prepared, **kw)),
      dict(steps=2.0, batch_size=2, num_generations=2.0, seed=0), dict(steps=2, num_generations=2), 2,
      grpo.GRPOConfig),
-    ("ipo.train", lambda prepared: (lambda kw: ipo.train(prepared.sft, prepared.train_prefs.encode(prepared.tokenizer),
-                                                         **kw)),
-     dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, ipo.IPOConfig),
+    ("dpo.train", lambda prepared: _dpo(prepared, loss_type="ipo"),        # IPO: the same trainer, another loss
+     dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
 ]
 TRAINERS = CONTROL + LM
 

@@ -1,7 +1,10 @@
+import copy
+
 import numpy as np
 import pytest
+import torch
 
-from rlnotes import cost, ppo, trpo
+from rlnotes import cost, dpo, lm, ppo, rlhf, sampling, trpo
 from rlnotes.trainer import History
 
 
@@ -85,3 +88,77 @@ def test_train_side_by_side_equals_runs_one_by_one():
 def test_train_side_by_side_names_bad_arguments(settings, seeds, kwargs, error, message):
     with pytest.raises(error, match=message):
         cost.train_side_by_side(settings, seeds, **kwargs)
+
+
+# ----- count_passes ---------------------------------------------------------------------------------
+
+def test_count_passes_counts_forward_backward_and_decoding(tok, model):
+    policy = copy.deepcopy(model).requires_grad_(True)
+    head = torch.nn.Linear(4, 1)
+    p_ids, p_mask = lm.encode_prompts(tok, ["the movie was", "the plot"])
+    r_ids, r_mask = lm.encode_responses(tok, ["good .", "bad"])
+    with cost.count_passes(model) as c:
+        logp = lm.sequence_logprob(policy, p_ids, p_mask, r_ids, r_mask)       # one pass, with a gradient
+        logp.sum().backward()
+        with torch.no_grad():
+            lm.sequence_logprob(model, p_ids, p_mask, r_ids, r_mask)           # the reference, no gradient
+            ids, _ = sampling.sample(policy, tok, p_ids, p_mask, 4, generator=torch.Generator().manual_seed(0))
+        head(torch.zeros(3, 4)).sum().backward()
+    assert c["policy"]["forward"] == 1 and c["policy"]["backward"] == 1
+    assert 1 <= c["policy"]["decode_steps"] <= 4 and c["policy"]["decode_steps"] >= ids.shape[1]
+    assert c["policy"]["tokens_decoded"] >= 2 * ids.shape[1] - 2     # rows that finished may leave the batch
+    assert c["reference"] == {**c["reference"], "forward": 1, "backward": 0, "decode_steps": 0, "networks": 1}
+    assert c["value head"]["forward"] == 1 and c["value head"]["backward"] == 1 and c["value head"]["parameters"] == 5
+    assert c["policy"]["networks"] == 1 and c["policy"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert c["reward model"]["forward"] == 0
+    lm.sequence_logprob(policy, p_ids, p_mask, r_ids, r_mask)                  # after the block: not counted
+    assert c["policy"]["forward"] == 1
+
+
+def test_count_passes_nested_calls_belong_to_the_outer_network(tiny_prepared):
+    P = tiny_prepared
+    p_ids, p_mask = lm.encode_prompts(P.tokenizer, ["the movie was"])
+    r_ids, r_mask = lm.encode_responses(P.tokenizer, ["good ."])
+    with cost.count_passes(P.sft, P.reward_model) as c, torch.no_grad():
+        P.reward_model(p_ids, p_mask, r_ids, r_mask)        # a GPT-2 body and a linear head inside
+    assert c["reward model"]["forward"] == 1 and c["policy"]["forward"] == 0 and c["value head"]["forward"] == 0
+
+
+# ----- update_work ----------------------------------------------------------------------------------
+
+def test_update_work_counts_what_each_method_computes(tiny_prepared):
+    P = tiny_prepared
+    data = P.train_prefs.encode(P.tokenizer)
+    ppo_cfg = rlhf.RLHFConfig(batch_size=8, epochs=2, minibatch_size=4)
+    work = cost.update_work(P, data, ppo_config=ppo_cfg, dpo_config=dpo.DPOConfig(batch_size=8))
+    ppo, d = work["RLHF-PPO"]["per_update"], work["DPO"]["per_update"]
+    steps = ppo_cfg.epochs * 2                                      # epochs x minibatches per batch
+    assert ppo["policy"]["backward"] == steps and ppo["policy"]["forward"] == 1 + steps
+    assert ppo["value head"]["backward"] == steps and ppo["value head"]["forward"] == 1 + steps
+    assert ppo["reference"]["forward"] == 1 and ppo["reward model"]["forward"] == 1
+    assert ppo["reference"]["backward"] == 0 and ppo["reward model"]["backward"] == 0
+    assert 1 <= ppo["policy"]["decode_steps"] <= P.task.max_response_tokens
+    assert 8 <= ppo["policy"]["tokens_decoded"] <= 8 * P.task.max_response_tokens
+    assert d["policy"]["forward"] == 1 and d["policy"]["backward"] == 1
+    assert all(d[role][k] == 0 for role in ("value head", "reference", "reward model") for k in cost.WORK_KEYS)
+    assert d["policy"]["decode_steps"] == d["policy"]["tokens_decoded"] == 0
+    assert work["DPO"]["once"]["reference"]["forward"] == 1                 # the reference log-probs, once
+    assert work["RLHF-PPO"]["once"]["reference"]["forward"] == 0
+    assert d["value head"]["networks"] == d["reward model"]["networks"] == 0
+    assert all(ppo[role]["networks"] == 1 for role in cost.ROLES)
+
+
+def test_update_work_rejects_bad_input(tiny_prepared):
+    data = tiny_prepared.train_prefs.encode(tiny_prepared.tokenizer)
+    with pytest.raises(ValueError, match="n_updates"):
+        cost.update_work(tiny_prepared, data, n_updates=0)
+    with pytest.raises(ValueError, match="at least batch_size"):
+        cost.update_work(tiny_prepared, data)                     # 64 x 3 pairs needed, 32 given
+    with pytest.raises(ValueError, match="data must be a dict"):
+        cost.update_work(tiny_prepared, {"prompt_ids": data["prompt_ids"]})
+
+
+def test_count_passes_refuses_a_ref_that_is_not_a_model():
+    with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
+        with cost.count_passes(None):
+            pass

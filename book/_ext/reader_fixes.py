@@ -177,10 +177,10 @@ EQUATIONS = {
     "rlnotes.reward.reward_loss": r"\mathcal L_R(r_\phi) = -\mathbb E\big[\log \sigma\big(r_\phi(x, y_w) - r_\phi(x, y_l)\big)\big]",
     "rlnotes.rlhf.token_rewards": r"r_t = -\beta \big(\log \pi_\theta(y_t) - \log \pi_\text{ref}(y_t)\big)"
                                   r" + [t = T]\, r_\phi(x, y)",
-    "rlnotes.dpo.rlhf_objective": r"F(\pi) = \mathbb E_{y \sim \pi(\cdot \mid x)}\big[r(x, y)\big] - \beta\, "
+    "rlnotes.dpo_closed_form.rlhf_objective": r"F(\pi) = \mathbb E_{y \sim \pi(\cdot \mid x)}\big[r(x, y)\big] - \beta\, "
                                   r"\mathrm{KL}\big[\pi(\cdot \mid x) \,\Vert\, \pi_\text{ref}(\cdot \mid x)\big]",
-    "rlnotes.dpo.log_partition": r"\log Z(x) = \log \sum_y \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
-    "rlnotes.dpo.optimal_policy": r"\pi_r(y \mid x) = \frac{1}{Z(x)} \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
+    "rlnotes.dpo_closed_form.log_partition": r"\log Z(x) = \log \sum_y \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
+    "rlnotes.dpo_closed_form.optimal_policy": r"\pi_r(y \mid x) = \frac{1}{Z(x)} \pi_\text{ref}(y \mid x)\, e^{r(x, y) / \beta}",
     "rlnotes.dpo.implicit_reward": r"\hat r(x, y) = \beta \log \frac{\pi_\theta(y \mid x)}{\pi_\text{ref}(y \mid x)}",
     "rlnotes.dpo.dpo_loss": r"\mathcal L_\text{DPO} = -\log \sigma\Big(\beta \log \frac{\pi_\theta(y_w \mid x)}"
                             r"{\pi_\text{ref}(y_w \mid x)} - \beta \log \frac{\pi_\theta(y_l \mid x)}{\pi_\text{ref}(y_l \mid x)}\Big)",

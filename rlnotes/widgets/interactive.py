@@ -256,7 +256,7 @@ class KLRegularisedOptimum(SvgFigure):
     of pi_beta against pi_ref, and E_{pi_beta}[r], KL[pi_beta || pi_ref] and the entropy of
     pi_beta as functions of beta (log scale).
 
-    The browser mirrors ``rlnotes.dpo.optimal_policy`` and ``log_partition``; the KL is
+    The browser mirrors ``rlnotes.dpo_closed_form.optimal_policy`` and ``log_partition``; the KL is
     E[r] / beta - log Z.
     """
 

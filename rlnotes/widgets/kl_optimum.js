@@ -1,8 +1,8 @@
 // Chapter 4: the maximiser of E_pi[r] - beta KL[pi || pi_ref] over a few responses,
-// pi_beta(y) = pi_ref(y) exp(r(y) / beta) / Z (rlnotes.dpo.optimal_policy, log_partition), and its
+// pi_beta(y) = pi_ref(y) exp(r(y) / beta) / Z (rlnotes.dpo_closed_form.optimal_policy, log_partition), and its
 // expected reward, KL to pi_ref and entropy as beta moves.
 
-// log pi_beta and log Z, in log space as rlnotes.dpo.log_optimal_policy computes them.
+// log pi_beta and log Z, in log space as rlnotes.dpo_closed_form.log_optimal_policy computes them.
 function optimum(ref, rewards, beta) {
   const z = ref.map((p, i) => Math.log(p) + rewards[i] / beta);
   const logZ = logsumexp(z);
