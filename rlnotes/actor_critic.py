@@ -55,6 +55,14 @@ class ActorCritic(nn.Module):
         logits = F.linear(h[0], self.w_pi, self.b_pi)
         return torch.log_softmax(logits, dim=-1), F.linear(h[1], self.w_v, self.b_v).squeeze(-1)
 
+    @property
+    def obs_dim(self) -> int:
+        return self.w1.shape[1]
+
+    @property
+    def n_actions(self) -> int:
+        return self.w_pi.shape[0]
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs)[1]
 

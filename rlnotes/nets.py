@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from .utils import check_finite, check_tensor
+
 
 def mlp(sizes: list[int], activation=nn.Tanh, out_gain: float = 1.0) -> nn.Sequential:
     """A fully connected network with orthogonal initialisation (as in CleanRL and SB3)."""
@@ -29,6 +31,15 @@ class CategoricalPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> Categorical:
         return Categorical(logits=self.logits_net(obs))
 
+    @property
+    def obs_dim(self) -> int:
+        """The width of the observations the policy takes."""
+        return self.logits_net[0].in_features
+
+    @property
+    def n_actions(self) -> int:
+        return self.logits_net[-1].out_features
+
     def logp(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi_theta(a_t|s_t) for each (observation, action) pair."""
         return self(obs).log_prob(actions)
@@ -47,6 +58,29 @@ class ValueNet(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)
+
+
+def check_batch(net: nn.Module, obs, actions=None) -> None:
+    """Check a batch for ``net`` (a ``CategoricalPolicy`` or an ``ActorCritic``: anything with
+    ``obs_dim`` and ``n_actions``) at the entry of a function that trains it: ``obs`` a finite float
+    tensor [batch, obs_dim], ``actions`` (if given) an integer tensor [batch] of actions in
+    [0, n_actions). ``TypeError`` or ``ValueError`` naming the argument otherwise; reads only."""
+    check_tensor("obs", obs)
+    obs_dim, n_actions = getattr(net, "obs_dim", None), getattr(net, "n_actions", None)
+    if obs.dim() != 2 or (obs_dim is not None and obs.shape[1] != obs_dim):
+        width = "obs_dim" if obs_dim is None else f"{obs_dim} (the network's input width)"
+        raise ValueError(f"obs must be [batch, {width}], got shape {tuple(obs.shape)}")
+    check_finite("obs", obs)
+    if actions is None:
+        return
+    check_tensor("actions", actions, "int")
+    if tuple(actions.shape) != (len(obs),):
+        raise ValueError(f"actions must be [batch] = [{len(obs)}], one per row of obs, "
+                         f"got shape {tuple(actions.shape)}")
+    bad = (actions < 0) | (actions >= n_actions) if n_actions is not None else None
+    if bad is not None and bool(bad.any()):
+        raise ValueError(f"actions must be in [0, {n_actions}) (the policy's {n_actions} actions), "
+                         f"got {int(actions[bad][0])}")
 
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .kl import mean_kl
 from .nets import CategoricalPolicy, ValueNet, fit_value
 from .returns import advantage_batch
 from .rollout import ControlConfig, Runner
-from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, run_guard, training_scope
 from .utils import check_finite, check_positive, check_positive_int, check_same_shape, check_tensor
 
 
@@ -66,29 +66,30 @@ def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs)
     """
     cfg = make_config(PGConfig, config, **kwargs)
     history = History()
-    with rng_scope(cfg.seed):
+    result, runner = TrainResult(None, history, cfg), None  # the networks once they exist
+    # the guard first: a Ctrl-C while the environments are made and reset also gives TrainingInterrupted
+    with run_guard(lambda: result, lambda: runner is not None and runner.close()), training_scope(cfg.seed):
         runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
         policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden)
         value_fn = ValueNet(runner.obs_dim, cfg.hidden)
         pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         vf_opt = torch.optim.Adam(value_fn.parameters(), lr=cfg.vf_lr)
         result = TrainResult(policy, history, cfg, value_fn)
-        with run_guard(lambda: result, runner.close):
-            for _ in progress(range(cfg.updates), cfg.progress, desc="pg"):
-                with atomic():
-                    with Timer() as timer:
-                        batch = runner.rollout(policy, value_fn, cfg.num_steps)
-                        obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
-                        dist = policy(obs)
-                        loss = pg_loss(dist.log_prob(actions), adv)
-                        pi_opt.zero_grad()
-                        loss.backward()
-                        pi_opt.step()
-                        v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
-                        with torch.no_grad():
-                            kl = mean_kl(dist.logits, policy(obs).logits)
-                    history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
-                                 "loss/value": v_loss, "seconds": timer.seconds})
+        for _ in progress(range(cfg.updates), cfg.progress, desc="pg"):
+            with atomic():
+                with Timer() as timer:
+                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                    dist = policy(obs)
+                    loss = pg_loss(dist.log_prob(actions), adv)
+                    pi_opt.zero_grad()
+                    loss.backward()
+                    pi_opt.step()
+                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                    with torch.no_grad():
+                        kl = mean_kl(dist.logits, policy(obs).logits)
+                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "entropy": dist.entropy().mean(),
+                             "loss/value": v_loss, "seconds": timer.seconds})
     return result
 
 

@@ -21,6 +21,7 @@ optional annealing of the learning rate and of eps), in the spirit of CleanRL's 
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,19 +29,29 @@ import torch
 
 from .actor_critic import ActorCritic, clip_grad_norm, make_optimizer
 from .kl import k3, mean_kl
-from .nets import CategoricalPolicy, ValueNet, value_loss
+from .nets import CategoricalPolicy, ValueNet, check_batch, value_loss
 from .returns import gae, normalize
 from .rollout import ControlConfig, Runner
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
-from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+                      training_scope)
+from .utils import (check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape,
+                    check_tensor)
+
+
+def _as_tensor(name: str, value, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` as a tensor (a tensor, or an array-like of numbers), else ``TypeError`` naming ``name``."""
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or an array-like of numbers, got {type(value).__name__} "
+                        f"{reprlib.repr(value)}") from None
 
 
 def ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
     """r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(log pi_theta - log pi_theta_old) (eq. 6).
 
     ``logp`` and ``logp_old``: tensors or array-likes of one shape, finite (``ValueError`` otherwise)."""
-    logp, logp_old = torch.as_tensor(logp), torch.as_tensor(logp_old)
+    logp, logp_old = _as_tensor("logp", logp), _as_tensor("logp_old", logp_old)
     check_same_shape(logp=logp, logp_old=logp_old)
     check_finite("logp", logp.detach())
     check_finite("logp_old", logp_old.detach())
@@ -54,8 +65,8 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps: float)
     of one shape, finite; ``eps`` must be finite and > 0 (``ValueError`` otherwise).
     """
     eps = check_positive("eps", eps)
-    ratio = torch.as_tensor(ratio)
-    advantages = torch.as_tensor(advantages, dtype=ratio.dtype if ratio.is_floating_point() else None)
+    ratio = _as_tensor("ratio", ratio)
+    advantages = _as_tensor("advantages", advantages, ratio.dtype if ratio.is_floating_point() else None)
     check_same_shape(ratio=ratio, advantages=advantages)
     check_finite("ratio", ratio.detach())
     check_finite("advantages", advantages.detach())
@@ -66,7 +77,7 @@ def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
     """E_t[(r_t - 1) - log r_t], the k3 estimator of KL[pi_old || pi_theta] (``rlnotes.kl.k3``) averaged
     over the samples: >= 0 sample by sample and unbiased. ``log_ratio`` is log r_t = log pi_theta - log pi_old,
     finite, with at least one sample (``ValueError`` otherwise)."""
-    log_ratio = torch.as_tensor(log_ratio)
+    log_ratio = _as_tensor("log_ratio", log_ratio)
     check_finite("log_ratio", log_ratio.detach())
     if log_ratio.numel() == 0:
         raise ValueError("log_ratio must hold at least one sample, got an empty tensor")
@@ -91,9 +102,10 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
 
     ``logp`` (log pi_theta(a_t|s_t), with gradient), ``logp_old``, ``advantages``, ``values``
     (V(s_t), with gradient), ``returns`` (the targets V^targ_t) and ``entropy`` (S per state) are
-    1-D tensors of one length (>= 1), finite; ``entropy`` may be None when ``ent_coef`` is 0 (then
-    reported as nan). The value loss is ``rlnotes.nets.value_loss``, the half squared error, so
-    c_1 = 1 here is SB3's and RL Zoo's c_1 = 0.5 on the plain squared error. Also returned, for
+    float tensors (``TypeError`` naming the argument otherwise) of one length (>= 1), finite;
+    ``entropy`` may be None when ``ent_coef`` is 0 (then reported as nan). The value loss is
+    ``rlnotes.nets.value_loss``, the half squared error, so c_1 = 1 here is SB3's and RL Zoo's
+    c_1 = 0.5 on the plain squared error. Also returned, for
     logging: the approximate KL E_t[(r - 1) - log r] (k3) and the fraction of samples whose ratio
     lies outside [1 - eps, 1 + eps]; with ``diagnostics=False`` (``update``, but for its last
     minibatch) these two are None and not computed.
@@ -105,6 +117,8 @@ def ppo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tenso
         raise ValueError(f"entropy is needed when ent_coef > 0, got ent_coef={ent_coef}")
     tensors = dict(logp=logp, logp_old=logp_old, advantages=advantages, values=values, returns=returns,
                    **({} if entropy is None else {"entropy": entropy}))
+    for name, t in tensors.items():
+        check_tensor(name, t)
     check_same_shape(**tensors)
     for name, t in tensors.items():
         check_finite(name, t.detach())
@@ -159,8 +173,9 @@ def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor
     reshuffled each epoch (``torch.randperm`` with ``generator``, None: torch's global one; no
     shuffle when one minibatch holds it all), the advantages are normalised per minibatch, and the
     gradient norm of all parameters is clipped to ``max_grad_norm``. Returns the last minibatch's
-    loss terms. ``obs``, ``logp_old``, ``advantages`` and ``returns`` must be finite (``ValueError``
-    otherwise).
+    loss terms. ``obs``, ``logp_old``, ``advantages`` and ``returns`` must be finite, ``obs`` [n, the
+    network's input width] and ``actions`` integers in [0, n_actions) (``ValueError`` or ``TypeError``
+    naming the argument otherwise: ``rlnotes.nets.check_batch``).
     """
     cfg = make_config(UpdateConfig, config, **kwargs)
     check_same_shape(actions=actions, logp_old=logp_old, advantages=advantages, returns=returns)
@@ -169,6 +184,7 @@ def update(net: ActorCritic, optimizer: torch.optim.Optimizer, obs: torch.Tensor
     if len(obs) != len(actions) or len(actions) == 0:
         raise ValueError(f"obs and actions must hold the same number (>= 1) of samples, "
                          f"got {len(obs)} and {len(actions)}")
+    check_batch(net, obs, actions)
     n = len(obs)
     params = list(net.parameters())
     actions = actions.unsqueeze(-1)
@@ -256,41 +272,43 @@ def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs
     """
     cfg = make_config(PPOConfig, config, **kwargs)
     history = History()
-    with rng_scope(cfg.seed):
+    runner = net = None
+
+    def result():  # the packed weights copied back into the policy and the value network (None before they exist)
+        policy, value_fn = net.unpack() if net is not None else (None, None)
+        return TrainResult(policy, history, cfg, value_fn)
+
+    # the guard first: a Ctrl-C while the environments are made and reset also gives TrainingInterrupted
+    with run_guard(result, lambda: runner is not None and runner.close()), training_scope(cfg.seed):
         runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
         net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden),
                           ValueNet(runner.obs_dim, cfg.hidden))
         optimizer = make_optimizer(net, cfg.lr)
-
-        def result():  # the packed weights copied back into the policy and the value network
-            policy, value_fn = net.unpack()
-            return TrainResult(policy, history, cfg, value_fn)
-
-        with run_guard(result, runner.close):
-            for _ in progress(range(cfg.updates), cfg.progress, desc="ppo"):
-                frac = 1.0 - runner.steps / cfg.total_steps
-                lr_now = cfg.lr * frac if cfg.anneal_lr else cfg.lr
-                step_cfg = cfg.update_config(frac)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_now
-                with atomic():
-                    with Timer() as timer:
-                        batch = runner.rollout(net, net.value, cfg.num_steps)
-                        adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
-                        obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
-                        with torch.no_grad():
-                            old_log_probs = net(obs)[0]
-                        stats = update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
-                        with torch.no_grad():
-                            new_log_probs = net(obs)[0]
-                            kl = mean_kl(old_log_probs, new_log_probs)
-                            r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
-                    history.log({"env_steps": runner.steps, "kl/exact_per_state": kl, "kl/k3_per_sample": stats["approx_kl"],
-                                 "clip_ratio/region_mean": stats["clip_fraction"], "loss/policy": stats["policy_loss"],
-                                 "loss/value": stats["value_loss"], "entropy": stats["entropy"], "learning_rate": lr_now,
-                                 "eps": step_cfg.eps, "ratio_min": r.min(), "ratio_max": r.max(), "seconds": timer.seconds})
-                if cfg.stop_return is not None and history.steps_to_reach(cfg.stop_return) < math.inf:
-                    break
+        for _ in progress(range(cfg.updates), cfg.progress, desc="ppo"):
+            frac = 1.0 - runner.steps / cfg.total_steps
+            lr_now = cfg.lr * frac if cfg.anneal_lr else cfg.lr
+            step_cfg = cfg.update_config(frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            with atomic():
+                with Timer() as timer:
+                    batch = runner.rollout(net, net.value, cfg.num_steps)
+                    adv, ret = gae(batch.rewards, batch.values, batch.dones, batch.last_value, cfg.gamma, cfg.lam)
+                    obs, actions, logp_old, adv, ret = batch.flat(batch.obs, batch.actions, batch.logp, adv, ret)
+                    with torch.no_grad():
+                        old_log_probs = net(obs)[0]
+                    stats = update(net, optimizer, obs, actions, logp_old, adv, ret, step_cfg)
+                    with torch.no_grad():
+                        new_log_probs = net(obs)[0]
+                        kl = mean_kl(old_log_probs, new_log_probs)
+                        r = torch.exp(new_log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) - logp_old)
+                history.log({"env_steps": runner.steps, "kl/exact_per_state": kl,
+                             "kl/k3_per_sample": stats["approx_kl"],
+                             "clip_ratio/region_mean": stats["clip_fraction"], "loss/policy": stats["policy_loss"],
+                             "loss/value": stats["value_loss"], "entropy": stats["entropy"], "learning_rate": lr_now,
+                             "eps": step_cfg.eps, "ratio_min": r.min(), "ratio_max": r.max(), "seconds": timer.seconds})
+            if cfg.stop_return is not None and history.steps_to_reach(cfg.stop_return) < math.inf:
+                break
     return result()
 
 
@@ -343,7 +361,7 @@ def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | No
     """
     cfg = make_config(OneBatchConfig, config, **kwargs)
     history = History()
-    with rng_scope(cfg.seed):
+    with training_scope(cfg.seed):
         runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, History())
         net = ActorCritic(CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden),
                           ValueNet(runner.obs_dim, cfg.hidden))

@@ -21,6 +21,7 @@ by the recipe of the paper's Appendix C:
 from __future__ import annotations
 
 import math
+import reprlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -31,11 +32,11 @@ from torch.distributions import Categorical
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .kl import mean_kl
-from .nets import CategoricalPolicy, ValueNet, fit_value
+from .nets import CategoricalPolicy, ValueNet, check_batch, fit_value
 from .returns import advantage_batch
 from .rollout import ControlConfig, Runner
-from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
-from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_same_shape
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, run_guard, training_scope
+from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_same_shape, check_tensor
 
 
 def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, residuals: list | None = None):
@@ -43,9 +44,13 @@ def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, re
 
     Conjugate gradient (Hestenes & Stiefel 1952; TRPO paper, Appendix C), started at x = 0: at
     most ``iters`` matrix-vector products, stopping early once the squared residual
-    ``r^T r = ||b - A x||^2`` is at most ``tol``. Works on a NumPy array or a torch vector ``b``. If
+    ``r^T r = ||b - A x||^2`` is at most ``tol``. Works on a NumPy array or a torch vector ``b``;
+    ``Avp`` must be a function returning a finite vector of ``b``'s shape (``TypeError`` /
+    ``ValueError`` naming it otherwise). If
     ``residuals`` is a list, r^T r is appended before the first iteration and after each one.
     """
+    if not callable(Avp):
+        raise TypeError(f"Avp must be a function v -> A v, got {type(Avp).__name__} {reprlib.repr(Avp)}")
     iters = check_positive_int("iters", iters)
     tol = check_in_range("tol", tol, 0.0, math.inf)
     check_finite("b", b)
@@ -58,6 +63,9 @@ def conjugate_gradient(Avp: Callable, b, iters: int = 10, tol: float = 1e-10, re
         if rr <= tol:
             break
         Ap = Avp(p)
+        if tuple(np.shape(Ap)) != tuple(np.shape(b)):
+            raise ValueError(f"Avp must return a vector of b's shape {tuple(np.shape(b))}, "
+                             f"got shape {tuple(np.shape(Ap))}")
         check_finite("Avp(p)", Ap)
         pAp = float(p @ Ap)
         if not pAp > 0:
@@ -80,6 +88,8 @@ def surrogate(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     policy gradient g. Inputs are the log-probabilities of the taken actions under pi_theta and pi_old.
     Refused (``ValueError``, naming the argument): shapes that differ, no sample, NaN or inf.
     """
+    for name, t in (("logp", logp), ("logp_old", logp_old), ("advantages", advantages)):
+        check_tensor(name, t)
     check_same_shape(logp=logp, logp_old=logp_old, advantages=advantages)
     if logp.numel() == 0:
         raise ValueError("logp must hold at least one sample, got an empty tensor (the mean would be NaN)")
@@ -92,6 +102,17 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def _trainable(policy) -> list[torch.Tensor]:
+    """The parameters of ``policy`` that require a gradient; ``ValueError`` if there are none."""
+    if not isinstance(policy, torch.nn.Module):
+        raise TypeError(f"policy must be a torch.nn.Module (a CategoricalPolicy), got {type(policy).__name__}")
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("policy has no parameter with requires_grad=True: a frozen policy cannot take a TRPO step "
+                         "(call policy.requires_grad_(True))")
+    return params
+
+
 def fisher_vector_product(policy: CategoricalPolicy, obs: torch.Tensor, damping: float = 0.1) -> Callable:
     """Return v -> (F + damping * I) v, with F the Fisher matrix of ``policy`` on the states ``obs``.
 
@@ -101,13 +122,17 @@ def fisher_vector_product(policy: CategoricalPolicy, obs: torch.Tensor, damping:
     ``damping`` adds lambda * I, which keeps conjugate gradient stable where F is (near) singular.
     """
     damping = check_in_range("damping", damping, 0.0, math.inf)
-    check_finite("obs", obs)
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = _trainable(policy)
+    check_batch(policy, obs)
+    n = sum(p.numel() for p in params)
     dist = policy(obs)
     old = Categorical(logits=dist.logits.detach())  # pi_old: the policy now, frozen
     grad_kl = _flat(torch.autograd.grad(mean_kl(old.logits, dist.logits), params, create_graph=True))
 
     def Fvp(v: torch.Tensor) -> torch.Tensor:
+        check_tensor("v", v)
+        if tuple(v.shape) != (n,):
+            raise ValueError(f"v must be a vector of the policy's {n} trainable parameters, got shape {tuple(v.shape)}")
         hv = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
         return _flat(hv) + damping * v
 
@@ -134,6 +159,14 @@ class LineSearchResult:
     trials: list
 
 
+def _two_numbers(out) -> tuple[float, float]:
+    try:
+        improvement, kl = (float(v) for v in out)
+    except (TypeError, ValueError):
+        raise TypeError(f"evaluate must return two numbers (improvement, kl), got {reprlib.repr(out)}") from None
+    return improvement, kl
+
+
 def line_search(evaluate: Callable, full_step, delta: float, max_backtracks: int = 10,
                 shrink: float = 0.8) -> LineSearchResult:
     """Backtracking line search on the trust region (TRPO paper, Appendix C).
@@ -144,6 +177,8 @@ def line_search(evaluate: Callable, full_step, delta: float, max_backtracks: int
     its i. If none qualifies the step is zero, ``accepted`` is False and ``backtracks`` is
     ``max_backtracks``.
     """
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a function step -> (improvement, kl), got {type(evaluate).__name__}")
     delta = check_positive("delta", delta)
     max_backtracks = check_positive_int("max_backtracks", max_backtracks)
     shrink = _check_shrink(shrink)
@@ -151,7 +186,7 @@ def line_search(evaluate: Callable, full_step, delta: float, max_backtracks: int
     trials = []
     for i in range(max_backtracks):
         step = full_step * shrink ** i
-        improvement, kl = (float(v) for v in evaluate(step))
+        improvement, kl = _two_numbers(evaluate(step))
         trials.append((improvement, kl))
         if math.isfinite(improvement) and math.isfinite(kl) and improvement > 0 and kl <= delta:
             return LineSearchResult(step, True, i, improvement, kl, trials)
@@ -174,16 +209,21 @@ def trpo_step(policy: CategoricalPolicy, obs: torch.Tensor, actions: torch.Tenso
     Cost, counted in passes through the policy network: 2 forward passes (surrogate, KL graph),
     plus one per line-search trial; backward passes: 1 (grad L) + 1 (grad KL, kept for double
     backprop) + ``cg_iters`` (CG's products) + 1 (s^T F s).
+
+    Refused, naming the argument: a ``policy`` with no trainable parameter, a batch that
+    ``rlnotes.nets.check_batch`` refuses (``obs`` [n, obs_dim] finite, ``actions`` integers in
+    [0, n_actions)), ``advantages`` of another shape than ``actions`` or not finite.
     """
     delta = check_positive("delta", delta)
     cg_iters = check_positive_int("cg_iters", cg_iters)
     damping = check_in_range("damping", damping, 0.0, math.inf)
     max_backtracks = check_positive_int("max_backtracks", max_backtracks)
     shrink = _check_shrink(shrink)
-    check_finite("obs", obs)
+    params = _trainable(policy)
+    check_batch(policy, obs, actions)
+    check_tensor("advantages", advantages)
     check_finite("advantages", advantages)
     check_same_shape(actions=actions, advantages=advantages)
-    params = [p for p in policy.parameters() if p.requires_grad]
     dist = policy(obs)
     logp_old = dist.log_prob(actions).detach()
     old = Categorical(logits=dist.logits.detach())
@@ -285,23 +325,24 @@ def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwarg
     """
     cfg = make_config(TRPOConfig, config, **kwargs)
     history = History()
-    with rng_scope(cfg.seed):
+    result, runner = TrainResult(None, history, cfg), None  # the networks once they exist
+    # the guard first: a Ctrl-C while the environments are made and reset also gives TrainingInterrupted
+    with run_guard(lambda: result, lambda: runner is not None and runner.close()), training_scope(cfg.seed):
         runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, history)
         policy = CategoricalPolicy(runner.obs_dim, runner.n_actions, cfg.hidden)
         value_fn = ValueNet(runner.obs_dim, cfg.hidden)
         vf_opt = torch.optim.Adam(value_fn.parameters(), lr=cfg.vf_lr)
         result = TrainResult(policy, history, cfg, value_fn)
-        with run_guard(lambda: result, runner.close):
-            for _ in progress(range(cfg.updates), cfg.progress, desc="trpo"):
-                with atomic():
-                    with Timer() as timer:
-                        batch = runner.rollout(policy, value_fn, cfg.num_steps)
-                        obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
-                        with torch.no_grad():
-                            entropy = policy(obs).entropy().mean().item()
-                        info = trpo_step(policy, obs, actions, adv, cfg.delta, cg_iters=cfg.cg_iters,
-                                         damping=cfg.damping, max_backtracks=cfg.max_backtracks, shrink=cfg.shrink)
-                        v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
-                    history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
-                                 "seconds": timer.seconds})
+        for _ in progress(range(cfg.updates), cfg.progress, desc="trpo"):
+            with atomic():
+                with Timer() as timer:
+                    batch = runner.rollout(policy, value_fn, cfg.num_steps)
+                    obs, actions, adv, ret = advantage_batch(batch, cfg.gamma, cfg.lam, cfg.normalize_advantages)
+                    with torch.no_grad():
+                        entropy = policy(obs).entropy().mean().item()
+                    info = trpo_step(policy, obs, actions, adv, cfg.delta, cg_iters=cfg.cg_iters,
+                                     damping=cfg.damping, max_backtracks=cfg.max_backtracks, shrink=cfg.shrink)
+                    v_loss = fit_value(value_fn, vf_opt, obs, ret, cfg.vf_iters)
+                history.log({"env_steps": runner.steps, **info, "entropy": entropy, "loss/value": v_loss,
+                             "seconds": timer.seconds})
     return result

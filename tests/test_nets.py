@@ -36,3 +36,19 @@ def test_fit_value_reduces_error():
     w = ValueNet(2)
     before = value_loss(w(obs), target).item()
     assert fit_value(w, torch.optim.Adam(w.parameters(), 1e-2), obs, target, 1) == pytest.approx(before, rel=1e-6)
+
+
+def test_check_batch_names_obs_and_actions():  # issue 27
+    from rlnotes.nets import CategoricalPolicy, check_batch
+
+    policy = CategoricalPolicy(4, 3, hidden=8)
+    assert (policy.obs_dim, policy.n_actions) == (4, 3)
+    check_batch(policy, torch.zeros(5, 4), torch.tensor([0, 1, 2, 0, 1]))  # a valid batch passes
+    with pytest.raises(TypeError, match="obs must be a torch.Tensor, got list"):
+        check_batch(policy, [[0.0] * 4])
+    with pytest.raises(ValueError, match=r"obs must be \[batch, 4 \(the network's input width\)\], got shape \(5,\)"):
+        check_batch(policy, torch.zeros(5))
+    with pytest.raises(ValueError, match="obs must be finite"):
+        check_batch(policy, torch.full((2, 4), float("nan")))
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 3\) \(the policy's 3 actions\), got -1"):
+        check_batch(policy, torch.zeros(2, 4), torch.tensor([0, -1]))

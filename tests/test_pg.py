@@ -2,6 +2,8 @@
 run summaries (random_policy_returns, largest_drop, seed_summary, collapse_update)."""
 
 import math
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from rlnotes import pg
 from rlnotes.bandits import SoftmaxBandit
 from rlnotes.nets import CategoricalPolicy, ValueNet
 from rlnotes.returns import normalize
-from rlnotes.trainer import History
+from rlnotes.trainer import History, TrainingInterrupted, TrainResult
 
 
 def test_pg_loss_gradient_equals_score_function_estimate():
@@ -171,3 +173,45 @@ def test_pg_loss_names_arguments_that_are_not_float_tensors():
         pg.pg_loss([0.1, 0.2], torch.ones(2))
     with pytest.raises(TypeError, match="advantages must be a torch.Tensor, got NoneType"):
         pg.pg_loss(torch.zeros(2), None)
+
+
+# --- issue 27, round two: the caller's global settings and an interrupt before the first update ---------
+
+SMALL = dict(total_steps=32, seed=0, num_envs=2, num_steps=8)
+
+
+def _params(result):
+    return torch.cat([p.detach().reshape(-1) for p in result.model.parameters()])
+
+
+def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
+    plain = pg.train(**SMALL)
+    with torch.no_grad():
+        quiet = pg.train(**SMALL)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = pg.train(**SMALL)
+        assert torch.get_default_dtype() == torch.float64  # handed back as the caller set it
+    finally:
+        torch.set_default_dtype(old)
+    for out in (quiet, wide):
+        assert torch.equal(_params(out), _params(plain)) and _params(out).dtype == torch.float32
+
+
+class ResetInterrupted(gym.Env):
+    """An environment whose reset is interrupted (a Ctrl-C while the environments start)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        raise KeyboardInterrupt
+
+
+def test_train_interrupted_while_the_environments_reset_gives_the_partial_result():
+    gym.register(id="Test27/reset_interrupted-v0", entry_point=ResetInterrupted)
+    with pytest.raises(TrainingInterrupted, match="after 0 complete updates") as stop:
+        pg.train("Test27/reset_interrupted-v0", **SMALL)
+    assert isinstance(stop.value.result, TrainResult) and stop.value.result.model is None
+    assert len(stop.value.result.history) == 0

@@ -349,3 +349,68 @@ def test_ctrl_c_inside_a_ppo_update_finishes_it_then_stops_with_the_result(monke
 def test_epochs_on_one_batch_documents_its_default_of_15_epochs():
     assert ppo.OneBatchConfig(seed=0).epochs == 15
     assert "defaults to 15" in ppo.epochs_on_one_batch.__doc__ and "default 15" in ppo.OneBatchConfig.__doc__
+
+
+# --- issue 27, round two: arguments named, the caller's global settings, an interrupt at the start ----
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ppo.ratio("a", "b"), r"logp must be a tensor or an array-like of numbers, got str 'a'"),
+    (lambda: ppo.ratio(None, None), r"logp must be a tensor or an array-like of numbers, got NoneType None"),
+    (lambda: ppo.ratio([0.0], None), r"logp_old must be a tensor or an array-like of numbers, got NoneType"),
+    (lambda: ppo.clipped_surrogate(None, torch.ones(1), 0.2), r"ratio must be a tensor or an array-like of numbers"),
+    (lambda: ppo.clipped_surrogate(torch.ones(1), "x", 0.2), r"advantages must be a tensor or an array-like"),
+    (lambda: ppo.approx_kl("x"), r"log_ratio must be a tensor or an array-like of numbers, got str 'x'"),
+    (lambda: ppo.ppo_loss([-1.0], [-1.0], [1.0], [0.0], [0.0]), r"logp must be a torch.Tensor, got list \[-1.0\]"),
+    (lambda: ppo.ppo_loss(None, None, None, None, None), r"logp must be a torch.Tensor, got NoneType None"),
+    (lambda: ppo.ppo_loss(*(torch.zeros(2),) * 4, None), r"returns must be a torch.Tensor, got NoneType"),
+])
+def test_formulas_name_an_argument_that_is_not_numbers(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def _small_update(**changes):
+    torch.manual_seed(0)
+    net = ActorCritic(CategoricalPolicy(4, 2, 8), ValueNet(4, 8))
+    args = dict(obs=torch.randn(6, 4), actions=torch.tensor([0, 1, 0, 1, 1, 0]), logp_old=torch.full((6,), -0.69),
+                advantages=torch.randn(6), returns=torch.zeros(6))
+    return ppo.update(net, make_optimizer(net, 1e-3), **{**args, **changes})
+
+
+def test_update_names_actions_out_of_range_and_obs_of_the_wrong_width():
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 2\) \(the policy's 2 actions\), got 5"):
+        _small_update(actions=torch.tensor([0, 1, 5, 1, 1, 0]))
+    with pytest.raises(TypeError, match="actions must be a tensor of an integer dtype, got dtype torch.float32"):
+        _small_update(actions=torch.tensor([0.0, 1, 0, 1, 1, 0]))
+    with pytest.raises(ValueError, match=r"obs must be \[batch, 4 \(the network's input width\)\], got shape \(6, 3\)"):
+        _small_update(obs=torch.randn(6, 3))
+
+
+SMALL = dict(total_steps=32, seed=0, num_envs=2, num_steps=8, minibatch_size=16, epochs=1)
+
+
+def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
+    def params(out):
+        return torch.cat([p.detach().reshape(-1) for p in out.model.parameters()])
+
+    plain = ppo.train(**SMALL)
+    with torch.no_grad():
+        quiet = ppo.train(**SMALL)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide, one = ppo.train(**SMALL), ppo.epochs_on_one_batch(seed=0, epochs=1, num_envs=2, num_steps=8)
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.equal(params(quiet), params(plain)) and torch.equal(params(wide), params(plain))
+    assert len(one.history) == 1
+
+
+def test_ctrl_c_while_the_environments_start_gives_training_interrupted(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "Runner", interrupted)
+    with pytest.raises(TrainingInterrupted, match="after 0 complete updates") as stop:
+        ppo.train(**SMALL)
+    assert stop.value.result.model is None and len(stop.value.result.history) == 0

@@ -372,3 +372,59 @@ def test_train_learns_cartpole():
     h = trpo.train("CartPole-v1", total_steps=30_000, seed=0).history
     assert h.final_mean_return() > 150
     assert math.isfinite(h.final_mean_return())
+
+
+# --- issue 27, round two: arguments named at entry, the caller's global settings -----------------------
+
+def test_cg_names_avp_that_is_not_a_function_or_returns_the_wrong_shape():
+    b = np.array([1.0, 2.0])
+    with pytest.raises(TypeError, match="Avp must be a function v -> A v, got NoneType None"):
+        trpo.conjugate_gradient(None, b)
+    with pytest.raises(ValueError, match=r"Avp must return a vector of b's shape \(2,\), got shape \(3,\)"):
+        trpo.conjugate_gradient(lambda v: np.ones(3), b)
+
+
+def test_line_search_names_evaluate_that_returns_one_number():
+    with pytest.raises(TypeError, match=r"evaluate must return two numbers \(improvement, kl\), got 1.0"):
+        trpo.line_search(lambda s: 1.0, np.ones(2), 0.01)
+    with pytest.raises(TypeError, match="evaluate must be a function step -> "):
+        trpo.line_search(None, np.ones(2), 0.01)
+
+
+def test_fisher_vector_product_names_obs_of_the_wrong_width_and_v_of_the_wrong_length():
+    policy = CategoricalPolicy(4, 2, hidden=8)
+    with pytest.raises(ValueError, match=r"obs must be \[batch, 4 \(the network's input width\)\], got shape \(6, 3\)"):
+        trpo.fisher_vector_product(policy, torch.randn(6, 3))
+    Fvp = trpo.fisher_vector_product(policy, torch.randn(6, 4))
+    with pytest.raises(ValueError, match=r"v must be a vector of the policy's 130 trainable parameters, got shape \(3"):
+        Fvp(torch.ones(3))
+
+
+def test_trpo_step_names_bad_actions_and_a_frozen_policy():
+    policy, obs, actions, adv = batch()  # 3 actions
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 3\) \(the policy's 3 actions\), got 5"):
+        trpo.trpo_step(policy, obs, actions.clone().fill_(5), adv)
+    with pytest.raises(TypeError, match="actions must be a tensor of an integer dtype, got dtype torch.float32"):
+        trpo.trpo_step(policy, obs, actions.float() + 0.5, adv)
+    with pytest.raises(ValueError, match=r"actions must be \[batch\] = \[4\], one per row of obs, got shape \(64,\)"):
+        trpo.trpo_step(policy, obs[:4], actions, adv)
+    with pytest.raises(ValueError, match="policy has no parameter with requires_grad=True"):
+        trpo.trpo_step(policy.requires_grad_(False), obs, actions, adv)
+
+
+def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
+    small = dict(total_steps=32, seed=0, num_envs=2, num_steps=8)
+
+    def params(out):
+        return torch.cat([p.detach().reshape(-1) for p in out.model.parameters()])
+
+    plain = trpo.train(**small)
+    with torch.no_grad():
+        quiet = trpo.train(**small)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = trpo.train(**small)
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.equal(params(quiet), params(plain)) and torch.equal(params(wide), params(plain))
