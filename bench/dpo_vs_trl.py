@@ -34,7 +34,7 @@ from rlnotes import dpo, prepare
 def rlnotes_run(sft, train_data, args):
     policy = copy.deepcopy(sft).requires_grad_(True)   # dpo.train trains what is trainable
     t0 = time.perf_counter()
-    out = dpo.train(policy, sft, train_data, beta=args.beta, epochs=args.epochs, batch_size=args.batch_size,
+    out = dpo.train(train_data, ref=sft, policy=policy, beta=args.beta, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, max_grad_norm=1.0, shuffle=False, seed=0)
     seconds = time.perf_counter() - t0
     return out.model, out.history.update_array("loss"), seconds

@@ -88,7 +88,7 @@ BATCH, BETA, LR, MAX_NEW = 64, 0.1, 1e-3, 8
 
 def rlnotes_dpo(policy, ref, data, **kw):
     """-> (trained policy, per-step losses as an array)."""
-    out = dpo.train(policy, ref, data, **kw)
+    out = dpo.train(data, ref=ref, policy=policy, **kw)
     return out.model, out.history.update_array("loss")
 
 

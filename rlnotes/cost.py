@@ -308,7 +308,7 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None,
     """What one update of RLHF-PPO and one of DPO compute, counted by ``count_passes`` on real runs.
 
     RLHF-PPO is ``rlhf.train(prepared)`` (``ppo_config``: an ``rlhf.RLHFConfig``, default its
-    defaults); DPO is ``dpo.train(None, prepared.sft, pairs)`` on the first ``batch_size`` x k pairs of
+    defaults); DPO is ``dpo.train(pairs, ref=prepared.sft)`` on the first ``batch_size`` x k pairs of
     ``data``, one epoch (``dpo_config``, default ``dpo.DPOConfig()``), so k updates. Each runs for 1 and for
     1 + ``n_updates`` updates, same seed; the difference divided by ``n_updates`` is the work of one
     update, and the forward and backward passes of the 1-update run beyond it are done once per run
@@ -330,7 +330,7 @@ def update_work(prepared, data: dict, *, n_updates: int = 2, ppo_config=None,
         rlhf.train(prepared, ppo_cfg, steps=k)
 
     def dpo_run(k):
-        dpo.train(None, prepared.sft, {key: v[:k * dpo_cfg.batch_size] for key, v in data.items()}, dpo_cfg)
+        dpo.train({key: v[:k * dpo_cfg.batch_size] for key, v in data.items()}, dpo_cfg, ref=prepared.sft)
 
     out = {}
     for method, run in (("RLHF-PPO", ppo_run), ("DPO", dpo_run)):

@@ -274,12 +274,12 @@ def _real_number(key: str, value) -> float:
                     f"scalar), got {value!r}")
 
 
-def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data: dict | None = None,
-          callback=None, ref_logps: tuple | None = None, **kwargs) -> TrainResult:
+def train(data: dict, config: DPOConfig | None = None, *, ref, policy=None, eval_data: dict | None = None,
+          callback=None, ref_logps: tuple | None = None, **overrides) -> TrainResult:
     """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay);
     with ``loss_type="ipo"``, IPO's loss (``ipo_loss``) in the same loop (TRL's one ``DPOTrainer``).
 
-    Arguments: those of ``DPOConfig``, or a ``config``. ``policy`` is trained in place, only its
+    Settings: those of ``DPOConfig``, as keywords or a ``config``. ``policy`` is trained in place, only its
     parameters that the caller left trainable (``requires_grad=True``), and handed back in the
     train/eval modes it came in; ``None``: start from a trainable copy of ``ref``, as the paper
     does, handed back in eval mode. ``ref`` stays frozen and as it was (its requires_grad flags and
@@ -307,7 +307,7 @@ def train(policy, ref, data: dict, config: DPOConfig | None = None, *, eval_data
     be in any dtype.
     """
     n = check_pairs(data)
-    cfg = make_config(DPOConfig, config, **kwargs)
+    cfg = make_config(DPOConfig, config, **overrides)
     if policy is ref:
         raise ValueError("policy must not be ref itself (ref stays frozen): pass policy=None to train a copy of ref")
     if eval_data is not None:

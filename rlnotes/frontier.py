@@ -47,34 +47,37 @@ def with_true_reward(prepared):
     return dataclasses.replace(prepared, reward_model=VerifiableReward(prepared.task, prepared.tokenizer))
 
 
+def method_call(method: str, prepared, data: dict | None = None) -> tuple:
+    """How ``method`` (one of ``METHODS``) is trained: ``(trainer, its data, its named extras, the
+    settings the method fixes)``, every trainer called as ``trainer(data, **extras, **settings)``.
+
+    PPO is chapter 4's ``rlhf.train`` on r* (no unfinished-text penalty: r* has its own); DPO is
+    chapter 5's ``dpo.train`` on ``data`` (``prepared.train_prefs`` encoded if None) from pi_ref, IPO
+    the same with ``loss_type="ipo"``; RLOO and GRPO are ``rloo.train`` and ``grpo.train`` on r*."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "PPO":
+        return rlhf.train, with_true_reward(prepared), {}, {"missing_eos_penalty": 0.0}
+    if method in ("DPO", "IPO"):
+        data = prepared.train_prefs.encode(prepared.tokenizer) if data is None else data
+        return dpo.train, data, {"ref": prepared.sft}, {"loss_type": "sigmoid" if method == "DPO" else "ipo"}
+    return (rloo.train if method == "RLOO" else grpo.train), prepared, {}, {}
+
+
 def train_method(method: str, prepared, beta: float, seed: int, data: dict | None = None, *, callback=None,
                  **settings):
-    """Train ``method`` (one of ``METHODS``) at ``beta`` and ``seed``; returns ``(model, history)``,
-    the trained causal LM and its ``History``.
-
-    PPO is chapter 4's ``rlhf.train`` on r* (no unfinished-text penalty: r* has its own),
-    DPO chapter 5's ``dpo.train`` and IPO the same with ``loss_type="ipo"``: the only calls into those
-    trainers in chapter 6. ``data``
-    is ``prepared.train_prefs`` encoded (computed if None); ``settings`` go to the trainer.
+    """Train ``method`` (one of ``METHODS``, as ``method_call`` says) at ``beta`` and ``seed``; returns
+    ``(model, history)``, the trained causal LM and its ``History``. ``settings`` go to the trainer.
     ``callback(policy) -> dict`` (DPO and IPO only) is called before training and after every
     epoch, its numbers logged as ``eval/<name>``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    train, inputs, extras, fixed = method_call(method, prepared, data)
     if callback is not None and method not in ("DPO", "IPO"):
         raise ValueError(f"callback is for the epochs of DPO and IPO, not {method}")
-    if method in ("DPO", "IPO") and data is None:
-        data = prepared.train_prefs.encode(prepared.tokenizer)
-    if method == "PPO":
-        out = rlhf.train(with_true_reward(prepared), beta=beta, seed=seed, missing_eos_penalty=0.0, **settings)
-    elif method in ("DPO", "IPO"):
-        if callback is not None:   # an evaluation before training and after each pass over the pairs
-            settings["eval_every"] = math.ceil(len(data["prompt_ids"]) / settings.get("batch_size", dpo.DPOConfig.batch_size))
-        loss_type = "sigmoid" if method == "DPO" else "ipo"
-        out = dpo.train(None, prepared.sft, data, beta=beta, seed=seed, callback=callback, loss_type=loss_type,
-                        **settings)
-    else:
-        out = (rloo if method == "RLOO" else grpo).train(prepared, beta=beta, seed=seed, **settings)
+    if callback is not None:   # an evaluation before training and after each pass over the pairs
+        batch = settings.get("batch_size", dpo.DPOConfig.batch_size)
+        extras = {**extras, "callback": callback, "eval_every": math.ceil(len(inputs["prompt_ids"]) / batch)}
+    out = train(inputs, beta=beta, seed=seed, **extras, **fixed, **settings)
     return out.model, out.history
 
 
@@ -352,7 +355,7 @@ def dpo_ppo_point(prepared, data: dict, method: str, beta: float, seed: int = 0,
     """One point of the reward-KL frontier (DPO paper, Figure 2): train ``method`` with the KL coefficient
     ``beta`` of the objective Eq. 3, then measure its samples on held-out prompts.
 
-    "DPO": ``dpo.train(None, prepared.sft, data, beta=beta, seed=seed, **kwargs)``; "PPO":
+    "DPO": ``dpo.train(data, ref=prepared.sft, beta=beta, seed=seed, **kwargs)``; "PPO":
     ``rlhf.train(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
     ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
     standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
@@ -394,7 +397,7 @@ def dpo_ppo_point(prepared, data: dict, method: str, beta: float, seed: int = 0,
                 seen[step] = measured(policy)
             return {}
 
-        run = dpo.train(None, prepared.sft, data, cfg, ref_logps=ref_logps,
+        run = dpo.train(data, cfg, ref=prepared.sft, ref_logps=ref_logps,
                     callback=at_checkpoint if checkpoints else None, eval_every=every)
     return {"eval": measured(run.model), "checkpoints": seen, "history": run.history, "config": run.config}
 

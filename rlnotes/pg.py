@@ -56,7 +56,7 @@ class PGConfig(ControlConfig):
         self.check("vf_iters", check_positive_int)
 
 
-def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs) -> TrainResult:
+def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **overrides) -> TrainResult:
     """Vanilla policy gradient: each batch of ``num_envs * num_steps`` steps gives one Adam step on -L^PG.
 
     Arguments: those of ``PGConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
@@ -64,7 +64,7 @@ def train(env_id: str = "CartPole-v1", config: PGConfig | None = None, **kwargs)
     ``env_steps``, ``kl/exact_per_state`` (mean KL[pi_old || pi_new] over the batch's states,
     exact over the actions), ``entropy``, ``loss/value`` and ``seconds``.
     """
-    cfg = make_config(PGConfig, config, **kwargs)
+    cfg = make_config(PGConfig, config, **overrides)
     history = History()
     result, runner = TrainResult(None, history, cfg), None  # the networks once they exist
     # the guard first: a Ctrl-C while the environments are made and reset also gives TrainingInterrupted

@@ -245,7 +245,7 @@ class PPOConfig(ControlConfig, UpdateConfig):
         return UpdateConfig(**{**fields, "eps": self.eps * frac if self.anneal_eps else self.eps})
 
 
-def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs) -> TrainResult:
+def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **overrides) -> TrainResult:
     """PPO-Clip (Algorithm 1 of the paper) on any gymnasium environment with a Discrete action space.
 
     Arguments: those of ``PPOConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
@@ -270,7 +270,7 @@ def train(env_id: str = "CartPole-v1", config: PPOConfig | None = None, **kwargs
     range), ``loss/policy``, ``loss/value``, ``entropy``, ``learning_rate``, ``eps``, ``ratio_min``
     / ``ratio_max`` (the extreme r_t over the batch after the update) and ``seconds``.
     """
-    cfg = make_config(PPOConfig, config, **kwargs)
+    cfg = make_config(PPOConfig, config, **overrides)
     history = History()
     runner = net = None
 
@@ -350,7 +350,8 @@ class OneBatchConfig(UpdateConfig):
         self.check("lam", check_in_range, 0.0, 1.0)
 
 
-def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | None = None, **kwargs) -> TrainResult:
+def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | None = None,
+                        **overrides) -> TrainResult:
     """Optimise L^{CLIP+VF+S} for ``epochs`` epochs on a single batch, as PPO would with a huge ``epochs``.
 
     Arguments: those of ``OneBatchConfig`` (``seed`` is required; ``epochs`` defaults to 15). A fresh policy
@@ -359,7 +360,7 @@ def epochs_on_one_batch(env_id: str = "CartPole-v1", config: OneBatchConfig | No
     fraction of samples whose ratio r_t lies outside [1 - eps, 1 + eps]) and ``ratio_max`` (the
     largest r_t). Returns a ``TrainResult``.
     """
-    cfg = make_config(OneBatchConfig, config, **kwargs)
+    cfg = make_config(OneBatchConfig, config, **overrides)
     history = History()
     with training_scope(cfg.seed):
         runner = Runner(env_id, cfg.num_envs, cfg.seed, cfg.gamma, History())

@@ -305,7 +305,7 @@ class TRPOConfig(ControlConfig):
         self.check("vf_iters", check_positive_int)
 
 
-def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwargs) -> TrainResult:
+def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **overrides) -> TrainResult:
     """TRPO: each batch of ``num_envs * num_steps`` steps gives one ``trpo_step`` with KL bound ``delta``.
 
     Arguments: those of ``TRPOConfig`` (``total_steps`` and ``seed`` are required), or a ``config``.
@@ -323,7 +323,7 @@ def train(env_id: str = "CartPole-v1", config: TRPOConfig | None = None, **kwarg
     (the same at the untested full step), ``improvement``, ``backtracks``, ``accepted``,
     ``cg_iters``, ``cg_residual``, ``step_size``, ``entropy``, ``loss/value`` and ``seconds``.
     """
-    cfg = make_config(TRPOConfig, config, **kwargs)
+    cfg = make_config(TRPOConfig, config, **overrides)
     history = History()
     result, runner = TrainResult(None, history, cfg), None  # the networks once they exist
     # the guard first: a Ctrl-C while the environments are made and reset also gives TrainingInterrupted

@@ -58,75 +58,66 @@ KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_fu
 
 
 # ------------------------------------------------------------------------- the trainers
-# Each entry: (name, run(kwargs) -> TrainResult, kwargs with whole floats for the int fields,
-# the int fields and their values, the expected number of updates, the config class).
+# Every trainer is called the same way, train(<its data>, config=None, *, <named extras>, **overrides)
+# (CONTRIBUTING.md): the fixture below makes every call as ``train(data, **extras(), **kwargs)``.
+# Each entry: (name, the trainer, kwargs with whole floats for the int fields, the int fields and
+# their values, the expected number of updates, the config class).
 
-def _control(fn):
-    return lambda kw: fn("CartPole-v1", **kw)
-
-
-def _sft(prepared):
-    task, tok = prepared.task, prepared.tokenizer
-    xs, ys = task.sft_corpus(32, seed=11)
-
-    def run(kw):  # SFT trains a model in place: a fresh one per run, built outside the trainer
-        return sft.train((xs, ys), model=models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tokenizer=tok, **kw)
-
-    return run
-
-
-def _reward(prepared):
-    return lambda kw: reward.train(prepared.train_prefs, sft=prepared.sft, tokenizer=prepared.tokenizer, **kw)
-
-
-def _rlhf_ppo(prepared):
-    return lambda kw: rlhf.train(prepared, **kw)
-
-
-def _dpo(prepared, loss_type="sigmoid"):
-    data = prepared.train_prefs.encode(prepared.tokenizer)
-    eval_data = prepared.test_prefs.encode(prepared.tokenizer)
-    return lambda kw: dpo.train(None, prepared.sft, data, eval_data=eval_data, loss_type=loss_type, **kw)
+def inputs(name: str, prepared) -> tuple:
+    """Each trainer's data and its named extras (a function, so that a model trained in place, SFT's,
+    is fresh for every call)."""
+    if prepared is None:
+        return "CartPole-v1", dict
+    P, tok = prepared, prepared.tokenizer
+    return {
+        "sft.train": (P.task.sft_corpus(32, seed=11), lambda: dict(
+            model=models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=1), tokenizer=tok)),
+        "reward.train": (P.train_prefs, lambda: dict(sft=P.sft, tokenizer=tok)),
+        "rlhf.train": (P, dict),
+        "rloo.train": (P, dict),
+        "grpo.train": (P, dict),
+        "dpo.train": (P.train_prefs.encode(tok), lambda: dict(ref=P.sft, eval_data=P.test_prefs.encode(tok))),
+    }[name]
 
 
 CONTROL = [
-    ("pg.train", _control(pg.train), dict(total_steps=512.0, seed=0, num_envs=4.0, num_steps=64),
+    ("pg.train", pg.train, dict(total_steps=512.0, seed=0, num_envs=4.0, num_steps=64),
      dict(total_steps=512, num_envs=4), 2, pg.PGConfig),
-    ("trpo.train", _control(trpo.train), dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64.0, cg_iters=5.0),
+    ("trpo.train", trpo.train, dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64.0, cg_iters=5.0),
      dict(total_steps=512, num_steps=64, cg_iters=5), 2, trpo.TRPOConfig),
-    ("ppo.train", _control(ppo.train), dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64, epochs=2.0,
-                                             minibatch_size=128.0),
+    ("ppo.train", ppo.train, dict(total_steps=512.0, seed=0, num_envs=4, num_steps=64, epochs=2.0,
+                                  minibatch_size=128.0),
      dict(total_steps=512, epochs=2, minibatch_size=128), 2, ppo.PPOConfig),
-    ("ppo.epochs_on_one_batch", _control(ppo.epochs_on_one_batch),
+    ("ppo.epochs_on_one_batch", ppo.epochs_on_one_batch,
      dict(seed=0, epochs=3.0, num_envs=2, num_steps=16.0, minibatch_size=32),
      dict(epochs=3, num_steps=16), 3, ppo.OneBatchConfig),
 ]
 LM = [
-    ("sft.train", _sft, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, sft.SFTConfig),
-    ("reward.train", _reward, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3,
-     reward.RewardConfig),
-    ("rlhf.train", _rlhf_ppo, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
+    ("sft.train", sft.train, dict(steps=3.0, batch_size=8.0, seed=0), dict(steps=3, batch_size=8), 3, sft.SFTConfig),
+    ("reward.train", reward.train, dict(steps=3.0, batch_size=8, seed=0), dict(steps=3), 3, reward.RewardConfig),
+    ("rlhf.train", rlhf.train, dict(steps=2.0, batch_size=4.0, epochs=1, minibatch_size=2.0, seed=0),
      dict(steps=2, batch_size=4, minibatch_size=2), 2, rlhf.RLHFConfig),
-    ("dpo.train", _dpo, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
-]
-LM += [
-    ("rloo.train", lambda prepared: (lambda kw: rloo.train(prepared, **kw)),
-     dict(steps=2.0, batch_size=2.0, num_generations=2.0, seed=0), dict(steps=2, batch_size=2, num_generations=2), 2, rloo.RLOOConfig),
-    ("grpo.train", lambda prepared: (lambda kw: grpo.train(prepared, **kw)),
-     dict(steps=2.0, batch_size=2, num_generations=2.0, seed=0), dict(steps=2, num_generations=2), 2,
-     grpo.GRPOConfig),
-    ("dpo.train", lambda prepared: _dpo(prepared, loss_type="ipo"),        # IPO: the same trainer, another loss
-     dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
+    ("dpo.train", dpo.train, dict(epochs=1.0, batch_size=16.0, seed=0), dict(epochs=1, batch_size=16), 2,
+     dpo.DPOConfig),
+    ("rloo.train", rloo.train, dict(steps=2.0, batch_size=2.0, num_generations=2.0, seed=0),
+     dict(steps=2, batch_size=2, num_generations=2), 2, rloo.RLOOConfig),
+    ("grpo.train", grpo.train, dict(steps=2.0, batch_size=2, num_generations=2.0, seed=0),
+     dict(steps=2, num_generations=2), 2, grpo.GRPOConfig),
+    ("dpo.train", dpo.train, dict(epochs=1.0, batch_size=16.0, seed=0, loss_type="ipo"),   # IPO: another loss
+     dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
 ]
 TRAINERS = CONTROL + LM
 
 
-@pytest.fixture(params=TRAINERS, ids=[t[0] for t in TRAINERS])
+@pytest.fixture(params=TRAINERS, ids=[t[0] + ("[ipo]" if t[2].get("loss_type") == "ipo" else "") for t in TRAINERS])
 def trainer(request):
-    name, run, kwargs, ints, n_updates, config_cls = request.param
+    name, train, kwargs, ints, n_updates, config_cls = request.param
     prepared = request.getfixturevalue("tiny_prepared") if any(name == t[0] for t in LM) else None
-    if prepared is not None:
-        run = run(prepared)
+    data, extras = inputs(name, prepared)
+
+    def run(kw):
+        return train(data, **extras(), **kw)
+
     return name, run, kwargs, ints, n_updates, config_cls, prepared
 
 
@@ -264,6 +255,18 @@ def test_vocabulary_is_the_table_of_contributing():
     for name, (config, keys) in table.items():
         assert config == VOCABULARY[name][0], name
         assert keys - {EVAL_CALLBACK} == VOCABULARY[name][1], name
+
+
+def test_every_trainer_has_the_one_calling_convention():
+    """train(<its data>, config=None, *, <named extras>, **overrides), as CONTRIBUTING.md says."""
+    import inspect
+
+    for name, train, *_ in TRAINERS:
+        params = list(inspect.signature(train).parameters.values())
+        data, config, *extras, overrides = params
+        assert data.kind is data.POSITIONAL_OR_KEYWORD and config.name == "config" and config.default is None, name
+        assert all(p.kind is p.KEYWORD_ONLY for p in extras), name
+        assert overrides.kind is overrides.VAR_KEYWORD and overrides.name == "overrides", name
 
 
 def test_the_table_names_every_trainer_of_the_package():

@@ -95,7 +95,7 @@ def test_train_starts_at_log2_learns_the_pairs_and_keeps_ref_frozen(tiny):
     model, _, data = tiny
     before = [p.clone() for p in model.parameters()]
     seen = []
-    out = dpo.train(None, model, data, beta=0.5, epochs=30, batch_size=4, lr=1e-2, seed=0,
+    out = dpo.train(data, ref=model, beta=0.5, epochs=30, batch_size=4, lr=1e-2, seed=0,
                     eval_data=data, eval_every=20, callback=lambda p: seen.append(1) or {"x": 1.0})
     policy, h = out.model, out.history
     assert isinstance(out.config, dpo.DPOConfig) and out.config.eval_every == 20
@@ -111,27 +111,27 @@ def test_train_starts_at_log2_learns_the_pairs_and_keeps_ref_frozen(tiny):
     for p, q in zip(before, model.parameters()):
         assert torch.equal(p, q) and not q.requires_grad
     # deterministic
-    h2 = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, lr=1e-2, seed=0).history
+    h2 = dpo.train(data, ref=model, beta=0.5, epochs=2, batch_size=4, lr=1e-2, seed=0).history
     assert h2.updates["loss"] == u["loss"][:4]
 
 
 def test_train_bad_arguments(tiny):
     model, _, data = tiny
     with pytest.raises(ValueError, match="beta"):
-        dpo.train(None, model, data, beta=0.0)
+        dpo.train(data, ref=model, beta=0.0)
     with pytest.raises(ValueError, match="lr"):
-        dpo.train(None, model, data, lr=-1.0)
+        dpo.train(data, ref=model, lr=-1.0)
     with pytest.raises(ValueError, match="epochs"):
-        dpo.train(None, model, data, epochs=0)
+        dpo.train(data, ref=model, epochs=0)
     with pytest.raises(ValueError, match="policy must not be ref"):
-        dpo.train(model, model, data)
+        dpo.train(data, ref=model, policy=model)
     with pytest.raises(TypeError, match="betta"):
-        dpo.train(None, model, data, betta=0.1)
+        dpo.train(data, ref=model, betta=0.1)
     with pytest.raises(ValueError, match="data must be a dict"):
-        dpo.train(None, model, {"prompt_ids": data["prompt_ids"]})
+        dpo.train({"prompt_ids": data["prompt_ids"]}, ref=model)
     bad = dict(data, chosen_ids=data["chosen_ids"][:3], chosen_mask=data["chosen_mask"][:3])
     with pytest.raises(ValueError, match="same number"):
-        dpo.train(None, model, bad)
+        dpo.train(bad, ref=model)
 
 
 TINY_RUN = dict(beta=0.5, epochs=1, batch_size=4, lr=1e-2, seed=0)
@@ -151,7 +151,7 @@ def test_train_trains_only_what_the_caller_left_trainable(tiny):
     policy.transformer.wte.requires_grad_(False)          # the user froze the embeddings
     frozen, before = policy.transformer.wte.weight.clone(), _flags(policy)
     head = policy.transformer.ln_f.weight.clone()
-    dpo.train(policy, ref, data, **TINY_RUN)
+    dpo.train(data, ref=ref, policy=policy, **TINY_RUN)
     assert torch.equal(policy.transformer.wte.weight, frozen)        # not trained ...
     assert not torch.equal(policy.transformer.ln_f.weight, head)     # ... the rest is
     assert _flags(policy) == before                                   # still frozen, still in eval mode
@@ -160,7 +160,7 @@ def test_train_trains_only_what_the_caller_left_trainable(tiny):
 def test_train_refuses_a_policy_with_nothing_trainable(tiny):
     ref, tok, data = tiny
     with pytest.raises(ValueError, match=r"policy has no trainable parameter \(requires_grad is False"):
-        dpo.train(_fresh(tok).requires_grad_(False), ref, data, **TINY_RUN)
+        dpo.train(data, ref=ref, policy=_fresh(tok).requires_grad_(False), **TINY_RUN)
 
 
 def test_train_leaves_the_callers_ref_and_policy_as_found(tiny):
@@ -169,11 +169,11 @@ def test_train_leaves_the_callers_ref_and_policy_as_found(tiny):
     ref.eval()
     ref.lm_head.train()
     before = _flags(ref)
-    out = dpo.train(None, ref, data, eval_data=data, **TINY_RUN)
+    out = dpo.train(data, ref=ref, eval_data=data, **TINY_RUN)
     assert _flags(ref) == before
     assert not out.model.training and all(p.requires_grad for p in out.model.parameters())  # the copy: eval mode
     policy = _fresh(tok).train()
-    dpo.train(policy, ref, data, **TINY_RUN)
+    dpo.train(data, ref=ref, policy=policy, **TINY_RUN)
     assert policy.training and _flags(ref) == before
 
 
@@ -188,62 +188,62 @@ def test_train_restores_the_callers_models_after_an_error(tiny, monkeypatch):
 
     monkeypatch.setattr(dpo, "dpo_step", failing_step)
     with pytest.raises(RuntimeError, match="out of memory"):
-        dpo.train(policy, ref, data, **TINY_RUN)
+        dpo.train(data, ref=ref, policy=policy, **TINY_RUN)
     assert _flags(policy) == before and _flags(ref) == ref_before
 
 
 def test_train_refuses_float16_where_it_trains(tiny):
     ref, tok, data = tiny
     with pytest.raises(TypeError, match=r"ref has torch.float16 parameters.*allowed: float32, float64 or bfloat16"):
-        dpo.train(None, copy.deepcopy(ref).half(), data, **TINY_RUN)
+        dpo.train(data, ref=copy.deepcopy(ref).half(), **TINY_RUN)
     with pytest.raises(TypeError, match="policy has torch.float16 parameters"):
-        dpo.train(_fresh(tok).half(), ref, data, **TINY_RUN)
+        dpo.train(data, ref=ref, policy=_fresh(tok).half(), **TINY_RUN)
     # the neighbours: a bfloat16 policy trains; a float16 reference that is only run is accepted
-    out = dpo.train(_fresh(tok).to(torch.bfloat16), ref, data, **TINY_RUN)
+    out = dpo.train(data, ref=ref, policy=_fresh(tok).to(torch.bfloat16), **TINY_RUN)
     assert np.isfinite(out.history.update_array("loss")).all()
-    out = dpo.train(_fresh(tok), copy.deepcopy(ref).half(), data, **TINY_RUN)
+    out = dpo.train(data, ref=copy.deepcopy(ref).half(), policy=_fresh(tok), **TINY_RUN)
     assert np.isfinite(out.history.update_array("loss")).all()
 
 
 def test_train_refuses_data_in_the_wrong_containers(tiny):
     ref, tok, data = tiny
     with pytest.raises(TypeError, match=r"data\['prompt_ids'\] must be a 2-D integer torch.Tensor .* got list"):
-        dpo.train(None, ref, {k: v.tolist() for k, v in data.items()}, **TINY_RUN)
+        dpo.train({k: v.tolist() for k, v in data.items()}, ref=ref, **TINY_RUN)
     prefs = Preferences(["a :"], ["good ."], ["bad ."], torch.zeros(1), torch.zeros(1))
     with pytest.raises(TypeError, match=r"data must be a dict with the tensors .* got Preferences"):
-        dpo.train(None, ref, prefs, **TINY_RUN)
+        dpo.train(prefs, ref=ref, **TINY_RUN)
     with pytest.raises(TypeError, match=r"data\['chosen_ids'\] must be a 2-D integer torch.Tensor .* torch.float32"):
-        dpo.train(None, ref, dict(data, chosen_ids=data["chosen_ids"].float()), **TINY_RUN)
+        dpo.train(dict(data, chosen_ids=data["chosen_ids"].float()), ref=ref, **TINY_RUN)
     with pytest.raises(ValueError, match=r"data\['rejected_mask'\] must have the shape of data\['rejected_ids'\]"):
-        dpo.train(None, ref, dict(data, rejected_mask=data["rejected_mask"][:, :2]), **TINY_RUN)
+        dpo.train(dict(data, rejected_mask=data["rejected_mask"][:, :2]), ref=ref, **TINY_RUN)
 
 
 def test_train_checks_eval_data_like_data(tiny):
     ref, _, data = tiny
     with pytest.raises(TypeError, match="eval_data must be a dict with the tensors .* got list"):
-        dpo.train(None, ref, data, eval_data=[data], **TINY_RUN)
+        dpo.train(data, ref=ref, eval_data=[data], **TINY_RUN)
     with pytest.raises(ValueError, match=r"eval_data must be a dict .* missing \['chosen_ids'"):
-        dpo.train(None, ref, data, eval_data={k: v for k, v in data.items() if k != "chosen_ids"}, **TINY_RUN)
+        dpo.train(data, ref=ref, eval_data={k: v for k, v in data.items() if k != "chosen_ids"}, **TINY_RUN)
     with pytest.raises(TypeError, match=r"eval_data\['prompt_mask'\] must be a 2-D integer torch.Tensor"):
-        dpo.train(None, ref, data, eval_data=dict(data, prompt_mask=data["prompt_mask"][0]), **TINY_RUN)
+        dpo.train(data, ref=ref, eval_data=dict(data, prompt_mask=data["prompt_mask"][0]), **TINY_RUN)
 
 
 def test_train_refuses_ref_logps_that_are_not_two_finite_tensors(tiny):
     ref, _, data = tiny
     c, r = pairs.reference_logps(ref, data)
     with pytest.raises(TypeError, match="ref_logps must be two tensors"):
-        dpo.train(None, ref, data, ref_logps=(c.tolist(), r.tolist()), **TINY_RUN)
+        dpo.train(data, ref=ref, ref_logps=(c.tolist(), r.tolist()), **TINY_RUN)
     with pytest.raises(ValueError, match="ref_logps must be finite"):
-        dpo.train(None, ref, data, ref_logps=(c, torch.full_like(r, float("nan"))), **TINY_RUN)
+        dpo.train(data, ref=ref, ref_logps=(c, torch.full_like(r, float("nan"))), **TINY_RUN)
 
 
 def test_callback_none_logs_nothing_and_scalars_of_any_kind_are_numbers(tiny):
     ref, _, data = tiny
-    out = dpo.train(None, ref, data, callback=lambda policy: None, **TINY_RUN)
+    out = dpo.train(data, ref=ref, callback=lambda policy: None, **TINY_RUN)
     assert [k for k in out.history.updates if k.startswith("eval/")] == ["eval/step"]
     values = {"np32": np.float32(0.25), "np_int": np.int64(3), "np0d": np.array(1.5), "torch0d": torch.tensor(2.5),
               "int": 4, "float": 0.5}
-    u = dpo.train(None, ref, data, callback=lambda policy: values, **TINY_RUN).history.updates
+    u = dpo.train(data, ref=ref, callback=lambda policy: values, **TINY_RUN).history.updates
     assert {k: u[f"eval/{k}"] for k in values} == {"np32": [0.25], "np_int": [3.0], "np0d": [1.5], "torch0d": [2.5],
                                                     "int": [4.0], "float": [0.5]}
 
@@ -258,13 +258,13 @@ def test_callback_none_logs_nothing_and_scalars_of_any_kind_are_numbers(tiny):
 def test_callback_values_that_are_not_numbers_are_refused_by_name(tiny, returned, error, match):
     ref, _, data = tiny
     with pytest.raises(error, match=match):
-        dpo.train(None, ref, data, callback=lambda policy: returned, **TINY_RUN)
+        dpo.train(data, ref=ref, callback=lambda policy: returned, **TINY_RUN)
 
 
 def test_callback_must_be_callable(tiny):
     ref, _, data = tiny
     with pytest.raises(TypeError, match="callback must be a function"):
-        dpo.train(None, ref, data, callback={"x": 1.0}, **TINY_RUN)
+        dpo.train(data, ref=ref, callback={"x": 1.0}, **TINY_RUN)
 
 
 def test_ctrl_c_in_the_reference_pass_raises_training_interrupted(tiny):
@@ -277,7 +277,7 @@ def test_ctrl_c_in_the_reference_pass_raises_training_interrupted(tiny):
     handle = ref.register_forward_pre_hook(interrupt, with_kwargs=True)
     try:
         with pytest.raises(KeyboardInterrupt) as stop:
-            dpo.train(None, ref, data, **TINY_RUN)
+            dpo.train(data, ref=ref, **TINY_RUN)
     finally:
         handle.remove()
     assert isinstance(stop.value, TrainingInterrupted) and "after 0 complete updates" in str(stop.value)
@@ -311,11 +311,11 @@ def test_dpo_gradient_refuses_no_pairs_no_graph_and_mismatched_shapes():
 def test_train_reuses_given_reference_logps(tiny):
     model, _, data = tiny
     ref = pairs.reference_logps(model, data)
-    a = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, seed=1).history.updates
-    b = dpo.train(None, model, data, beta=0.5, epochs=2, batch_size=4, seed=1, ref_logps=ref).history.updates
+    a = dpo.train(data, ref=model, beta=0.5, epochs=2, batch_size=4, seed=1).history.updates
+    b = dpo.train(data, ref=model, beta=0.5, epochs=2, batch_size=4, seed=1, ref_logps=ref).history.updates
     assert a["loss"] == b["loss"] and a["rewards/margins"] == b["rewards/margins"]
     with pytest.raises(ValueError, match="ref_logps"):
-        dpo.train(None, model, data, ref_logps=(ref[0][:3], ref[1][:3]))
+        dpo.train(data, ref=model, ref_logps=(ref[0][:3], ref[1][:3]))
 
 
 # ----- a Ctrl-C inside a step, the reference as the policy (16 pairs) -------------------------------
@@ -346,13 +346,13 @@ def test_ctrl_c_inside_a_dpo_step_finishes_it_then_stops_with_the_result(monkeyp
         return stats
 
     monkeypatch.setattr(dpo, "dpo_step", recording_step)
-    full = dpo.train(None, ref, data, **kw)
+    full = dpo.train(data, ref=ref, **kw)
     assert len(snapshots) == 8
     # the same run, with Ctrl-C at the start of the third step
     calls = []
     monkeypatch.setattr(dpo, "dpo_step", sigint_on_call(original_step, 3, calls))
     with pytest.raises(TrainingInterrupted, match="after 3 complete updates") as stop:
-        dpo.train(None, ref, data, **kw)
+        dpo.train(data, ref=ref, **kw)
     out = stop.value.result
     assert len(calls) == 3 and len(out.history) == 3
     assert out.history.updates["loss"] == full.history.updates["loss"][:3]
@@ -364,7 +364,7 @@ def test_ctrl_c_inside_a_dpo_step_finishes_it_then_stops_with_the_result(monkeyp
 def test_dpo_refuses_the_reference_as_the_policy(tiny_pairs):
     ref, data = tiny_pairs
     with pytest.raises(ValueError, match="policy must not be ref itself"):
-        dpo.train(ref, ref, data)
+        dpo.train(data, ref=ref, policy=ref)
 
 
 def test_train_refuses_a_pair_with_an_empty_chosen_response(tiny):
@@ -372,7 +372,7 @@ def test_train_refuses_a_pair_with_an_empty_chosen_response(tiny):
     bad = {**data8, "chosen_mask": data8["chosen_mask"].index_fill(0, torch.tensor([0]), 0)}
     with pytest.raises(ValueError, match=r"data\['chosen_mask'\] must mark at least one token .* empty chosen "
                                          r"response at pair 0"):
-        dpo.train(None, ref, bad, batch_size=4)
+        dpo.train(bad, ref=ref, batch_size=4)
     bad = {**data8, "rejected_mask": data8["rejected_mask"].bool().index_fill(0, torch.tensor([5]), False)}
     with pytest.raises(ValueError, match=r"data\['rejected_mask'\] .* at pair 5"):
         pairs.check_pairs(bad)
@@ -417,7 +417,7 @@ def test_ipo_loss_bad_shapes_and_non_finite():
 def test_ipo_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
     model, _, data = tiny
     before = [p.clone() for p in model.parameters()]
-    out = dpo.train(None, model, data, eval_data=data, **{**IPO_RUN, "epochs": 40})
+    out = dpo.train(data, ref=model, eval_data=data, **{**IPO_RUN, "epochs": 40})
     u = out.history.updates
     assert u["loss"][0] == pytest.approx(1.0, abs=1e-5)            # h = 0 at the start: (0 - 1)^2
     assert u["rewards/accuracies"][0] == 0.5                        # ties count one half
@@ -425,21 +425,21 @@ def test_ipo_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
     assert u["eval/loss"][-1] < 0.02
     for p, q in zip(before, model.parameters()):
         assert torch.equal(p, q)
-    again = dpo.train(None, model, data, **IPO_RUN)
+    again = dpo.train(data, ref=model, **IPO_RUN)
     assert again.history.updates["loss"] == u["loss"][:2]
-    norm = dpo.train(None, model, data, length_normalize=True, **IPO_RUN)
+    norm = dpo.train(data, ref=model, length_normalize=True, **IPO_RUN)
     assert norm.history.updates["loss"][0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_ipo_train_callback_before_and_after_each_epoch(tiny):
     model, _, data = tiny
     seen = []
-    out = dpo.train(None, model, data, beta=0.5, epochs=3, batch_size=4, lr=1e-2, seed=0, loss_type="ipo",
+    out = dpo.train(data, ref=model, beta=0.5, epochs=3, batch_size=4, lr=1e-2, seed=0, loss_type="ipo",
                     eval_every=2, callback=lambda policy: seen.append(policy.training) or {"n": len(seen)})
     assert out.history.update_array("eval/step").tolist() == [0, 2, 4, 6]      # 8 pairs: 2 steps per epoch
     assert out.history.update_array("eval/n").tolist() == [1, 2, 3, 4] and seen == [False] * 4   # in eval mode
     assert "eval/loss" not in out.history.updates
-    plain = dpo.train(None, model, data, **{**IPO_RUN, "epochs": 3})
+    plain = dpo.train(data, ref=model, **{**IPO_RUN, "epochs": 3})
     assert plain.history.updates["loss"] == out.history.updates["loss"]      # the callback does not perturb training
 
 
@@ -449,9 +449,9 @@ def test_ipo_train_callback_before_and_after_each_epoch(tiny):
 def test_ipo_train_bad_arguments(tiny, kwargs, name):
     model, _, data = tiny
     with pytest.raises((ValueError, TypeError), match=name):
-        dpo.train(None, model, data, **{"loss_type": "ipo", **kwargs})
+        dpo.train(data, ref=model, **{"loss_type": "ipo", **kwargs})
     with pytest.raises(ValueError, match="data"):
-        dpo.train(None, model, {"prompt_ids": 1})
+        dpo.train({"prompt_ids": 1}, ref=model)
 
 
 def test_ipo_train_leaves_the_callers_ref_as_found(tiny):
@@ -459,7 +459,7 @@ def test_ipo_train_leaves_the_callers_ref_as_found(tiny):
     ref = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).train()   # trainable, in train mode
     ref.lm_head.eval()
     before = _flags(ref)
-    out = dpo.train(None, ref, data, eval_data=data, **IPO_RUN)
+    out = dpo.train(data, ref=ref, eval_data=data, **IPO_RUN)
     assert _flags(ref) == before
     assert not out.model.training and out.model is not ref
 
@@ -474,7 +474,7 @@ def test_ipo_train_restores_ref_after_an_error(tiny, monkeypatch):
 
     monkeypatch.setitem(dpo.LOSS_TYPES, "ipo", failing_loss)
     with pytest.raises(RuntimeError, match="boom"):
-        dpo.train(None, ref, data, **IPO_RUN)
+        dpo.train(data, ref=ref, **IPO_RUN)
     assert _flags(ref) == before
 
 
@@ -484,7 +484,7 @@ def test_ipo_ctrl_c_in_the_reference_pass_or_the_first_callback_raises_training_
     handle = ref.register_forward_pre_hook(lambda module, args: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         with pytest.raises(KeyboardInterrupt) as stop:
-            dpo.train(None, ref, data, **IPO_RUN)
+            dpo.train(data, ref=ref, **IPO_RUN)
     finally:
         handle.remove()
     assert isinstance(stop.value, TrainingInterrupted) and len(stop.value.result.history) == 0
@@ -493,7 +493,7 @@ def test_ipo_ctrl_c_in_the_reference_pass_or_the_first_callback_raises_training_
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as stop:
-        dpo.train(None, ref, data, callback=interrupting, **IPO_RUN)
+        dpo.train(data, ref=ref, callback=interrupting, **IPO_RUN)
     assert isinstance(stop.value, TrainingInterrupted)
     assert isinstance(stop.value.result.config, dpo.DPOConfig) and not stop.value.result.model.training
 
@@ -501,32 +501,32 @@ def test_ipo_ctrl_c_in_the_reference_pass_or_the_first_callback_raises_training_
 def test_ipo_train_checks_eval_data_like_data(tiny):
     ref, _, data = tiny
     with pytest.raises(ValueError, match=r"eval_data must be a dict with the tensors .* missing \['prompt_ids'"):
-        dpo.train(None, ref, data, eval_data={"prompt": 1}, **IPO_RUN)
+        dpo.train(data, ref=ref, eval_data={"prompt": 1}, **IPO_RUN)
     with pytest.raises(TypeError, match=r"eval_data\['chosen_ids'\] must be a 2-D integer torch.Tensor .* got list"):
-        dpo.train(None, ref, data, eval_data=dict(data, chosen_ids=data["chosen_ids"].tolist()), **IPO_RUN)
+        dpo.train(data, ref=ref, eval_data=dict(data, chosen_ids=data["chosen_ids"].tolist()), **IPO_RUN)
     with pytest.raises(TypeError, match="data must be a dict with the tensors .* got tuple"):
-        dpo.train(None, ref, tuple(data.values()), **IPO_RUN)
+        dpo.train(tuple(data.values()), ref=ref, **IPO_RUN)
 
 
 def test_ipo_train_refuses_a_float16_ref_and_trains_a_bfloat16_one(tiny):
     ref, _, data = tiny
     with pytest.raises(TypeError, match=r"ref has torch.float16 parameters.*allowed: float32, float64 or bfloat16"):
-        dpo.train(None, copy.deepcopy(ref).half(), data, **IPO_RUN)
-    out = dpo.train(None, copy.deepcopy(ref).to(torch.bfloat16), data, **IPO_RUN)
+        dpo.train(data, ref=copy.deepcopy(ref).half(), **IPO_RUN)
+    out = dpo.train(data, ref=copy.deepcopy(ref).to(torch.bfloat16), **IPO_RUN)
     assert np.isfinite(out.history.update_array("loss")).all()
 
 
 def test_ipo_callback_none_numpy_scalars_and_non_numbers(tiny):
     ref, _, data = tiny
-    out = dpo.train(None, ref, data, callback=lambda policy: None, **IPO_RUN)
+    out = dpo.train(data, ref=ref, callback=lambda policy: None, **IPO_RUN)
     assert [k for k in out.history.updates if k.startswith("eval/")] == ["eval/step"]
-    out = dpo.train(None, ref, data, callback=lambda policy: {"r": np.float32(0.5), "kl": torch.tensor(0.25)},
+    out = dpo.train(data, ref=ref, callback=lambda policy: {"r": np.float32(0.5), "kl": torch.tensor(0.25)},
                     eval_every=2, **IPO_RUN)                                       # before training and at step 2
     assert out.history.updates["eval/r"] == [0.5, 0.5] and out.history.updates["eval/kl"] == [0.25, 0.25]
     with pytest.raises(TypeError, match=r"callback's value for 'text' must be a real number .* got 'skipped'"):
-        dpo.train(None, ref, data, callback=lambda policy: {"text": "skipped"}, **IPO_RUN)
+        dpo.train(data, ref=ref, callback=lambda policy: {"text": "skipped"}, **IPO_RUN)
     with pytest.raises(ValueError, match="callback's key 'margin' clashes with the trainer's own eval/margin"):
-        dpo.train(None, ref, data, callback=lambda policy: {"margin": 1.0}, **IPO_RUN)
+        dpo.train(data, ref=ref, callback=lambda policy: {"margin": 1.0}, **IPO_RUN)
 
 
 def test_per_token_divides_by_the_response_lengths_and_loss_types_are_trls_names(tiny):
