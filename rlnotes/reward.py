@@ -148,6 +148,7 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
     ``seed``: an integer in [0, 2**63) (``utils.check_seed``)."""
     prompts, seed = sentiment.check_texts("prompts", prompts), check_seed("seed", seed)
     batch_size = check_positive_int("batch_size", batch_size)
+    check_model("model", model)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     y1, y2 = [], []

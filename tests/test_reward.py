@@ -270,6 +270,8 @@ def test_label_preferences_and_reward_model_name_what_is_not_a_task_or_lm():
         reward.label_preferences(None, ["x"], ["a"], ["c"], seed=0)
     with pytest.raises(TypeError, match="base_lm must be a transformers causal LM .* got Linear"):
         reward.RewardModel(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got NoneType"):
+        reward.sample_pairs(None, None, ["x"], seed=0)
 
 
 @pytest.fixture(scope="module")
