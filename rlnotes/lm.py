@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from .kvcache import cache_kwargs, last_logits_kwargs, repeat_rows
-from .models import autocast
+from .models import autocast, check_module, check_tokenizer
 from .sentiment import check_texts
-from .utils import check_binary, check_positive, check_positive_int, get_device
+from .utils import check_binary, check_positive, check_positive_int, check_tensor, get_device
 
 __all__ = ["encode_prompts", "encode_responses", "decode_responses", "response_logits", "logprobs_from_logits",
            "token_logprobs", "sequence_logprob", "group_response_logits", "last_hidden", "stack_pairs",
@@ -38,7 +38,9 @@ MIN_TEMPERATURE = 1e-6
 
 
 def special_id(tokenizer, kind: str) -> int:
-    """``tokenizer.<kind>_token_id`` ("pad" or "eos"), or a ``ValueError`` naming the attribute to set."""
+    """``tokenizer.<kind>_token_id`` ("pad" or "eos"), or a ``ValueError`` naming the attribute to set
+    (a ``TypeError`` if ``tokenizer`` is not a tokenizer at all, ``models.check_tokenizer``)."""
+    check_tokenizer("tokenizer", tokenizer)
     value = getattr(tokenizer, f"{kind}_token_id", None)
     if value is None:
         hint = " (e.g. tokenizer.pad_token = tokenizer.eos_token, as load_causal_lm does)" if kind == "pad" else ""
@@ -71,6 +73,18 @@ def _warn_unknown(tokenizer, name: str, texts: list[str], rows: list[list[int]])
                       f"{name}[{hit[0]}])", UserWarning, stacklevel=3)
 
 
+def _usable_device(device) -> torch.device:
+    """``utils.get_device(device)``, refused (``ValueError``) when it names a CUDA or MPS device that this
+    machine does not have (torch would fail deep inside, on the first tensor moved there)."""
+    device = get_device(device)
+    missing = {"cuda": not torch.cuda.is_available(),
+               "mps": not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())}
+    if missing.get(device.type, False):
+        raise ValueError(f"device {str(device)!r} is not available on this machine: use 'cpu', or device=None "
+                         "(the best device there is)")
+    return device
+
+
 def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of the prompts, LEFT-padded to one length: ([B, P], [B, P]).
 
@@ -93,7 +107,8 @@ def encode_prompts(tokenizer, prompts: list[str], device=None) -> tuple[torch.Te
         if len(r):
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
-    return ids.to(get_device(device)), mask.to(get_device(device))
+    device = _usable_device(device)
+    return ids.to(device), mask.to(device)
 
 
 def encode_responses(tokenizer, responses: list[str], max_len: int | None = None,
@@ -119,11 +134,13 @@ def encode_responses(tokenizer, responses: list[str], max_len: int | None = None
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
-    return ids.to(get_device(device)), mask.to(get_device(device))
+    device = _usable_device(device)
+    return ids.to(device), mask.to(device)
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """The text of each response: tokens under the mask, EOS and padding dropped."""
+    check_tokenizer("tokenizer", tokenizer)
     _check_ids_mask("response", response_ids, response_mask)
     out = []
     for ids, mask in zip(response_ids.tolist(), response_mask.tolist()):
@@ -228,6 +245,7 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask,
     The output layer runs on the last T + 1 positions only (``logits_to_keep``, where the model
     takes it), and on a CUDA GPU with bf16 support the pass runs under bf16 autocast.
     """
+    check_module("model", model)
     _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask)
     ids, mask, positions = joint(prompt_ids, prompt_mask, response_ids, response_mask)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
@@ -262,16 +280,24 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     The one place where rlnotes turns logits [..., V] into the log-probabilities of the tokens
     ``ids`` [...]. Padding is filled with 0 by ``torch.where``, not multiplied by the mask, so a
     -inf logit at a padded position (a banned pad token) gives 0, not NaN (as TRL's
-    ``selective_log_softmax`` does). Refused (``ValueError``): NaN or +inf logits.
+    ``selective_log_softmax`` does). Refused: NaN or +inf logits, ``ids`` outside [0, V) (``ValueError``);
+    ``logits`` not a floating tensor, ``ids`` not an integer tensor, ``mask`` not a tensor (``TypeError``).
     """
     temperature = check_temperature(temperature)
-    if not torch.is_tensor(logits) or not torch.is_tensor(ids) or logits.shape[:-1] != ids.shape:
+    check_tensor("logits", logits)
+    check_tensor("ids", ids, "int")
+    if mask is not None:
+        check_tensor("mask", mask, "any")
+    if logits.dim() == 0 or logits.shape[:-1] != ids.shape:
         raise ValueError("logits must be [..., V] and ids [...] with the same leading shape, got "
                          f"{tuple(getattr(logits, 'shape', ()))} and {tuple(getattr(ids, 'shape', ()))}")
     if mask is not None and tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"mask must have the shape of ids {tuple(ids.shape)}, got {tuple(mask.shape)}")
     if bool((logits.isnan() | logits.isposinf()).any()):  # -inf (a banned token) is allowed, as in kl.sequence_kl
         raise ValueError("logits must not hold NaN or +inf (-inf, a token of probability 0, is allowed)")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= logits.shape[-1]):
+        raise ValueError(f"ids must be token ids in [0, {logits.shape[-1]}) (logits' last dimension), "
+                         f"got values from {int(ids.min())} to {int(ids.max())}")
     logp = F.log_softmax(logits / temperature, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     if mask is None:
         return logp
@@ -340,6 +366,7 @@ def group_response_logits(model, prompt_ids, prompt_mask, response_ids, response
     with each prompt run once: its KV cache serves its k responses. [k B, T, V], equal to
     ``response_logits`` on the prompts repeated k times (``repeat_interleave``), with (k - 1) / k of
     the prompt tokens' cost saved (DPO's and the reward model's pairs: k = 2)."""
+    check_module("model", model)
     k = group_size(prompt_ids, response_ids)
     body = getattr(model, "base_model", model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -360,6 +387,7 @@ def last_hidden(body, prompt_ids, prompt_mask, response_ids, response_mask) -> t
     each prompt run once when k > 1). ``body`` is a transformer without its output layer (the
     reward model's ``base_model``). The batch is checked as ``response_logits`` checks it: padding
     sides, token ids, prompt + response within the context (``check_context``)."""
+    check_module("body", body)
     k = group_size(prompt_ids, response_ids)
     _check_pair(body, prompt_ids, prompt_mask, response_ids, response_mask, k)
     rows = torch.arange(len(response_ids), device=response_ids.device)

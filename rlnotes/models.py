@@ -23,7 +23,37 @@ from torch import nn
 from .utils import check_positive_int, check_seed, get_device
 
 __all__ = ["tiny_gpt2", "load_causal_lm", "save_pretrained", "bf16_hardware", "autocast", "active_dropout",
-           "BARE_HUB_IDS"]
+           "check_tokenizer", "check_module", "BARE_HUB_IDS", "MAX_N_POSITIONS", "MAX_PARAMETERS"]
+
+# tiny_gpt2's limits, far above the book's models (32 positions, ~0.1 M parameters) and GPT-2 small (1024
+# positions, 124 M parameters): past them the weights alone would take minutes to initialise or more memory
+# than a laptop has, and torch's allocator fails deep inside instead of naming the argument.
+MAX_N_POSITIONS = 65536
+MAX_PARAMETERS = 200_000_000
+
+
+def check_tokenizer(name: str, tokenizer) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``tokenizer`` looks like a ``transformers`` tokenizer
+    (callable on text, with ``decode``), e.g. ``sentiment.build_tokenizer``'s or ``load_causal_lm``'s."""
+    if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
+        raise TypeError(f"{name} must be a transformers tokenizer (callable on text, with decode), e.g. "
+                        f"rlnotes.sentiment.build_tokenizer(task), got {type(tokenizer).__name__} {tokenizer!r:.60}")
+
+
+def check_module(name: str, model) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``model`` is a ``torch.nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (a causal LM), got {type(model).__name__} {model!r:.60}")
+
+
+def _check_size(tokenizer, n_layer: int, n_embd: int, n_positions: int) -> None:
+    if n_positions > MAX_N_POSITIONS:
+        raise ValueError(f"n_positions must be <= {MAX_N_POSITIONS} (MAX_N_POSITIONS), got {n_positions}")
+    params = (len(tokenizer) + n_positions) * n_embd + n_layer * (12 * n_embd ** 2 + 13 * n_embd)
+    if params > MAX_PARAMETERS:
+        raise ValueError(f"n_layer={n_layer}, n_embd={n_embd}, n_positions={n_positions} make about {params:.3g} "
+                         f"parameters, more than MAX_PARAMETERS ({MAX_PARAMETERS:.3g}; GPT-2 small has 1.24e+08): "
+                         "use load_causal_lm for a larger model")
 
 
 def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_positions: int = 32,
@@ -35,6 +65,8 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
     is GPT-2's tanh approximation as one fused kernel, several times faster than ``"gelu_new"``
     (GPT-2's original, the same formula as a composition of Python-level tensor operations),
     which agrees with it to float rounding.
+    Refused (``ValueError``): ``n_positions`` above ``MAX_N_POSITIONS`` (65536) and sizes of more than
+    ``MAX_PARAMETERS`` (2e8) parameters in all; ``tokenizer`` must be a tokenizer (``TypeError``).
     Attention uses PyTorch's fused ``scaled_dot_product_attention`` (``"sdpa"``). Scaling up to
     GPT-2 small: ``n_layer=12, n_embd=768, n_head=12``.
     """
@@ -43,12 +75,13 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
 
     if activation not in ACT2CLS:
         raise ValueError(f"activation must be one of {sorted(ACT2CLS)}, got {activation!r}")
-    for name, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head),
-                        ("n_positions", n_positions)):
-        check_positive_int(name, value)
+    check_tokenizer("tokenizer", tokenizer)
+    n_layer, n_embd, n_head, n_positions = (check_positive_int(name, value) for name, value in (
+        ("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head), ("n_positions", n_positions)))
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     seed = check_seed("seed", seed)
+    _check_size(tokenizer, n_layer, n_embd, n_positions)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                         n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -56,7 +89,9 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
                         activation_function=activation, attn_implementation="sdpa")
     from .trainer import rng_scope
 
-    with rng_scope(seed):  # the weights from ``seed``; the caller's generator is left as it was
+    # the weights from ``seed``, the caller's generator left as it was; trainable parameters even when the
+    # caller is inside torch.inference_mode() (which would make them inference tensors that autograd refuses)
+    with rng_scope(seed), torch.inference_mode(False):
         return GPT2LMHeadModel(config)
 
 
@@ -134,7 +169,13 @@ def load_causal_lm(name_or_path: str | Path, device=None):
 
 
 def save_pretrained(model, tokenizer, path: str | Path) -> None:
-    """Save a model and its tokenizer to one folder, loadable again with ``load_causal_lm``."""
+    """Save a model and its tokenizer to one folder, loadable again with ``load_causal_lm``.
+
+    ``model`` and ``tokenizer``: a ``transformers`` model and tokenizer (each with ``save_pretrained``)."""
+    for name, value in (("model", model), ("tokenizer", tokenizer)):
+        if not callable(getattr(value, "save_pretrained", None)):
+            raise TypeError(f"{name} must be a transformers {name} (with a save_pretrained method), got "
+                            f"{type(value).__name__} {value!r:.60}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder (str or Path), got {path!r}")
     folder = Path(path).expanduser()

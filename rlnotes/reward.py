@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import reprlib
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from . import lm, sampling, sentiment
 from .sft import SFTConfig, check_model
-from .trainer import History, Timer, TrainResult, atomic, make_config, progress, rng_scope, run_guard
+from .trainer import History, Timer, TrainResult, atomic, make_config, progress, run_guard, training_scope
 from .utils import check_finite, check_in_range, check_positive_int, check_same_shape, check_seed
 
 
@@ -103,15 +104,15 @@ class Preferences:
             if not isinstance(seq, (list, tuple)) or not all(isinstance(s, str) for s in seq):
                 raise ValueError(f"{name} must be a list of strings")
         n = len(self.prompts)
-        for name in ("chosen", "rejected", "r_chosen", "r_rejected"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
-        self.r_chosen = torch.as_tensor(self.r_chosen, dtype=torch.float32)
-        self.r_rejected = torch.as_tensor(self.r_rejected, dtype=torch.float32)
+        rewards = _as_rewards(r_chosen=self.r_chosen, r_rejected=self.r_rejected)  # real numbers, finite
+        self.r_chosen, self.r_rejected = (r.to(torch.float32) for r in rewards)
         for name in ("r_chosen", "r_rejected"):
             if getattr(self, name).dim() != 1:
                 raise ValueError(f"{name} must hold one reward per pair: a 1-D list or tensor of {n} numbers, "
                                  f"got shape {tuple(getattr(self, name).shape)}")
+        for name in ("chosen", "rejected", "r_chosen", "r_rejected"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} must have one entry per prompt ({n}), got {len(getattr(self, name))}")
         check_finite("r_chosen", self.r_chosen)
         check_finite("r_rejected", self.r_rejected)
 
@@ -119,7 +120,14 @@ class Preferences:
         return len(self.prompts)
 
     def subset(self, idx) -> "Preferences":
-        """The pairs at positions ``idx`` (a list of ints)."""
+        """The pairs at positions ``idx`` (a list of ints in [0, len(self)))."""
+        try:
+            idx = [operator.index(i) for i in idx]
+        except TypeError:
+            raise TypeError(f"idx must be a list of integer positions, got {reprlib.repr(idx)}") from None
+        bad = [i for i in idx if not 0 <= i < len(self)]
+        if bad:
+            raise ValueError(f"idx must hold positions in [0, {len(self)}) (the number of pairs), got {bad[0]}")
         return Preferences([self.prompts[i] for i in idx], [self.chosen[i] for i in idx],
                            [self.rejected[i] for i in idx], self.r_chosen[idx], self.r_rejected[idx])
 
@@ -140,6 +148,7 @@ def sample_pairs(model, tokenizer, prompts: list[str], *, seed: int, max_new_tok
     ``seed``: an integer in [0, 2**63) (``utils.check_seed``)."""
     prompts, seed = sentiment.check_texts("prompts", prompts), check_seed("seed", seed)
     batch_size = check_positive_int("batch_size", batch_size)
+    check_model("model", model)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     y1, y2 = [], []
@@ -163,6 +172,9 @@ def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *,
     prompts, y1, y2 = (sentiment.check_texts("prompts", prompts), sentiment.check_texts("y1", y1),
                        sentiment.check_texts("y2", y2))
     seed = check_seed("seed", seed)
+    if not callable(getattr(task, "true_rewards", None)):
+        raise TypeError(f"task must have a true_rewards(prompts, responses) method (a sentiment.SentimentTask), "
+                        f"got {type(task).__name__} {task!r:.60}")
     r1, r2 = task.true_rewards(prompts, y1), task.true_rewards(prompts, y2)
     first = torch.rand(len(prompts), generator=torch.Generator().manual_seed(seed)) < bt_probability(r1, r2)
     chosen = [a if f else b for a, b, f in zip(y1, y2, first.tolist())]
@@ -179,6 +191,10 @@ class RewardModel(nn.Module):
 
     def __init__(self, base_lm):
         check_model("base_lm", base_lm)
+        if not isinstance(getattr(getattr(base_lm, "config", None), "hidden_size", None), int) or \
+                not isinstance(getattr(base_lm, "base_model", None), nn.Module):
+            raise TypeError(f"base_lm must be a transformers causal LM (with .config.hidden_size and .base_model, "
+                            f"e.g. models.tiny_gpt2's), got {type(base_lm).__name__}")
         super().__init__()
         self.lm = copy.deepcopy(base_lm).requires_grad_(True)
         self.head = nn.Linear(self.lm.config.hidden_size, 1)
@@ -254,37 +270,52 @@ def train(prefs: Preferences, config: RewardConfig | None = None, *, sft, tokeni
     ``prefs`` are the labelled pairs, ``sft`` the LM the reward model starts from (copied, not
     changed), ``tokenizer`` its tokenizer. Settings: those of ``RewardConfig``, as keywords or a ``config``.
     Returns a ``TrainResult`` whose ``model`` is the ``RewardModel`` (frozen); logs per step
-    ``loss``, ``accuracy`` (on the mini-batch, ``preference_accuracy``) and ``seconds``.
+    ``loss``, ``accuracy`` (on the mini-batch, ``preference_accuracy``) and ``seconds``. Refused: an ``sft``
+    that is not a causal LM or has float16 parameters (``TypeError``: the copy is trained, ``sft.check_model``).
+    Runs with gradients on and float32 as the default dtype (``trainer.training_scope``). A Ctrl-C raises
+    ``TrainingInterrupted`` whose ``.result`` holds the reward model so far (None before it is built; not
+    normalised, not frozen).
     """
     if not isinstance(prefs, Preferences):
         raise TypeError(f"prefs must be a Preferences, got {type(prefs).__name__}")
     cfg = make_config(RewardConfig, config, **overrides)
+    check_model("sft", sft, trained=True)
+    lm.special_id(tokenizer, "pad")
     device = next(sft.parameters()).device
     history = History()
-    with rng_scope(cfg.seed):
-        rm = RewardModel(sft).to(device)
-        t = prefs.encode(tokenizer, device)
-        opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        result = TrainResult(rm, history, cfg)
-        rm.train()
-        with run_guard(lambda: result, rm.eval):
-            for _ in progress(range(cfg.steps), cfg.progress, desc="reward model"):
-                with atomic():
-                    with Timer() as timer:
-                        idx = torch.randint(len(prefs), (cfg.batch_size,), generator=gen).to(device)
-                        pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, tokenizer.pad_token_id)
-                        rc, rr = rm(*pairs).view(-1, 2).unbind(1)  # one pass, each prompt run once
-                        loss = reward_loss(rc, rr)
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        sched.step()
-                    history.log(loss=loss, accuracy=preference_accuracy(rc.detach(), rr.detach()), seconds=timer.seconds)
-    rm.normalize_(tokenizer, list(prefs.prompts) * 2, list(prefs.chosen) + list(prefs.rejected))
-    rm.requires_grad_(False)
-    return result
+    made = {}  # the reward model, once built: a Ctrl-C from the call's start on hands back what there is
+    with training_scope(cfg.seed), run_guard(lambda: TrainResult(made.get("rm"), history, cfg)):
+        rm = made["rm"] = RewardModel(sft).to(device)
+        _fit(rm, prefs.encode(tokenizer, device), cfg, history, tokenizer.pad_token_id)
+        rm.normalize_(tokenizer, list(prefs.prompts) * 2, list(prefs.chosen) + list(prefs.rejected))
+        rm.requires_grad_(False)
+    return TrainResult(rm, history, cfg)
+
+
+def _fit(rm: RewardModel, t: dict, cfg: RewardConfig, history: History, pad_id: int) -> None:
+    """The reward model's loop: ``cfg.steps`` AdamW steps on mini-batches of the encoded pairs ``t``."""
+    device = next(rm.parameters()).device
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(t["prompt_ids"])
+    rm.train()
+    try:
+        for _ in progress(range(cfg.steps), cfg.progress, desc="reward model"):
+            with atomic():
+                with Timer() as timer:
+                    idx = torch.randint(n, (cfg.batch_size,), generator=gen).to(device)
+                    pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, pad_id)
+                    rc, rr = rm(*pairs).view(-1, 2).unbind(1)  # one pass, each prompt run once
+                    loss = reward_loss(rc, rr)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                accuracy = preference_accuracy(rc.detach(), rr.detach())
+                history.log(loss=loss, accuracy=accuracy, seconds=timer.seconds)
+    finally:
+        rm.eval()
 
 
 # ------------------------------------------------------------ what a reward function returns

@@ -10,10 +10,15 @@ import torch
 
 from .kvcache import cache_kwargs, last_logits_kwargs, repeat_rows, select_rows, with_room
 from .lm import check_context, check_prompts, check_temperature, special_id
-from .models import autocast
+from .models import autocast, check_module
 from .utils import check_positive_int
 
-__all__ = ["sample"]
+__all__ = ["sample", "MAX_SAMPLES_PER_PROMPT"]
+
+# The largest k (samples per prompt): the book draws at most 8 and the tests 16 (GRPO's and RLOO's groups);
+# at 1024 a batch of prompts is sampled in seconds on the toy model, while k = 10**6 would copy each
+# prompt's KV cache a million times and run for minutes before the allocator fails.
+MAX_SAMPLES_PER_PROMPT = 1024
 
 
 @torch.no_grad()
@@ -39,12 +44,15 @@ def sample(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens: int = 8, t
 
     Refused: prompts that are not LEFT-padded (as ``encode_prompts`` makes them), a ``prompt_mask``
     not of 0s and 1s, ids that are not integers in [0, vocabulary), a ``temperature`` below
-    ``MIN_TEMPERATURE`` (1e-6), a tokenizer without a pad or an EOS token, and prompt +
-    ``max_new_tokens`` past the model's context.
+    ``MIN_TEMPERATURE`` (1e-6), a tokenizer without a pad or an EOS token, prompt +
+    ``max_new_tokens`` past the model's context, and ``k`` above ``MAX_SAMPLES_PER_PROMPT`` (1024).
     """
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     temperature = check_temperature(temperature)
     k = check_positive_int("k", k)
+    if k > MAX_SAMPLES_PER_PROMPT:
+        raise ValueError(f"k must be <= {MAX_SAMPLES_PER_PROMPT} (MAX_SAMPLES_PER_PROMPT, samples per prompt), got {k}")
+    check_module("model", model)
     check_prompts(model, prompt_ids, prompt_mask)
     pad_id, eos_id = special_id(tokenizer, "pad"), special_id(tokenizer, "eos")
     # every token but the last sampled one is fed back: the positions run to prompt + max_new_tokens - 1

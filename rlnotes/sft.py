@@ -16,13 +16,18 @@ from dataclasses import dataclass
 import torch
 
 from . import lm, sentiment
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+                      training_scope)
 from .utils import check_positive, check_positive_int, check_seed
 
 # ----------------------------------------------------------- what a trainer does to the caller's models
 
 TRAIN_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+# The largest batch_size (texts per SFT step, pairs per reward-model step): the book uses at most 64 and the tests
+# 1000; at 4096 a step of the toy model takes about a second on a CPU, while 10**6 runs for minutes per step
+# before the allocator fails.
+MAX_BATCH_SIZE = 4096
 
 
 def check_model(name: str, model, trained: bool = False) -> None:
@@ -31,10 +36,15 @@ def check_model(name: str, model, trained: bool = False) -> None:
 
     float16 is refused on every device: the trainers keep no float32 master weights and scale no
     loss, and AdamW's eps (1e-8) is 0 in float16, so a parameter whose gradient is 0 becomes
-    0 / 0 = NaN at the first step. A model that is only run (a frozen reference) may be in any dtype.
+    0 / 0 = NaN at the first step. Also with ``trained``, ``ValueError`` for parameters made inside
+    ``torch.inference_mode()`` (inference tensors, which autograd cannot train). A model that is only run
+    (a frozen reference) may be in any dtype.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module (a causal LM), got {type(model).__name__}")
+    if trained and any(p.is_inference() for p in model.parameters()):
+        raise ValueError(f"{name} was built inside torch.inference_mode(): its parameters are inference tensors, "
+                         f"which autograd cannot train; build it outside inference_mode")
     if trained:
         bad = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()}
                      - {str(d) for d in TRAIN_DTYPES})
@@ -121,7 +131,8 @@ def check_corpus(data) -> tuple[list[str], list[str]]:
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig(Config):
     """SFT: ``steps`` AdamW steps (learning rate ``lr``, annealed linearly to 0), each on
-    ``batch_size`` (prompt, response) pairs drawn at random from the corpus, reproducibly from ``seed``."""
+    ``batch_size`` (prompt, response) pairs drawn at random from the corpus (at most ``MAX_BATCH_SIZE``, 4096),
+    reproducibly from ``seed``."""
 
     steps: int = 300
     batch_size: int = 64
@@ -132,6 +143,8 @@ class SFTConfig(Config):
     def __post_init__(self):
         self.check("steps", check_positive_int)
         self.check("batch_size", check_positive_int)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be <= {MAX_BATCH_SIZE} (MAX_BATCH_SIZE), got {self.batch_size}")
         self.check("lr", check_positive)
         self.check("seed", check_seed)
         self.check("progress", check_bool)
@@ -147,14 +160,15 @@ def train(data, config: SFTConfig | None = None, *, model, tokenizer, **override
     trainable (``requires_grad=True``) are trained, and ``model`` is handed back in the
     train/eval mode it came in, also after an error or an interrupt (``TrainingInterrupted``).
     Refused: a model with no trainable parameter (``ValueError``) or with float16 parameters
-    (``TypeError``: allowed are float32, float64 and bfloat16, ``check_model``).
+    (``TypeError``: allowed are float32, float64 and bfloat16, ``check_model``). Runs with gradients on and
+    float32 as the default dtype (``trainer.training_scope``), inside a caller's ``torch.no_grad()`` too.
     """
     cfg = make_config(SFTConfig, config, **overrides)
     prompts, responses = check_corpus(data)
     check_trainable("model", model)
     history = History()
     result = TrainResult(model, history, cfg)
-    with kept_as_found(model), rng_scope(cfg.seed), run_guard(lambda: result):
+    with kept_as_found(model), training_scope(cfg.seed), run_guard(lambda: result):
         device = next(model.parameters()).device
         P, Pm = lm.encode_prompts(tokenizer, prompts, device)
         R, Rm = lm.encode_responses(tokenizer, responses, device=device)

@@ -289,3 +289,46 @@ def test_logprobs_from_logits_refuses_nan_and_plus_inf_logits(batch):  # fix27 i
         lm.logprobs_from_logits(logits.index_fill(-1, torch.tensor([0]), math.inf), r, rm)
     banned = logits.index_fill(-1, torch.tensor([0]), -math.inf)  # -inf: a banned token, allowed
     assert torch.isfinite(lm.logprobs_from_logits(banned, r, rm)).all()
+
+
+# ------------------------------------------------------------------ issue 27, round two: bad input
+
+def test_a_tokenizer_that_is_none_is_named_as_such(batch):
+    _, _, r, rm = batch
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
+        lm.encode_prompts(None, ["review :"])
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
+        lm.decode_responses(None, r, rm)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_is_named(tok):
+    with pytest.raises(ValueError, match="device 'cuda' is not available on this machine"):
+        lm.encode_prompts(tok, ["review :"], device="cuda")
+    with pytest.raises(ValueError, match="device 'cuda' is not available on this machine"):
+        lm.encode_responses(tok, ["good ."], device="cuda")
+
+
+def test_a_model_or_body_that_is_none_is_named(tok, model, batch):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got NoneType"):
+        lm.response_logits(None, *batch)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got NoneType"):
+        lm.group_response_logits(None, *batch)
+    with pytest.raises(TypeError, match="body must be a torch.nn.Module .* got NoneType"):
+        lm.last_hidden(None, *batch)
+
+
+def test_logprobs_from_logits_names_bad_ids_and_mask(model, batch):
+    p, pm, r, rm = batch
+    with torch.no_grad():
+        logits = lm.response_logits(model, p, pm, r, rm)
+    with pytest.raises(ValueError, match=r"ids must be token ids in \[0, \d+\) \(logits' last dimension\), got values"):
+        lm.logprobs_from_logits(logits, r + 1000, rm)
+    with pytest.raises(ValueError, match=r"ids must be token ids in \[0, \d+\)"):
+        lm.logprobs_from_logits(logits, r - 1000, rm)
+    with pytest.raises(TypeError, match="ids must be a tensor of an integer dtype, got dtype torch.float32"):
+        lm.logprobs_from_logits(logits, r.float(), rm)
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor, got list"):
+        lm.logprobs_from_logits(logits, r, rm.tolist())
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
+        lm.logprobs_from_logits(logits.tolist(), r, rm)

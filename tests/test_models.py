@@ -200,3 +200,35 @@ def test_save_onto_a_file_is_an_error(tmp_path, tok, model):
     with pytest.raises(ValueError, match="model.bin' is a file"):
         models.save_pretrained(model, tok, target)
     assert target.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------ issue 27, round two: bad input
+
+def test_tiny_gpt2_names_a_tokenizer_that_is_not_one():
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
+        models.tiny_gpt2(None)
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got str 'gpt2'"):
+        models.tiny_gpt2("gpt2")
+
+
+def test_tiny_gpt2_refuses_huge_sizes(tok):
+    with pytest.raises(ValueError, match=r"n_positions must be <= 65536 \(MAX_N_POSITIONS\), got 1000000000"):
+        models.tiny_gpt2(tok, n_positions=10**9)
+    with pytest.raises(ValueError, match=r"n_layer=1000000, n_embd=64, .* more than MAX_PARAMETERS"):
+        models.tiny_gpt2(tok, n_layer=10**6)
+    assert models.MAX_N_POSITIONS == 65536 and models.MAX_PARAMETERS == 200_000_000
+
+
+def test_tiny_gpt2_inside_inference_mode_is_trainable(tok):
+    with torch.inference_mode():
+        model = models.tiny_gpt2(tok, seed=0)
+    assert not any(p.is_inference() for p in model.parameters())
+    assert torch.equal(model.transformer.wte.weight, models.tiny_gpt2(tok, seed=0).transformer.wte.weight)
+
+
+def test_save_pretrained_names_a_model_or_tokenizer_that_is_not_one(tok, model, tmp_path):
+    with pytest.raises(TypeError, match="model must be a transformers model .* got NoneType None"):
+        models.save_pretrained(None, tok, tmp_path / "a")
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
+        models.save_pretrained(model, None, tmp_path / "b")
+    assert not (tmp_path / "a").exists()

@@ -1,6 +1,7 @@
 """rlnotes.reward: the checks on its inputs (and ``check_rewards``, the check of what a reward
 function returns); the closed forms of the Bradley-Terry model and the loss; the trained reward model."""
 
+import copy
 import math
 
 import numpy as np
@@ -242,3 +243,84 @@ def test_check_rewards_one_number_for_one_response_and_integers():
     assert ints.dtype == torch.get_default_dtype() and ints.tolist() == [1.0, 0.0, 1.0]
     with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(3\).*got 2 values"):
         reward.check_rewards("reward_fn", [1.0, 2.0], 3)
+
+
+# ------------------------------------------------------------------ issue 27, round two: bad input
+
+def test_preferences_name_rewards_that_are_not_numbers():
+    with pytest.raises(TypeError, match=r"r_chosen must be real numbers .* got \['x'\]"):
+        reward.Preferences(["p"], ["c"], ["r"], ["x"], [0.0])
+    with pytest.raises(TypeError, match="r_chosen must be real numbers .* got None"):
+        reward.Preferences(["p"], ["c"], ["r"], None, [0.0])
+    with pytest.raises(ValueError, match=r"r_chosen must hold one reward per pair: .* got shape \(1, 1\)"):
+        reward.Preferences(["p"], ["c"], ["r"], [[1.0]], [0.0])
+
+
+def test_preferences_subset_names_a_position_out_of_range():
+    prefs = reward.Preferences(["p", "q"], ["c", "d"], ["r", "s"], [1.0, 2.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match=r"idx must hold positions in \[0, 2\) \(the number of pairs\), got 99"):
+        prefs.subset([99])
+    with pytest.raises(TypeError, match="idx must be a list of integer positions"):
+        prefs.subset(["a"])
+    assert prefs.subset(torch.tensor([1])).prompts == ["q"]
+
+
+def test_label_preferences_and_reward_model_name_what_is_not_a_task_or_lm():
+    with pytest.raises(TypeError, match=r"task must have a true_rewards\(prompts, responses\) method .* NoneType"):
+        reward.label_preferences(None, ["x"], ["a"], ["c"], seed=0)
+    with pytest.raises(TypeError, match="base_lm must be a transformers causal LM .* got Linear"):
+        reward.RewardModel(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got NoneType"):
+        reward.sample_pairs(None, None, ["x"], seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_prefs(task):
+    xs, ys = task.sft_corpus(16, seed=0)
+    return reward.label_preferences(task, xs[:8], ys[:8], ys[8:], seed=0)
+
+
+def test_train_names_an_sft_that_is_none_or_float16(tok, model, small_prefs):
+    with pytest.raises(TypeError, match="sft must be a torch.nn.Module .* got NoneType"):
+        reward.train(small_prefs, sft=None, tokenizer=tok, steps=2, batch_size=4)
+    with pytest.raises(TypeError, match="sft has torch.float16 parameters"):
+        reward.train(small_prefs, sft=copy.deepcopy(model).half(), tokenizer=tok, steps=2, batch_size=4)
+    with pytest.raises(ValueError, match=r"batch_size must be <= 4096 \(MAX_BATCH_SIZE\), got 1000000"):
+        reward.train(small_prefs, sft=model, tokenizer=tok, steps=2, batch_size=10**6)
+
+
+def test_train_runs_inside_no_grad_inference_mode_and_float64_default(tok, model, small_prefs):
+    def run():
+        out = reward.train(small_prefs, sft=model, tokenizer=tok, steps=2, batch_size=4)
+        return out.history.update_array("loss").tolist(), out.model.offset.item()
+
+    expected = run()
+    with torch.no_grad():
+        assert run() == expected
+    with torch.inference_mode():
+        assert run() == expected
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert run() == expected
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_ctrl_c_while_building_the_reward_model_gives_a_partial_result(tok, model, small_prefs, monkeypatch):
+    from rlnotes.trainer import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reward.Preferences, "encode", interrupted)
+    with pytest.raises(TrainingInterrupted) as stop:
+        reward.train(small_prefs, sft=model, tokenizer=tok, steps=2, batch_size=4)
+    assert isinstance(stop.value.result.model, reward.RewardModel) and len(stop.value.result.history) == 0
+
+
+def test_train_names_an_sft_built_inside_inference_mode(tok, small_prefs):
+    with torch.inference_mode():
+        built = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="sft was built inside torch.inference_mode"):
+        reward.train(small_prefs, sft=built, tokenizer=tok, steps=2, batch_size=4)

@@ -166,3 +166,22 @@ def test_sample_checks_ids_temperature_and_batch(tok, model):
     greedy = [sampling.sample(model, tok, p, pm, 4, temperature=lm.MIN_TEMPERATURE,
                               generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     assert torch.equal(greedy[0][0], greedy[1][0])
+
+
+# ------------------------------------------------------------------ issue 27, round two: bad input
+
+def test_sample_names_a_model_or_tokenizer_that_is_none(tok, model):
+    p, pm = lm.encode_prompts(tok, ["review :", "phone review :"])
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
+        sampling.sample(model, None, p, pm, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .* got NoneType"):
+        sampling.sample(None, tok, p, pm, 4, generator=torch.Generator().manual_seed(0))
+
+
+def test_sample_refuses_a_huge_k(tok, model):
+    p, pm = lm.encode_prompts(tok, ["review :", "phone review :"])
+    with pytest.raises(ValueError, match=r"k must be <= 1024 \(MAX_SAMPLES_PER_PROMPT, .*\), got 1000000"):
+        sampling.sample(model, tok, p, pm, 4, generator=torch.Generator().manual_seed(0), k=10**6)
+    ids, mask = sampling.sample(model, tok, p, pm, 4, generator=torch.Generator().manual_seed(0),
+                                k=sampling.MAX_SAMPLES_PER_PROMPT)
+    assert ids.shape[0] == 2 * 1024 and mask.shape == ids.shape

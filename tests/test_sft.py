@@ -158,3 +158,38 @@ def test_train_takes_its_data_as_prompts_and_responses(tok, corpus):
         sft.train((*corpus, corpus[0]), model=_fresh(tok), tokenizer=tok, **RUN)
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'tokenizer'"):
         sft.train(corpus, model=_fresh(tok), **RUN)
+
+
+# ------------------------------------------------------------------ issue 27, round two: bad input
+
+def _losses(result):
+    return result.history.update_array("loss").tolist()
+
+
+def test_train_runs_inside_no_grad_inference_mode_and_float64_default(tok, corpus):
+    expected = _losses(sft.train(corpus, model=_fresh(tok), tokenizer=tok, **RUN))
+    with torch.no_grad():
+        assert _losses(sft.train(corpus, model=_fresh(tok), tokenizer=tok, **RUN)) == expected
+    with torch.inference_mode():
+        assert _losses(sft.train(corpus, model=_fresh(tok), tokenizer=tok, **RUN)) == expected
+    model = _fresh(tok)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert _losses(sft.train(corpus, model=model, tokenizer=tok, **RUN)) == expected
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_train_names_a_model_built_inside_inference_mode(tok, corpus):
+    with torch.inference_mode():
+        model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="model was built inside torch.inference_mode"):
+        sft.train(corpus, model=model, tokenizer=tok, **RUN)
+
+
+def test_train_refuses_a_huge_batch_size(tok, corpus):
+    with pytest.raises(ValueError, match=r"batch_size must be <= 4096 \(MAX_BATCH_SIZE\), got 1000000"):
+        sft.train(corpus, model=_fresh(tok), tokenizer=tok, steps=2, batch_size=10**6)
+    assert len(sft.train(corpus, model=_fresh(tok), tokenizer=tok, steps=1, batch_size=sft.MAX_BATCH_SIZE).history) == 1
