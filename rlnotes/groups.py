@@ -127,8 +127,10 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     pass of each, every prompt run once for its k responses). With ``keep_graph`` the policy's
     scoring pass keeps its autograd graph (``Groups.first_pass``), so that an update whose one
     gradient step sees these very parameters back-propagates through it instead of running the
-    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1."""
+    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1, and
+    ``len(prompts) * k`` at most ``MAX_GROUP_SAMPLES``."""
     k = check_positive_int("k", k)
+    check_group_size(len(prompts), k, "len(prompts)", "k")
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
     p, pm = lm.encode_prompts(tokenizer, prompts, device)

@@ -88,8 +88,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
     is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
     KL term ``rlnotes.kl.k3``. Refused: arguments that are not tensors (TypeError); shapes that
-    differ, no response (N = 0), advantages that are NaN or inf, a ``mask`` that is not 0/1,
-    ``max_length`` < T (ValueError).
+    differ, no response (N = 0), log-probabilities or advantages that are NaN or inf, a ``mask``
+    that is not 0/1, ``max_length`` < T (ValueError).
     """
     for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages),
                     ("mask", mask)):
@@ -99,7 +99,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     if logp.ndim != 2 or advantages.shape != logp.shape[:1] or len(advantages) == 0:
         raise ValueError(f"logp must be [N, T] with N >= 1 and advantages [N], got shapes {tuple(logp.shape)} "
                          f"and {tuple(advantages.shape)}")
-    check_finite("advantages", advantages)
+    for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages)):
+        check_finite(name, x.detach())
     check_binary("mask", mask)
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)

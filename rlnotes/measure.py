@@ -32,22 +32,30 @@ MAX_EVAL_SAMPLES = 8192
 MAX_KL_DRAWS = 4096
 
 
+def check_causal_lm(name: str, model) -> nn.Module:
+    """Return ``model`` if it is a causal LM: a ``torch.nn.Module`` whose forward takes ``input_ids`` (as a
+    transformers model's; a forward Python cannot read is taken as it is). ``TypeError`` naming ``name``
+    for anything else, a reward model included."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a causal LM (a torch.nn.Module), got {type(model).__name__}")
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return model
+    if not any(p.name == "input_ids" or p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        raise TypeError(f"{name} must be a causal LM (its forward takes input_ids, as a transformers model's), "
+                        f"got a {type(model).__name__} whose forward takes {signature}")
+    return model
+
+
 def _lm(policy, name: str = "policy"):
-    """The causal LM of ``policy`` (a causal LM, or a ``PolicyWithValue``'s ``.lm``); ``TypeError`` naming
-    ``name`` for anything else, a reward model included (a causal LM's forward takes ``input_ids``)."""
+    """The causal LM of ``policy``: a causal LM, or a ``PolicyWithValue``'s ``.lm``."""
+    if isinstance(policy, PolicyWithValue):
+        return policy.lm
     if not isinstance(policy, nn.Module):
         raise TypeError(f"{name} must be a causal LM or a PolicyWithValue (a torch.nn.Module), "
                         f"got {type(policy).__name__}")
-    model = policy.lm if isinstance(policy, PolicyWithValue) else policy
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):  # a forward Python cannot read: taken as it is
-        return model
-    if not any(p.name == "input_ids" or p.kind is p.VAR_KEYWORD for p in params):
-        raise TypeError(f"{name} must be a causal LM (its forward takes input_ids, as a transformers model's) or a "
-                        f"PolicyWithValue, got a {type(policy).__name__} whose forward takes "
-                        f"{inspect.signature(model.forward)}")
-    return model
+    return check_causal_lm(name, policy)
 
 
 @torch.no_grad()

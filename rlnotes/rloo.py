@@ -33,6 +33,7 @@ from .groups import (check_group_size, check_groups, check_reward_fn, group_metr
                      reuses_scoring_pass, sample_groups, score_groups, step_seed)
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
                       trainable_copy, training_scope)
+from .measure import check_causal_lm
 from .prepare import check_prepared
 from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
@@ -200,9 +201,7 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
 
 def _gradient_params(policy) -> list:
     """The parameters of ``policy`` that ``gradient_variance`` differentiates: those with ``requires_grad``."""
-    if not isinstance(policy, nn.Module):
-        raise TypeError(f"policy must be a causal LM (a torch.nn.Module), got {type(policy).__name__}")
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = [p for p in check_causal_lm("policy", policy).parameters() if p.requires_grad]
     if not params:
         raise ValueError("policy has no parameter that requires a gradient (a frozen model, such as prepared.sft): "
                          "pass a trainable copy, e.g. trainer.trainable_copy(prepared.sft)")

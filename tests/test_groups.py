@@ -144,3 +144,9 @@ def test_check_group_size_names_both_arguments():
                                          rf"\({groups.MAX_GROUP_SAMPLES}\), got batch_size=2 x num_generations=10000"):
         groups.check_group_size(2, 10_000)
     groups.check_group_size(groups.MAX_GROUP_SAMPLES // 4, 4)
+
+
+def test_sample_groups_refuses_a_huge_k_before_sampling(tiny_prepared):
+    P = tiny_prepared
+    with pytest.raises(ValueError, match=r"len\(prompts\) \* k .* MAX_GROUP_SAMPLES .* got len\(prompts\)=1 x k=1"):
+        groups.sample_groups(P.sft, P.sft, P.tokenizer, ["phone review :"], 10**7, 6)

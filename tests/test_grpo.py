@@ -315,3 +315,11 @@ def test_train_inside_no_grad_gives_the_same_run(tiny_prepared):
     with torch.no_grad():
         inside = grpo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
     assert inside["loss"] == plain["loss"] and inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]
+
+
+@pytest.mark.parametrize("name", ["logp", "logp_old", "logp_ref"])
+def test_grpo_loss_names_the_log_probability_that_is_nan(name):
+    lp = torch.tensor([[-1.0, -2.0, 0.0]])
+    args = {"logp": lp, "logp_old": lp, "logp_ref": lp, name: lp * float("nan")}
+    with pytest.raises(ValueError, match=rf"^{name} must be finite"):
+        grpo.grpo_loss(**args, advantages=torch.tensor([1.0]), mask=torch.tensor([[1, 1, 0]]))

@@ -346,3 +346,9 @@ def test_train_inside_no_grad_gives_the_same_run(tiny_prepared):
     with torch.no_grad():
         inside = rloo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
     assert inside["loss"] == plain["loss"] and inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]
+
+
+def test_gradient_variance_refuses_a_reward_model_as_policy(tiny_prepared):
+    rm = trainable_copy(tiny_prepared.reward_model)
+    with pytest.raises(TypeError, match=r"policy must be a causal LM \(its forward .* got a RewardModel"):
+        rloo.gradient_variance(rm, tiny_prepared, ["phone review :"], k=2, repeats=2, value_samples=2)
