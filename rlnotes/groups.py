@@ -12,6 +12,7 @@ can serve the update's forward pass (the group trainers and chapter 4's ``rlhf.c
 
 from __future__ import annotations
 
+import inspect
 import reprlib
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ from . import lm, models, sampling
 from .kl import sequence_kl
 from .reward import check_rewards
 from .utils import check_finite, check_positive_int
+
+# The most responses one step of a group trainer samples (``batch_size * num_generations``; in the book
+# at most 16 x 8) or ``rloo.gradient_variance`` draws at once: a step at the limit takes seconds on a CPU,
+# where far larger groups would run for hours or exhaust memory.
+MAX_GROUP_SAMPLES = 4096
+
+
+def check_group_size(n_prompts: int, k: int, prompts_name: str = "batch_size", k_name: str = "num_generations") -> None:
+    """``ValueError`` naming both arguments unless ``n_prompts * k`` <= ``MAX_GROUP_SAMPLES``."""
+    if n_prompts * k > MAX_GROUP_SAMPLES:
+        raise ValueError(f"{prompts_name} * {k_name} (the responses sampled at once) must be <= MAX_GROUP_SAMPLES "
+                         f"({MAX_GROUP_SAMPLES}), got {prompts_name}={n_prompts} x {k_name}={k} = {n_prompts * k}")
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -114,8 +127,10 @@ def sample_groups(policy, ref, tokenizer, prompts: list[str], k: int, max_new_to
     pass of each, every prompt run once for its k responses). With ``keep_graph`` the policy's
     scoring pass keeps its autograd graph (``Groups.first_pass``), so that an update whose one
     gradient step sees these very parameters back-propagates through it instead of running the
-    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1."""
+    same forward pass again (``reuses_scoring_pass``). ``k`` must be a whole number >= 1, and
+    ``len(prompts) * k`` at most ``MAX_GROUP_SAMPLES``."""
     k = check_positive_int("k", k)
+    check_group_size(len(prompts), k, "len(prompts)", "k")
     device = next(policy.parameters()).device
     repeated = [x for x in prompts for _ in range(k)]
     p, pm = lm.encode_prompts(tokenizer, prompts, device)
@@ -149,10 +164,21 @@ def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool 
 
 
 def check_reward_fn(reward_fn):
-    """Return ``reward_fn`` if it is None or callable, else raise ``TypeError``."""
+    """Return ``reward_fn`` if it is None or a callable that takes (prompts, responses), else raise
+    ``TypeError`` (a callable whose signature Python cannot read is accepted as it is)."""
+    allowed = "a function (prompts, responses) -> one number per response, or None (the verifiable r*)"
     if reward_fn is not None and not callable(reward_fn):
-        raise TypeError(f"reward_fn must be a function (prompts, responses) -> one number per response, or None "
-                        f"(the verifiable r*), got {type(reward_fn).__name__} {reprlib.repr(reward_fn)}")
+        raise TypeError(f"reward_fn must be {allowed}, got {type(reward_fn).__name__} {reprlib.repr(reward_fn)}")
+    try:
+        signature = inspect.signature(reward_fn) if reward_fn is not None else None
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to read
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind([], [])
+        except TypeError:
+            raise TypeError(f"reward_fn must be {allowed}: it is called as reward_fn(prompts, responses), "
+                            f"but its signature is {signature}") from None
     return reward_fn
 
 

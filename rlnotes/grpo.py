@@ -27,19 +27,20 @@ division finite; without it 0/0 would be NaN).
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
-                     sample_groups, score_groups, step_seed)
+from .groups import (check_group_size, check_groups, check_reward_fn, group_metrics, relative_advantages,
+                     reuses_scoring_pass, sample_groups, score_groups, step_seed)
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
 from .prepare import check_prepared
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard, trainable_copy)
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+                      trainable_copy, training_scope)
 from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
                     check_same_shape)
 
@@ -87,8 +88,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
     is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
     KL term ``rlnotes.kl.k3``. Refused: arguments that are not tensors (TypeError); shapes that
-    differ, no response (N = 0), advantages that are NaN or inf, a ``mask`` that is not 0/1,
-    ``max_length`` < T (ValueError).
+    differ, no response (N = 0), log-probabilities or advantages that are NaN or inf, a ``mask``
+    that is not 0/1, ``max_length`` < T (ValueError).
     """
     for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages),
                     ("mask", mask)):
@@ -98,7 +99,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     if logp.ndim != 2 or advantages.shape != logp.shape[:1] or len(advantages) == 0:
         raise ValueError(f"logp must be [N, T] with N >= 1 and advantages [N], got shapes {tuple(logp.shape)} "
                          f"and {tuple(advantages.shape)}")
-    check_finite("advantages", advantages)
+    for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages)):
+        check_finite(name, x.detach())
     check_binary("mask", mask)
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)
@@ -116,6 +118,20 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
         return GRPOLoss(loss, policy_loss, (kl * mask).sum() / n, (clipped * mask).sum() / n)
 
 
+def _as_logits(name, value) -> torch.Tensor:
+    """``value`` as a tensor of real numbers; ``TypeError`` naming ``name`` for anything else."""
+    try:
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError
+        out = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        out = None
+    if out is None or out.dtype == torch.bool or out.is_complex():
+        raise TypeError(f"{name} must be a 1-D tensor, array or list of K real numbers, got {type(value).__name__} "
+                        f"{reprlib.repr(value)}")
+    return out
+
+
 def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     """Expected gradients w.r.t. the logits of pi = softmax(logits) of the ways to put a KL into training,
     exact over the K outcomes (y ~ pi, one state):
@@ -127,9 +143,10 @@ def kl_term_gradients(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
     arithmetic k1_reward = reverse and k3_loss = forward.
 
     ``logits`` and ``ref_logits``: one state's K logits each (a tensor, array or list); refused
-    (ValueError) unless both are 1-D of one length K >= 1 and finite.
+    (ValueError) unless both are 1-D of one length K >= 1 and finite, and (TypeError) unless they
+    hold real numbers.
     """
-    logits, ref_logits = torch.as_tensor(logits), torch.as_tensor(ref_logits)
+    logits, ref_logits = _as_logits("logits", logits), _as_logits("ref_logits", ref_logits)
     check_same_shape(logits=logits, ref_logits=ref_logits)
     if logits.ndim != 1 or len(logits) == 0:
         raise ValueError(f"logits must be one state's logits, 1-D [K], got shape {tuple(logits.shape)}")
@@ -175,6 +192,7 @@ class GRPOConfig(Config):
         for name in ("steps", "batch_size", "epochs", "minibatch_size"):
             self.check(name, check_positive_int)
         self.check("num_generations", check_positive_int, 2)
+        check_group_size(self.batch_size, self.num_generations)
         self.check("lr", check_positive)
         self.check("beta", check_in_range, 0.0, math.inf)
         self.check("eps", check_positive)
@@ -198,7 +216,10 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
 
     Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
-    callable (TypeError). An interrupt at any point after the checks raises ``TrainingInterrupted``
+    callable or cannot be called with (prompts, responses) (TypeError), ``batch_size *
+    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` (ValueError). It runs in
+    ``trainer.training_scope``: a caller's ``torch.no_grad()`` or float64 default dtype does not reach it.
+    An interrupt at any point after the checks raises ``TrainingInterrupted``
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
     was made); each update and its log entry are applied whole.
     """
@@ -209,7 +230,8 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     mb = n if cfg.minibatch_size is None else min(cfg.minibatch_size, n)
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
-    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
+    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), \
+            training_scope(cfg.seed):
         policy = trainable_copy(ref)
         result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy, cfg.epochs, mb >= n)

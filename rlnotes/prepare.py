@@ -135,6 +135,20 @@ def preference_data(task, model, tokenizer, split: str, n: int, *, seed: int) ->
     return label_preferences(task, prompts, y1, y2, seed=seed)
 
 
+# The largest sizes ``prepare`` takes, each far above the book's (defaults 4000, 1500, 500, 256) and
+# such that a call at the limit takes seconds on a CPU, not hours: SFT texts (``n_sft``),
+# preference pairs sampled from pi^SFT (``n_pairs``, ``n_test_pairs``: two responses each) and
+# held-out prompts (``n_eval_prompts``, which ``measure.evaluate`` samples from).
+MAX_SIZES = {"n_sft": 32_768, "n_pairs": 8192, "n_test_pairs": 8192, "n_eval_prompts": 8192}
+
+
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        value = check_positive_int(name, value)
+        if name in MAX_SIZES and value > MAX_SIZES[name]:
+            raise ValueError(f"{name} must be <= MAX_SIZES[{name!r}] ({MAX_SIZES[name]}), got {value}")
+
+
 def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: int = 1500,
             n_test_pairs: int = 500, rm_steps: int = 200, n_eval_prompts: int = 256, model=None,
             tokenizer=None, device=None) -> Prepared:
@@ -146,16 +160,16 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
     ``eval_prompts`` the held-out (template, item) combinations. Each random use has its own seed
     (``seed_streams``); chapter 4 runs the same steps one by one and gets the same objects.
 
-    Refused: sizes that are not integers >= 1, a ``model`` without a ``tokenizer`` or the other way
-    round, a ``model`` that is not a ``torch.nn.Module``. An interrupt (Ctrl-C) at any point raises
+    Refused: sizes that are not integers >= 1 or are above ``MAX_SIZES``, a ``model`` without a
+    ``tokenizer`` or the other way round, a ``model`` that is not a ``torch.nn.Module``.
+    An interrupt (Ctrl-C) at any point raises
     ``PrepareInterrupted`` (a ``TrainingInterrupted``) whose ``result`` is a partial ``Prepared``:
     the parts made so far and None for the rest. ``sft`` is then the model as far as SFT got
     (``sft_history`` says how far; None if SFT had not started), ``reward_model`` likewise with
     ``rm_history`` (not yet normalised to mean zero if its training was cut short).
     """
-    for name, value in (("n_sft", n_sft), ("sft_steps", sft_steps), ("n_pairs", n_pairs),
-                        ("n_test_pairs", n_test_pairs), ("rm_steps", rm_steps), ("n_eval_prompts", n_eval_prompts)):
-        check_positive_int(name, value)
+    _check_sizes(n_sft=n_sft, sft_steps=sft_steps, n_pairs=n_pairs, n_test_pairs=n_test_pairs, rm_steps=rm_steps,
+                 n_eval_prompts=n_eval_prompts)
     s = seed_streams(seed)
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither")

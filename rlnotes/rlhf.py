@@ -31,20 +31,32 @@ from .ppo import ratio as ppo_ratio
 from .prepare import Prepared, check_prepared
 from .returns import gae, normalize
 from .reward import check_rewards
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+                      training_scope)
 from .utils import (check_binary, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
-                    check_same_shape)
+                    check_same_shape, check_tensor)
 
 
 # ------------------------------------------------------------ the token-level reward and KL
+
+# The most responses one step of ``train`` samples (``RLHFConfig.batch_size``): 64 in the book; a
+# step at the limit takes seconds on a CPU, and far larger batches would run for hours or exhaust memory.
+MAX_BATCH_SIZE = 4096
+
+
+def _check_tensors(**tensors) -> None:
+    """``TypeError`` naming the argument unless each is a tensor, of a floating dtype except ``mask``."""
+    for name, value in tensors.items():
+        check_tensor(name, value, "any" if name == "mask" else "float")
 
 def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token KL penalty -beta (log pi(y_t|s_t) - log pi_ref(y_t|s_t)), [B, T], 0 on padding.
 
     The first term of eq. (rlhf-token-reward). Refused (``ValueError``): shapes that differ, a
-    ``logp`` or ``logp_ref`` that is not finite, a ``mask`` not of 0s and 1s, a negative ``beta``.
+    ``logp`` or ``logp_ref`` that is not finite, a ``mask`` not of 0s and 1s, a negative ``beta``;
+    arguments that are not tensors (TypeError; ``logp`` and ``logp_ref`` of a floating dtype).
     """
+    _check_tensors(logp=logp, logp_ref=logp_ref, mask=mask)
     check_same_shape(logp=logp, logp_ref=logp_ref, mask=mask)
     check_in_range("beta", beta, 0.0, math.inf)
     check_finite("logp", logp)
@@ -133,8 +145,10 @@ def ppo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     The elementwise objective is chapter 3's ``ppo.clipped_surrogate`` (PPO paper, eq. 7); only the
     mean changes: it runs over the response tokens under ``mask``. Refused (ValueError): shapes
     that differ, a ``logp`` or ``old_logp`` that is not finite, a ``mask`` not of 0s and 1s or
-    that marks no token (the mean of nothing).
+    that marks no token (the mean of nothing); arguments that are not tensors (TypeError; all but
+    ``mask`` of a floating dtype).
     """
+    _check_tensors(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
     check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
     check_finite("logp", logp)
     check_finite("old_logp", old_logp)  # named as here (ppo.ratio calls it logp_old)
@@ -185,6 +199,9 @@ class RLHFConfig(Config):
         self.check("vf_coef", check_in_range, 0.0, math.inf)
         self.check("missing_eos_penalty", check_in_range, 0.0, math.inf)
         self.check("progress", check_bool)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be <= MAX_BATCH_SIZE ({MAX_BATCH_SIZE}) responses per step, "
+                             f"got {self.batch_size}")
         if self.minibatch_size is not None and self.minibatch_size > self.batch_size:
             raise ValueError(f"minibatch_size must be <= batch_size ({self.batch_size}), got {self.minibatch_size}")
         if self.kl_target is not None and self.batch_size > self.kl_horizon:
@@ -295,7 +312,9 @@ def train(prepared: Prepared, config: RLHFConfig | None = None, **overrides) -> 
     (the fraction cut off without EOS), ``loss/value`` and ``seconds``.
 
     Refused: ``prepared`` that is not a complete ``Prepared`` (TypeError), a reward model whose
-    scores are not one finite number per response (``reward.check_rewards``). An interrupt at any
+    scores are not one finite number per response (``reward.check_rewards``), ``batch_size`` above
+    ``MAX_BATCH_SIZE`` (ValueError). It runs in ``trainer.training_scope``: a caller's
+    ``torch.no_grad()`` or float64 default dtype does not reach it. An interrupt at any
     point after the checks raises ``TrainingInterrupted`` whose ``result`` is the ``TrainResult`` so far
     (``model`` and ``value_fn`` None if it came before they were made); each update and its log
     entry are applied whole.
@@ -304,7 +323,8 @@ def train(prepared: Prepared, config: RLHFConfig | None = None, **overrides) -> 
     device = check_prepared("prepared", prepared).device
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
-    with run_guard(lambda: result, lambda: result.value_fn is None or result.value_fn.eval()), rng_scope(cfg.seed):
+    with run_guard(lambda: result, lambda: result.value_fn is None or result.value_fn.eval()), \
+            training_scope(cfg.seed):
         policy = PolicyWithValue(prepared.sft).to(device)
         result = TrainResult(policy.lm, history, cfg, policy)
         opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)

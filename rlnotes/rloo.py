@@ -23,15 +23,17 @@ import math
 import reprlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
-from .groups import (check_groups, check_reward_fn, group_metrics, relative_advantages, reuses_scoring_pass,
-                     sample_groups, score_groups, step_seed)
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard, trainable_copy)
+from . import lm, sentiment
+from .groups import (check_group_size, check_groups, check_reward_fn, group_metrics, relative_advantages,
+                     reuses_scoring_pass, sample_groups, score_groups, step_seed)
+from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+                      trainable_copy, training_scope)
+from .measure import check_causal_lm
 from .prepare import check_prepared
 from .utils import check_finite, check_in_range, check_positive, check_positive_int, check_seed, check_same_shape
 
@@ -86,8 +88,7 @@ def exact_estimator_moments(probs, rewards, k: int) -> dict:
     >= 0, summing to 1 within 1e-5), ``rewards`` of another shape or not finite, k < 2, and a k
     whose sum would hold more than ``MAX_EXACT_BYTES`` (1 GiB; the message names the largest k).
     """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    probs, rewards = _as_float64("probs", probs), _as_float64("rewards", rewards)
     _check_distribution("probs", probs)
     check_same_shape(probs=probs, rewards=rewards)
     check_finite("rewards", rewards)
@@ -107,6 +108,21 @@ def exact_estimator_moments(probs, rewards, k: int) -> dict:
         mean = (weight[:, None] * g).sum(0)
         out[name] = {"mean": mean, "variance": float((weight * ((g - mean) ** 2).sum(1)).sum())}
     return out
+
+
+def _as_float64(name, value) -> torch.Tensor:
+    """``value`` (a tensor, array or list of real numbers) as a float64 tensor; ``TypeError`` naming ``name``."""
+    if torch.is_tensor(value):
+        real = value.dtype != torch.bool and not value.is_complex()
+    else:
+        try:
+            real = np.asarray(value).dtype.kind in "iuf"
+        except (TypeError, ValueError):  # ragged lists
+            real = False
+    if not real:
+        raise TypeError(f"{name} must be a 1-D tensor, array or list of real numbers, got {type(value).__name__} "
+                        f"{reprlib.repr(value)}")
+    return torch.as_tensor(value, dtype=torch.float64)
 
 
 def _check_distribution(name, probs):
@@ -150,16 +166,21 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
     on held-out samples, not a learned network), ``group_mean`` (the sample included) and
     ``leave_one_out``. The baselined estimators are the same for r* and r* + shift.
     Refused: ``prepared`` that is not a ``Prepared``, k < 2, repeats < 2, value_samples < 1, a
-    ``shift`` that is not a finite number, a negative or non-integer ``seed``.
+    ``shift`` that is not a finite number, a negative or non-integer ``seed``, a ``policy`` with no
+    parameter that requires a gradient (ValueError: pass ``trainer.trainable_copy(prepared.sft)``),
+    ``len(prompts)`` times ``k`` or ``value_samples`` above ``groups.MAX_GROUP_SAMPLES``.
     """
     task, tok = check_prepared("prepared", prepared).task, prepared.tokenizer
     k, repeats = check_positive_int("k", k, 2), check_positive_int("repeats", repeats, 2)
     value_samples = check_positive_int("value_samples", value_samples)
     shift = check_in_range("shift", shift, -math.inf, math.inf)
-    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(check_seed("seed", seed))
+    params = _gradient_params(policy)
+    prompts = sentiment.check_texts("prompts", prompts)
+    check_group_size(len(prompts), k, "len(prompts)", "k")
+    check_group_size(len(prompts), value_samples, "len(prompts)", "value_samples")
+    gen = torch.Generator(device=params[0].device).manual_seed(check_seed("seed", seed))
     held = sample_groups(policy, policy, tok, prompts, value_samples, task.max_response_tokens, gen)
     value = task.true_rewards(held.prompts, held.text).view(len(prompts), value_samples).mean(1, keepdim=True)
-    params = [p for p in policy.parameters() if p.requires_grad]
     grads = {}
     for _ in range(repeats):
         g = sample_groups(policy, policy, tok, prompts, k, task.max_response_tokens, gen)
@@ -176,6 +197,15 @@ def gradient_variance(policy, prepared, prompts: list[str], *, k: int = 4, repea
         mean = G.mean(0)
         out[name] = {"variance": float(((G - mean) ** 2).sum(1).sum() / (repeats - 1)), "mean": mean}
     return out
+
+
+def _gradient_params(policy) -> list:
+    """The parameters of ``policy`` that ``gradient_variance`` differentiates: those with ``requires_grad``."""
+    params = [p for p in check_causal_lm("policy", policy).parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("policy has no parameter that requires a gradient (a frozen model, such as prepared.sft): "
+                         "pass a trainable copy, e.g. trainer.trainable_copy(prepared.sft)")
+    return params
 
 
 # ------------------------------------------------------------------------------- the trainer
@@ -200,6 +230,7 @@ class RLOOConfig(Config):
         self.check("steps", check_positive_int)
         self.check("batch_size", check_positive_int)
         self.check("num_generations", check_positive_int, 2)
+        check_group_size(self.batch_size, self.num_generations)
         self.check("lr", check_positive)
         self.check("beta", check_in_range, 0.0, math.inf)
         self.check("max_grad_norm", check_positive)
@@ -219,7 +250,10 @@ def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overr
     ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
 
     Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
-    callable (TypeError). An interrupt at any point after the checks raises ``TrainingInterrupted``
+    callable or cannot be called with (prompts, responses) (TypeError), ``batch_size *
+    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` (ValueError). It runs in
+    ``trainer.training_scope``: a caller's ``torch.no_grad()`` or float64 default dtype does not reach it.
+    An interrupt at any point after the checks raises ``TrainingInterrupted``
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
     was made); each update and its log entry are applied whole.
     """
@@ -228,7 +262,8 @@ def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overr
     reward_fn = check_reward_fn(reward_fn)
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
-    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), rng_scope(cfg.seed):
+    with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), \
+            training_scope(cfg.seed):
         policy = trainable_copy(ref)
         result = TrainResult(policy, history, cfg)
         reuse = reuses_scoring_pass(policy)  # one Adam step per batch

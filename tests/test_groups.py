@@ -36,7 +36,7 @@ def test_check_groups_shapes_and_types():
 
 
 def test_check_reward_fn():
-    assert groups.check_reward_fn(None) is None and groups.check_reward_fn(len) is len
+    assert groups.check_reward_fn(None) is None and groups.check_reward_fn(max) is max  # no signature to read
     with pytest.raises(TypeError, match="reward_fn must be a function .* got int 3"):
         groups.check_reward_fn(3)
 
@@ -126,3 +126,27 @@ def test_rlhf_collect_decides_as_its_old_rule_did_for_every_config(tiny_prepared
                     assert decided.pop() is _old_rlhf_rule(policy, cfg), (batch_size, minibatch_size, epochs)
                     seen += 1
     assert seen == 2 * 2 * sum(b + 1 for b in range(1, 7))
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+def test_check_reward_fn_refuses_a_function_of_one_argument():
+    with pytest.raises(TypeError, match=r"reward_fn must be a function \(prompts, .* its signature is \(y\)"):
+        groups.check_reward_fn(lambda y: [1.0] * len(y))
+    with pytest.raises(TypeError, match=r"its signature is \(obj, /\)"):
+        groups.check_reward_fn(len)
+    for fn in (lambda x, y: y, lambda *args: args, lambda x, y, scale=1.0: y, None):
+        assert groups.check_reward_fn(fn) is fn
+
+
+def test_check_group_size_names_both_arguments():
+    with pytest.raises(ValueError, match=rf"batch_size \* num_generations .* <= MAX_GROUP_SAMPLES "
+                                         rf"\({groups.MAX_GROUP_SAMPLES}\), got batch_size=2 x num_generations=10000"):
+        groups.check_group_size(2, 10_000)
+    groups.check_group_size(groups.MAX_GROUP_SAMPLES // 4, 4)
+
+
+def test_sample_groups_refuses_a_huge_k_before_sampling(tiny_prepared):
+    P = tiny_prepared
+    with pytest.raises(ValueError, match=r"len\(prompts\) \* k .* MAX_GROUP_SAMPLES .* got len\(prompts\)=1 x k=1"):
+        groups.sample_groups(P.sft, P.sft, P.tokenizer, ["phone review :"], 10**7, 6)

@@ -286,3 +286,40 @@ def test_grpo_loss_refuses_a_mask_that_is_not_zero_one():
     want = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask.float(), loss_type="dr_grpo").loss
     for m in (mask.bool(), mask.long(), mask.double()):   # every 0/1 mask gives the same loss
         assert torch.equal(grpo.grpo_loss(logp, logp_old, logp_ref, adv, m, loss_type="dr_grpo").loss, want)
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+def test_grpo_loss_refuses_a_mask_of_2s():
+    lp = torch.tensor([[-1.0, -2.0, 0.0]])
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .* got a value of 2"):
+        grpo.grpo_loss(lp, lp, lp, torch.tensor([1.0]), torch.tensor([[2, 2, 0]]), loss_type="dr_grpo")
+
+
+@pytest.mark.parametrize("logits", [["a", "b"], None, [True, False]])
+def test_kl_term_gradients_refuses_logits_that_are_not_numbers(logits):
+    with pytest.raises(TypeError, match=r"logits must be a 1-D tensor, array or list of K real numbers"):
+        grpo.kl_term_gradients(logits, [0.0, 1.0])
+    with pytest.raises(TypeError, match=r"ref_logits must be a 1-D tensor"):
+        grpo.kl_term_gradients([0.0, 1.0], logits)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 10**6}, {"num_generations": 10**6}])
+def test_train_refuses_huge_groups(tiny_prepared, kwargs):
+    with pytest.raises(ValueError, match=r"batch_size \* num_generations .* must be <= MAX_GROUP_SAMPLES"):
+        grpo.train(tiny_prepared, **{"steps": 1, "batch_size": 2, "num_generations": 2, **kwargs})
+
+
+def test_train_inside_no_grad_gives_the_same_run(tiny_prepared):
+    plain = grpo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    with torch.no_grad():
+        inside = grpo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    assert inside["loss"] == plain["loss"] and inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]
+
+
+@pytest.mark.parametrize("name", ["logp", "logp_old", "logp_ref"])
+def test_grpo_loss_names_the_log_probability_that_is_nan(name):
+    lp = torch.tensor([[-1.0, -2.0, 0.0]])
+    args = {"logp": lp, "logp_old": lp, "logp_ref": lp, name: lp * float("nan")}
+    with pytest.raises(ValueError, match=rf"^{name} must be finite"):
+        grpo.grpo_loss(**args, advantages=torch.tensor([1.0]), mask=torch.tensor([[1, 1, 0]]))

@@ -69,3 +69,28 @@ def test_evaluate_runs_in_eval_mode_and_hands_the_model_back(tiny_prepared):  # 
     assert measure.evaluate(model, tiny_prepared, prompts, seed=3) == expected  # sampled in eval mode
     assert torch.equal(torch.get_rng_state(), before)                           # no dropout drew from it
     assert model.training and all(m.training for m in model.modules())         # handed back as found
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+def test_evaluate_refuses_a_reward_model_as_policy(tiny_prepared):
+    with pytest.raises(TypeError, match=r"policy must be a causal LM \(its forward .* got a RewardModel"):
+        measure.evaluate(tiny_prepared.reward_model, tiny_prepared)
+
+
+def test_evaluate_refuses_a_huge_n_repeats_before_sampling(tiny_prepared):
+    with pytest.raises(ValueError, match=rf"len\(prompts\) \* n_repeats .* <= MAX_EVAL_SAMPLES "
+                                         rf"\({measure.MAX_EVAL_SAMPLES}\), got 8 x n_repeats=1000000"):
+        measure.evaluate(tiny_prepared.sft, tiny_prepared, n_repeats=10**6)
+
+
+def test_kl_to_ref_refuses_a_ref_that_is_not_a_model(tiny_prepared):
+    p = lm.encode_prompts(tiny_prepared.tokenizer, ["phone review :"])
+    r = lm.encode_responses(tiny_prepared.tokenizer, ["good ."])
+    with pytest.raises(TypeError, match=r"ref must be a causal LM or a PolicyWithValue .* got NoneType"):
+        measure.kl_to_ref(tiny_prepared.sft, None, *p, *r)
+
+
+def test_compare_kl_estimators_refuses_a_huge_n_draws(tiny_prepared):
+    with pytest.raises(ValueError, match=rf"n_draws must be <= MAX_KL_DRAWS \({measure.MAX_KL_DRAWS}\) .*1000000000"):
+        measure.compare_kl_estimators(tiny_prepared.sft, tiny_prepared, n_prompts=4, n_draws=10**9)

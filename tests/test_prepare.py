@@ -186,3 +186,12 @@ def test_preference_data_pairs_two_samples_and_labels_them(shortcut):
     assert again.chosen == d.chosen and again.rejected == d.rejected
     with pytest.raises(ValueError, match="n must be"):
         prepare.preference_data(task, pi, tok, "test", 0, seed=5)
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+@pytest.mark.parametrize("name", sorted(prepare.MAX_SIZES))
+def test_prepare_refuses_sizes_above_the_limit_before_any_work(name):
+    limit = prepare.MAX_SIZES[name]
+    with pytest.raises(ValueError, match=rf"{name} must be <= MAX_SIZES\['{name}'\] \({limit}\), got {limit + 1}"):
+        prepare.prepare(0, **{name: limit + 1})

@@ -232,3 +232,50 @@ def test_max_grad_norm_none_turns_clipping_off(tiny_prepared):
     assert rlhf.RLHFConfig(max_grad_norm=None).max_grad_norm is None
     out = rlhf.train(tiny_prepared, steps=1, batch_size=2, max_grad_norm=None, seed=0)
     assert out.config.max_grad_norm is None and len(out.history) == 1
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+LP, LR, MASK = torch.tensor([[-1.0, -2.0, 0.0]]), torch.tensor([[-1.5, -1.0, 0.0]]), torch.tensor([[1, 1, 0]])
+
+
+def test_kl_penalty_refuses_lists_naming_logp():
+    with pytest.raises(TypeError, match=r"logp must be a torch.Tensor, got list"):
+        rlhf.kl_penalty(LP.tolist(), LR.tolist(), MASK.tolist(), 0.5)
+
+
+def test_kl_penalty_refuses_nan_and_a_mask_of_2s():
+    with pytest.raises(ValueError, match=r"logp must be finite"):
+        rlhf.kl_penalty(LP * math.nan, LR, MASK, 0.5)
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .* got a value of 2"):
+        rlhf.kl_penalty(LP, LR, MASK * 2, 0.5)
+
+
+def test_ppo_token_loss_refuses_a_mask_of_2s_nan_old_logp_and_lists():
+    adv = torch.tensor([[1.0, -1.0, 0.0]])
+    with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .* got a value of 2"):
+        rlhf.ppo_token_loss(LP, LP, torch.tensor([[1.0, 3.0, 0.0]]), torch.tensor([[2, 1, 0]]), 0.2)
+    with pytest.raises(ValueError, match=r"old_logp must be finite"):
+        rlhf.ppo_token_loss(LP, LP * math.nan, adv, MASK, 0.2)
+    with pytest.raises(TypeError, match=r"advantages must be a torch.Tensor, got list"):
+        rlhf.ppo_token_loss(LP, LP, adv.tolist(), MASK, 0.2)
+
+
+def test_train_refuses_a_huge_batch_before_any_work(tiny_prepared):
+    with pytest.raises(ValueError, match=rf"batch_size must be <= MAX_BATCH_SIZE \({rlhf.MAX_BATCH_SIZE}\) .*1000000"):
+        rlhf.train(tiny_prepared, steps=1, batch_size=10**6)
+
+
+def test_train_inside_no_grad_or_with_float64_default_gives_the_same_run(tiny_prepared):
+    plain = rlhf.train(tiny_prepared, steps=1, batch_size=4, epochs=1).history.updates
+    with torch.no_grad():
+        no_grad = rlhf.train(tiny_prepared, steps=1, batch_size=4, epochs=1).history.updates
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        f64 = rlhf.train(tiny_prepared, steps=1, batch_size=4, epochs=1).history.updates
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+    for key in ("r_phi", "loss/value", "kl/exact_per_sequence"):
+        assert no_grad[key] == plain[key] == f64[key]

@@ -302,3 +302,53 @@ def test_rloo_loss_refuses_non_finite_log_probabilities():
         rloo.rloo_loss(T([float("nan")]), T([-1.]), T([1.]))
     with pytest.raises(ValueError, match=r"logp_old must be finite"):
         rloo.rloo_loss(T([-1.]), T([float("-inf")]), T([1.]))
+
+
+# ------------------------------------------------ bad input, round two (issue 27): the user's call, the message
+
+@pytest.mark.parametrize("probs", ["abc", None, [True, False], [1j, 0.0]])
+def test_exact_estimator_moments_refuses_probs_that_are_not_numbers(probs):
+    with pytest.raises(TypeError, match=r"probs must be a 1-D tensor, array or list of real numbers"):
+        rloo.exact_estimator_moments(probs, [1.0, 0.0], 2)
+
+
+def test_rloo_loss_refuses_nan_logp():
+    with pytest.raises(ValueError, match=r"logp must be finite"):
+        rloo.rloo_loss(torch.tensor([float("nan")]), torch.tensor([-1.0]), torch.tensor([1.0]))
+
+
+def test_gradient_variance_refuses_a_frozen_policy(tiny_prepared):
+    with pytest.raises(ValueError, match=r"policy has no parameter that requires a gradient.*trainable_copy"):
+        rloo.gradient_variance(tiny_prepared.sft, tiny_prepared, ["phone review :"], k=2, repeats=2, value_samples=2)
+
+
+def test_gradient_variance_refuses_huge_groups(tiny_prepared):
+    with pytest.raises(ValueError, match=r"len\(prompts\) \* k .* MAX_GROUP_SAMPLES .* got len\(prompts\)=1 x k="):
+        rloo.gradient_variance(trainable_copy(tiny_prepared.sft), tiny_prepared, ["phone review :"], k=10**6)
+
+
+def test_train_reward_fn_of_one_argument_and_a_value_too_large_for_float32(tiny_prepared):
+    with pytest.raises(TypeError, match=r"reward_fn must be a function \(prompts, responses\)"):
+        rloo.train(tiny_prepared, reward_fn=lambda y: [1.0] * len(y), steps=1, batch_size=2, num_generations=2)
+    with pytest.raises(ValueError, match=r"reward_fn must return numbers that fit float32"):
+        rloo.train(tiny_prepared, reward_fn=lambda x, y: np.array([1e39] + [0.0] * (len(y) - 1)), steps=1,
+                   batch_size=2, num_generations=2)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 10**6}, {"num_generations": 10**6}])
+def test_train_refuses_huge_groups(tiny_prepared, kwargs):
+    with pytest.raises(ValueError, match=r"batch_size \* num_generations .* must be <= MAX_GROUP_SAMPLES"):
+        rloo.train(tiny_prepared, **{"steps": 1, "batch_size": 2, "num_generations": 2, **kwargs})
+
+
+def test_train_inside_no_grad_gives_the_same_run(tiny_prepared):
+    plain = rloo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    with torch.no_grad():
+        inside = rloo.train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    assert inside["loss"] == plain["loss"] and inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]
+
+
+def test_gradient_variance_refuses_a_reward_model_as_policy(tiny_prepared):
+    rm = trainable_copy(tiny_prepared.reward_model)
+    with pytest.raises(TypeError, match=r"policy must be a causal LM \(its forward .* got a RewardModel"):
+        rloo.gradient_variance(rm, tiny_prepared, ["phone review :"], k=2, repeats=2, value_samples=2)
