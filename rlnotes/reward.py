@@ -17,6 +17,7 @@ import operator
 import reprlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -330,11 +331,13 @@ def check_rewards(name: str, value, n: int, device=None, dtype: torch.dtype | No
     array, nested lists) and for NaN or inf.
     """
     allowed = f"one number per response ({n}): a list, tuple, NumPy array or tensor of {n} real numbers"
+    python_numbers = not torch.is_tensor(value) and not isinstance(value, np.ndarray)
     if not torch.is_tensor(value):
         try:
             if isinstance(value, (str, bytes, dict)):
                 raise TypeError
-            value = torch.as_tensor(value)
+            # through NumPy: Python floats stay float64 until the one cast below, which names an overflow
+            value = torch.as_tensor(np.asarray(value) if python_numbers else value)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{name} must return {allowed}; got {type(value).__name__} {reprlib.repr(value)}") from None
     if value.dtype == torch.bool or value.is_complex():
@@ -349,7 +352,7 @@ def check_rewards(name: str, value, n: int, device=None, dtype: torch.dtype | No
         bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
         raise ValueError(f"{name} must return finite numbers; got NaN or inf for responses {bad[:8]}")
     if dtype is None:
-        dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
+        dtype = value.dtype if value.is_floating_point() and not python_numbers else torch.get_default_dtype()
     out = value.to(device=device, dtype=dtype)
     if not bool(torch.isfinite(out).all()):  # finite before the cast: too large for dtype
         bad = torch.nonzero(~torch.isfinite(out)).flatten().tolist()

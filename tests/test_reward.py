@@ -324,3 +324,10 @@ def test_train_names_an_sft_built_inside_inference_mode(tok, small_prefs):
         built = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="sft was built inside torch.inference_mode"):
         reward.train(small_prefs, sft=built, tokenizer=tok, steps=2, batch_size=4)
+
+
+def test_check_rewards_names_a_python_list_too_large_for_float32():
+    with pytest.raises(ValueError, match=r"reward_fn must return numbers that fit float32 .* for responses \[0\]"):
+        reward.check_rewards("reward_fn", [1e39, 1.0], 2, dtype=torch.float32)
+    assert reward.check_rewards("reward_fn", [0.1, 2], 2).dtype == torch.get_default_dtype()
+    assert torch.equal(reward.check_rewards("reward_fn", [0.1], 1, dtype=torch.float32), torch.tensor([0.1]))
