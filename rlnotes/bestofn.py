@@ -19,7 +19,6 @@ import torch
 from . import lm, rlhf, stats
 from .utils import check_positive_int, check_seed
 
-
 # ------------------------------------------------------------------ closed forms
 
 def bon_kl(n: int) -> float:
@@ -103,7 +102,8 @@ def sample_pool(policy, prepared, prompts: list[str], n: int, *, seed: int = 0, 
             ys = lm.decode_responses(tok, ids, mask)
             scores = rlhf.check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(ys))
             for name, rm in extra.items():
-                more[name].append(rlhf.check_rewards(name, rm(p, pm, ids, mask), len(ys)).double().view(len(xs), n).cpu())
+                score = rlhf.check_rewards(name, rm(p, pm, ids, mask), len(ys))
+                more[name].append(score.double().view(len(xs), n).cpu())
             finished.append((ids == tok.eos_token_id).logical_and(mask.bool()).any(1).view(len(xs), n).cpu())
             texts += [ys[j * n:(j + 1) * n] for j in range(len(xs))]
             r_phi.append(scores.double().view(len(xs), n).cpu())
@@ -222,15 +222,19 @@ def _peak(kind: str, alpha: float, beta: float) -> float:
 def _fit(kind: str, d, r, level: float, reps: int, seed: int) -> dict:
     d, r = _check_runs(d, r)
     alpha, beta = _lstsq(kind, d, r)
-    out = {"alpha": float(alpha), "beta": float(beta), "d_peak": _peak(kind, alpha, beta), "n_seeds": len(d)}
-    if len(d) >= 2:  # percentile bootstrap over seeds (rows), stats.bootstrap_interval on the row indices
+    residual = r - (bon_form if kind == "bon" else rl_form)(d, alpha, beta)
+    out = {"alpha": float(alpha), "beta": float(beta), "d_peak": _peak(kind, alpha, beta),
+           "rmse": float(np.sqrt(np.mean(residual ** 2))), "n_seeds": len(d)}
+    if len(d) >= 2:  # percentile bootstrap over seeds (rows): stats.bootstrap_interval on the row indices
         rows = np.arange(len(d), dtype=np.float64)
-        coef = lambda idx, k: _lstsq(kind, d[idx.astype(int)], r[idx.astype(int)])[k]
+        refit = lambda idx: _lstsq(kind, d[idx.astype(int)], r[idx.astype(int)])
         for k, name in enumerate(("alpha", "beta")):
-            out[name + "_ci"] = stats.bootstrap_interval(rows, lambda idx: coef(idx, k), level=level, reps=reps,
+            out[name + "_ci"] = stats.bootstrap_interval(rows, lambda idx, k=k: refit(idx)[k], level=level, reps=reps,
                                                          seed=seed)
-        out["d_peak_ci"] = stats.bootstrap_interval(rows, lambda idx: _peak(kind, *_lstsq(
-            kind, d[idx.astype(int)], r[idx.astype(int)])), level=level, reps=reps, seed=seed)
+        # no peak (inf) stands in as 1e300 so that the quantiles stay defined, and comes back as inf
+        low, high = stats.bootstrap_interval(rows, lambda idx: min(_peak(kind, *refit(idx)), 1e300), level=level,
+                                             reps=reps, seed=seed)
+        out["d_peak_ci"] = tuple(math.inf if x >= 1e300 else x for x in (low, high))
     return out
 
 
@@ -238,7 +242,8 @@ def fit_bon(d, r, *, level: float = 0.95, reps: int = 2000, seed: int = 0) -> di
     """Least-squares fit of r = d (alpha - beta d) (``bon_form``), d = sqrt(KL), r the gain over pi_ref.
 
     ``d``, ``r``: [seeds, points] (or one run, [points]). Returns ``alpha``, ``beta``, ``d_peak`` =
-    alpha / (2 beta) and, with >= 2 seeds, their percentile-bootstrap intervals over seeds (``*_ci``).
+    alpha / (2 beta) (inf when beta <= 0: no peak), ``rmse`` (of the residuals) and, with >= 2 seeds,
+    their percentile-bootstrap intervals over seeds (``*_ci``).
     """
     return _fit("bon", d, r, level, reps, seed)
 

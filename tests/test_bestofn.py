@@ -8,7 +8,6 @@ import pytest
 
 from rlnotes import bestofn
 
-
 # ------------------------------------------------------------------ closed forms
 
 def test_bon_kl_closed_form():
@@ -16,7 +15,7 @@ def test_bon_kl_closed_form():
     assert bestofn.bon_kl(2) == pytest.approx(math.log(2) - 0.5)
     assert bestofn.bon_kl(256) == pytest.approx(math.log(256) - 255 / 256)
     ks = [bestofn.bon_kl(n) for n in (1, 2, 4, 8, 16)]
-    assert all(b > a for a, b in zip(ks, ks[1:]))
+    assert all(b > a for a, b in itertools.pairwise(ks))
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, True, "4", None])
@@ -149,7 +148,8 @@ def test_fits_recover_known_coefficients(kind):
         low, high = out[name + "_ci"]
         assert low <= out[name] <= high and high - low < 0.1
     peak = 1.2 / 0.6 if kind == "bon" else math.exp(1.2 / 0.3 - 1)
-    assert out["d_peak"] == pytest.approx(peak, rel=0.15)
+    assert out["d_peak"] == pytest.approx(peak, rel=0.15) and out["rmse"] < 0.03
+    assert out["d_peak_ci"][0] <= out["d_peak"] <= out["d_peak_ci"][1]
     one = fit(d[0], r[0])  # one run: no interval
     assert "alpha_ci" not in one and one["n_seeds"] == 1
 
@@ -159,8 +159,9 @@ def test_forms_and_peaks():
     d = np.linspace(0.01, 10, 100_001)
     assert d[np.argmax(bestofn.bon_form(d, 1.0, 0.25))] == pytest.approx(2.0, abs=1e-3)
     assert d[np.argmax(bestofn.rl_form(d, 1.0, 0.5))] == pytest.approx(math.e, abs=1e-3)
-    rising = bestofn.fit_bon([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])  # no curvature: the peak is at infinity
-    assert rising["d_peak"] == math.inf or rising["d_peak"] > 1e6
+    d = np.tile([0.5, 1.0, 2.0, 3.0], (4, 1))
+    rising = bestofn.fit_bon(d, d + 0.1 * d ** 2, reps=200)  # convex: no peak, on every resample
+    assert rising["beta"] < 0 and rising["d_peak"] == math.inf and rising["d_peak_ci"] == (math.inf, math.inf)
 
 
 @pytest.mark.parametrize("fit", [bestofn.fit_bon, bestofn.fit_rl])
