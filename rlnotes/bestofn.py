@@ -6,11 +6,13 @@
 - ``sample_pool``, ``best_of_n``, ``bon_curve``, ``empirical_bon_kl``: best-of-n on the toy task,
   scored by r_phi (or r*), its mean rewards for every n <= N from one pool, and a Monte Carlo KL.
 - ``fit_bon``, ``fit_rl``: Gao, Schulman and Hilton (2023)'s forms d(alpha - beta d) and
-  d(alpha - beta log d), d = sqrt(KL), fitted by least squares with bootstrap intervals over seeds.
+  d(alpha - beta log d), d = sqrt(KL), fitted by least squares with bootstrap intervals over seeds;
+  ``bin_means`` puts RL runs on one d axis.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -174,6 +176,21 @@ def empirical_bon_kl(score, n: int) -> float:
         raise ValueError(f"score must be [B, N], got shape {s.shape}")
     N = s.shape[1]
     return float(np.mean([exact_bon_kl(np.full(N, 1.0 / N), row, n) for row in s]))
+
+
+def bin_means(d, r, edges) -> np.ndarray:
+    """Per-run means of r over the points whose d falls in [edges[j], edges[j+1]): [runs, bins], NaN where a
+    run has no point in a bin. Puts RL runs, logged per update at KLs of their own, on one d axis."""
+    d, r = _check_runs(d, r)
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or (np.diff(edges) <= 0).any():
+        raise ValueError(f"edges must be increasing, at least 2 of them, got {edges}")
+    out = np.full((len(d), len(edges) - 1), np.nan)
+    for j, (lo, hi) in enumerate(itertools.pairwise(edges)):
+        inside = (d >= lo) & (d < hi)
+        counts = inside.sum(axis=1)
+        out[counts > 0, j] = (r * inside).sum(axis=1)[counts > 0] / counts[counts > 0]
+    return out
 
 
 # ------------------------------------------------------------------ Gao et al.'s functional forms

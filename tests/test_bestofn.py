@@ -164,6 +164,15 @@ def test_forms_and_peaks():
     assert rising["beta"] < 0 and rising["d_peak"] == math.inf and rising["d_peak_ci"] == (math.inf, math.inf)
 
 
+def test_bin_means():
+    d = np.array([[0.1, 0.6, 0.7, 2.5], [0.2, 0.3, 1.5, 1.6]])
+    r = np.array([[1.0, 2.0, 4.0, 9.0], [5.0, 7.0, 1.0, 3.0]])
+    out = bestofn.bin_means(d, r, [0, 0.5, 1, 2])
+    np.testing.assert_array_equal(out, [[1.0, 3.0, np.nan], [6.0, np.nan, 2.0]])
+    with pytest.raises(ValueError, match="edges"):
+        bestofn.bin_means(d, r, [1.0, 0.5])
+
+
 @pytest.mark.parametrize("fit", [bestofn.fit_bon, bestofn.fit_rl])
 def test_fits_refuse_bad_input(fit):
     with pytest.raises(ValueError, match="d and r"):
