@@ -36,6 +36,7 @@ module               chapter
 ``rloo``             6: leave-one-out baselines, the exact bias of group baselines, RLOO
 ``grpo``             6: group advantages, GRPO's loss and its normalisations
 ``ipo``              6: IPO against DPO on a one-token model, DPO's unbounded margin
+``bestofn``          7: best-of-n, its KL to pi_ref, over-optimisation's functional forms
 ``frontier``         5, 6: reward-KL frontiers (DPO against PPO; every method)
 ``post``             all: the source post's claims, checked
 ``plots``            all: every static (matplotlib) figure

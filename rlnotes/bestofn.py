@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from . import lm, rlhf, stats
+from . import lm, prepare, reward, rlhf, sampling, sentiment, stats
+from .sft import kept_as_found
 from .utils import check_positive_int, check_seed
 
 # ------------------------------------------------------------------ closed forms
@@ -77,34 +78,34 @@ def exact_bon_kl(ref_probs, rewards, n: int) -> float:
 @torch.no_grad()
 def sample_pool(policy, prepared, prompts: list[str], n: int, *, seed: int = 0, reward_models: dict | None = None,
                 chunk: int = 4096) -> dict:
-    """n responses y ~ pi(.|x) per prompt (``lm.sample(k=n)``, one seeded generator), scored by r_phi and r*.
+    """n responses y ~ pi(.|x) per prompt (``sampling.sample(k=n)``, one seeded generator), scored by r_phi and r*.
 
     Returns ``responses`` (B lists of n strings), ``r_phi`` and ``r_star`` (float64 [B, n]) and ``finished``
     (bool [B, n]: the response emitted EOS within ``task.max_response_tokens``; r_phi never saw the
-    rest, and ``rlhf.train_ppo`` docks them ``missing_eos_penalty``). ``reward_models``: more scorers
+    rest, and ``rlhf.train`` docks them ``missing_eos_penalty``). ``reward_models``: more scorers
     {name: model called as ``prepared.reward_model`` is}, whose scores of the same responses come
     back under their names (other reward models on one pool). Prompts are
     run ``chunk // n`` at a time (at least one), so memory stays bounded for large n.
     """
     model = policy.lm if isinstance(policy, rlhf.PolicyWithValue) else policy
-    prepared = rlhf.check_prepared("prepared", prepared)
-    prompts = lm.check_texts("prompts", prompts)
+    prepared = prepare.check_prepared("prepared", prepared)
+    prompts = sentiment.check_texts("prompts", prompts)
     n = check_positive_int("n", n)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     tok, task, per = prepared.tokenizer, prepared.task, max(1, check_positive_int("chunk", chunk) // n)
     extra = dict(reward_models or {})
     texts, r_phi, r_star, finished, more = [], [], [], [], {name: [] for name in extra}
-    with rlhf.kept_as_found(model):
+    with kept_as_found(model):
         model.eval()
         for i in range(0, len(prompts), per):
             xs = prompts[i:i + per]
             p, pm = lm.encode_prompts(tok, xs, device)
-            ids, mask = lm.sample(model, tok, p, pm, task.max_response_tokens, generator=gen, k=n)
+            ids, mask = sampling.sample(model, tok, p, pm, task.max_response_tokens, generator=gen, k=n)
             ys = lm.decode_responses(tok, ids, mask)
-            scores = rlhf.check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(ys))
+            scores = reward.check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(ys))
             for name, rm in extra.items():
-                score = rlhf.check_rewards(name, rm(p, pm, ids, mask), len(ys))
+                score = reward.check_rewards(name, rm(p, pm, ids, mask), len(ys))
                 more[name].append(score.double().view(len(xs), n).cpu())
             finished.append((ids == tok.eos_token_id).logical_and(mask.bool()).any(1).view(len(xs), n).cpu())
             texts += [ys[j * n:(j + 1) * n] for j in range(len(xs))]
@@ -118,7 +119,7 @@ def best_of_n(policy, prepared, prompts: list[str], n: int, reward_fn="r_phi", *
     """Best-of-n: sample n responses per prompt, keep argmax_i reward_fn(x, y_i) (the first on a tie).
 
     ``reward_fn``: ``"r_phi"`` (the reward model), ``"r_star"`` (the task's true reward, the control)
-    or a callable ``f(prompts, responses)`` returning one number per response (``rlhf.check_rewards``).
+    or a callable ``f(prompts, responses)`` returning one number per response (``reward.check_rewards``).
     Returns ``responses`` (the chosen, one per prompt), their ``r_phi`` and ``r_star`` (float64 [B]),
     ``index`` (which of the n was chosen) and the ``pool`` (``sample_pool``'s result).
     """
@@ -130,7 +131,7 @@ def best_of_n(policy, prepared, prompts: list[str], n: int, reward_fn="r_phi", *
     elif callable(reward_fn):
         xs = [x for x in prompts for _ in range(n)]
         ys = [y for row in pool["responses"] for y in row]
-        score = rlhf.check_rewards("reward_fn", reward_fn(xs, ys), len(ys), dtype=torch.float64).view(-1, n).numpy()
+        score = reward.check_rewards("reward_fn", reward_fn(xs, ys), len(ys), dtype=torch.float64).view(-1, n).numpy()
     else:
         raise TypeError(f"reward_fn must be 'r_phi', 'r_star' or a callable, got {type(reward_fn).__name__}")
     index = score.argmax(axis=1)
