@@ -227,3 +227,25 @@ def test_no_paragraph_quotes_more_than_ten_numbers(path):
     dense = dense_paragraphs(path)
     assert not dense, (f"{path.name}: paragraphs quoting more than {MAX_NUMBERS} numbers "
                        f"(cell, count, start): {dense}; move the numbers into a table after it")
+
+
+BUILD_IT = {"01_policy_gradient": ["gae"], "02_trpo": ["line_search"], "03_ppo": ["clipped_surrogate"],
+            "04_rlhf": ["reward_loss", "token_rewards"], "05_dpo": ["dpo_loss"], "07_beyond": ["group_advantages"]}
+
+
+@pytest.mark.parametrize("name", sorted(BUILD_IT))
+def test_each_chapter_has_a_build_it_exercise_checked_against_its_hidden_solution(name):
+    """A stub the reader fills in, a check cell that runs rlnotes.exercises.check on it, and a collapsed
+    solution cell that asserts the check passes (so CI tests the check against the solution)."""
+    cells = json.loads((NOTEBOOKS[0].parent / f"{name}.ipynb").read_text())["cells"]
+    source = {c.get("id"): "".join(c["source"]) for c in cells}
+    tags = {c.get("id"): c["metadata"].get("tags", []) for c in cells}
+    slug = f"buildit-{name[:2]}"
+    assert "(build it)" in source[f"{slug}-task"]
+    assert "raise NotImplementedError" in source[f"{slug}-stub"]
+    assert "hide-input" in tags[f"{slug}-solution"] and "nbval-ignore-output" not in tags[f"{slug}-solution"]
+    for exercise in BUILD_IT[name]:
+        assert f'"{exercise}")' in source[f"{slug}-check"]
+        assert f'"{exercise}").passed' in source[f"{slug}-solution"]
+    order = [c.get("id") for c in cells]
+    assert order.index(f"{slug}-stub") < order.index(f"{slug}-check") < order.index(f"{slug}-solution")
