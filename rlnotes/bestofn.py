@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import lm, prepare, reward, rlhf, sampling, sentiment, stats
-from .sft import kept_as_found
+from .trainer import kept_as_found
 from .utils import check_positive_int, check_seed
 
 # ------------------------------------------------------------------ closed forms

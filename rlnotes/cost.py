@@ -46,7 +46,7 @@ from .nets import CategoricalPolicy, ValueNet, fit_value
 from .pairs import check_pairs
 from .returns import advantage_batch, normalize
 from .rollout import Runner
-from .sft import check_model
+from .trainer import check_model
 from .trainer import History, make_config, rng_scope
 from .utils import check_positive_int
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .pairs import check_pairs, check_ref_logps, pair_logps, reference_logps, scoring_batch_size, trim_pairs
 from .reward import preference_accuracy
-from .sft import check_model, check_trainable, kept_as_found
+from .trainer import check_model, check_trainable, kept_as_found
 from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
                       run_guard)
 from .utils import check_choice, check_finite, check_positive, check_positive_int, check_seed, check_same_shape
@@ -303,7 +303,7 @@ def train(data: dict, config: DPOConfig | None = None, *, ref, policy=None, eval
 
     Refused: a policy with no trainable parameter (``ValueError``), and float16 parameters in the
     model that is trained (``policy``, or ``ref`` when it is copied; ``TypeError``: allowed are
-    float32, float64 and bfloat16, ``rlnotes.sft.check_model``). A reference that is only run may
+    float32, float64 and bfloat16, ``rlnotes.trainer.check_model``). A reference that is only run may
     be in any dtype.
     """
     n = check_pairs(data)

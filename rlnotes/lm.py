@@ -32,9 +32,7 @@ __all__ = ["encode_prompts", "encode_responses", "decode_responses", "response_l
            "token_logprobs", "sequence_logprob", "group_response_logits", "last_hidden", "stack_pairs",
            "group_size", "joint", "check_context", "check_temperature", "check_prompts", "special_id", "MIN_TEMPERATURE"]
 
-# The smallest temperature: logits / temperature must stay finite in float32 (largest 3.4e38), and at
-# 1e-6 sampling is already greedy for any logit gap above ~1e-4 (a ratio of e^100 or more).
-MIN_TEMPERATURE = 1e-6
+MIN_TEMPERATURE = 1e-6   # logits / temperature stays finite in float32; greedy for any gap above ~1e-4
 
 
 def special_id(tokenizer, kind: str) -> int:
@@ -225,8 +223,7 @@ def _check_pair(model, prompt_ids, prompt_mask, response_ids, response_mask, k: 
 
 
 def joint(prompt_ids, prompt_mask, response_ids, response_mask):
-    """[x; y] as one sequence: ids and mask side by side, and position ids that count only real tokens
-    (left padding of x takes position 0, so every x's first real token is at position 0)."""
+    """[x; y] as one sequence: ids, mask, and positions that count real tokens only (padding: 0)."""
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)

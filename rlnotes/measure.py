@@ -21,7 +21,7 @@ from .kl import exact_kl, kl_estimators, sequence_kl
 from .prepare import Prepared, check_prepared
 from .reward import check_rewards
 from .rlhf import PolicyWithValue
-from .sft import kept_as_found
+from .trainer import kept_as_found
 from .utils import check_positive_int, check_seed
 
 # The most samples one ``evaluate`` draws (``len(prompts) * n_repeats``; the book's largest is 256 x 2):
@@ -83,7 +83,7 @@ def evaluate(policy, prepared: Prepared, prompts: list[str] | None = None, *, n_
     Refused: a ``policy`` that is not a causal LM, ``prepared`` that is not a complete ``Prepared``
     (TypeError), a negative ``seed``, more than ``MAX_EVAL_SAMPLES`` samples, and a reward model
     whose scores are not one finite number per sample (``check_rewards``). The policy runs in eval
-    mode (no dropout) and is handed back in the mode it came in (``sft.kept_as_found``)."""
+    mode (no dropout) and is handed back in the mode it came in (``trainer.kept_as_found``)."""
     model = _lm(policy)
     device = next(model.parameters()).device
     prepared = check_prepared("prepared", prepared)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .lm import group_response_logits, logprobs_from_logits, stack_pairs
-from .sft import check_model, kept_as_found
+from .trainer import check_model, kept_as_found
 from .utils import check_finite, check_positive_int
 
 __all__ = ["PAIR_KEYS", "check_pairs", "trim_pairs", "pair_logps", "scoring_batch_size", "reference_logps",

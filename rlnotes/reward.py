@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm, sampling, sentiment
-from .sft import SFTConfig, check_model
+from .sft import SFTConfig
+from .trainer import check_model
 from .trainer import History, Timer, TrainResult, atomic, make_config, progress, run_guard, training_scope
 from .utils import check_finite, check_in_range, check_positive_int, check_same_shape, check_seed
 
@@ -272,7 +273,7 @@ def train(prefs: Preferences, config: RewardConfig | None = None, *, sft, tokeni
     changed), ``tokenizer`` its tokenizer. Settings: those of ``RewardConfig``, as keywords or a ``config``.
     Returns a ``TrainResult`` whose ``model`` is the ``RewardModel`` (frozen); logs per step
     ``loss``, ``accuracy`` (on the mini-batch, ``preference_accuracy``) and ``seconds``. Refused: an ``sft``
-    that is not a causal LM or has float16 parameters (``TypeError``: the copy is trained, ``sft.check_model``).
+    that is not a causal LM or has float16 parameters (``TypeError``: the copy is trained, ``trainer.check_model``).
     Runs with gradients on and float32 as the default dtype (``trainer.training_scope``). A Ctrl-C raises
     ``TrainingInterrupted`` whose ``.result`` holds the reward model so far (None before it is built; not
     normalised, not frozen).

@@ -301,3 +301,60 @@ def progress(iterable, enabled: bool, total: int | None = None, desc: str | None
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------- what a trainer does to the caller's models
+
+TRAIN_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+def check_model(name: str, model, trained: bool = False) -> None:
+    """Raise ``TypeError`` unless ``model`` is a ``torch.nn.Module``; with ``trained``, also unless
+    its floating-point parameters are float32, float64 or bfloat16 (``TRAIN_DTYPES``).
+
+    float16 is refused on every device: the trainers keep no float32 master weights and scale no
+    loss, and AdamW's eps (1e-8) is 0 in float16, so a parameter whose gradient is 0 becomes
+    0 / 0 = NaN at the first step. Also with ``trained``, ``ValueError`` for parameters made inside
+    ``torch.inference_mode()`` (inference tensors, which autograd cannot train). A model that is only run
+    (a frozen reference) may be in any dtype.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (a causal LM), got {type(model).__name__}")
+    if trained and any(p.is_inference() for p in model.parameters()):
+        raise ValueError(f"{name} was built inside torch.inference_mode(): its parameters are inference tensors, "
+                         f"which autograd cannot train; build it outside inference_mode")
+    if trained:
+        bad = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()}
+                     - {str(d) for d in TRAIN_DTYPES})
+        if bad:
+            raise TypeError(f"{name} has {', '.join(bad)} parameters, a dtype the trainers cannot train in "
+                            f"(no loss scaling: AdamW turns float16 weights into NaN); allowed: float32, "
+                            f"float64 or bfloat16, e.g. {name}.float()")
+
+
+def check_trainable(name: str, model) -> list:
+    """The parameters of ``model`` that a trainer trains: those the caller left with
+    ``requires_grad=True``. Raises as ``check_model(name, model, trained=True)`` does, and
+    ``ValueError`` if no parameter requires a gradient (a frozen model has nothing to train)."""
+    check_model(name, model, trained=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{name} has no trainable parameter (requires_grad is False for all of them): "
+                         f"unfreeze what should be trained, e.g. {name}.requires_grad_(True)")
+    return params
+
+
+@contextlib.contextmanager
+def kept_as_found(*models):
+    """Run a block, then put back, however it ends (an error, an interrupt), what a trainer changes
+    on the caller's models besides their weights: each parameter's ``requires_grad`` and each
+    module's train/eval mode."""
+    saved = [([(p, p.requires_grad) for p in m.parameters()], [(mod, mod.training) for mod in m.modules()])
+             for m in models]
+    try:
+        yield
+    finally:
+        for params, modules in saved:
+            for p, flag in params:
+                p.requires_grad_(flag)
+            for mod, flag in modules:
+                mod.training = flag

@@ -119,3 +119,20 @@ def test_trainable_copy_is_a_trainable_train_mode_copy_and_leaves_the_reference_
     assert torch.equal(torch.get_rng_state(), rng)                                       # draws nothing
     with pytest.raises(TypeError, match="ref must be a torch.nn.Module .* got NoneType"):
         trainable_copy(None)
+
+
+def test_kept_as_found_puts_back_modes_and_flags_after_an_error():
+    from rlnotes.trainer import check_trainable, kept_as_found
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)).eval()
+    net[0].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with kept_as_found(net):
+            net.train().requires_grad_(True)
+            raise RuntimeError("boom")
+    assert not net.training and not net[1].training
+    assert net[0].weight.requires_grad and not net[0].bias.requires_grad
+    assert check_trainable("net", net) == [net[0].weight]
+    with pytest.raises(ValueError, match="net has no trainable parameter"):
+        check_trainable("net", net.requires_grad_(False))
+    with pytest.raises(TypeError, match="net has torch.float16 parameters"):
+        check_trainable("net", net.half().requires_grad_(True))
