@@ -104,9 +104,9 @@ class PrepareInterrupted(TrainingInterrupted):
 
     def __init__(self, result: Prepared, phase: str, cause: BaseException):
         missing = [f.name for f in fields(Prepared) if getattr(result, f.name) is None]
-        KeyboardInterrupt.__init__(self, f"prepare stopped in {phase} ({type(cause).__name__}); the parts made so far "
-                                         f"are in .result, a Prepared with None for {', '.join(missing) or 'nothing'}")
-        self.result, self.phase = result, phase
+        detail = f"in prepare's {phase}, a Prepared with None for {', '.join(missing) or 'nothing'}"
+        super().__init__(result, cause, detail)
+        self.phase = phase
 
 
 # The random streams of ``prepare``, one per use, each seeded with seed + its offset.
@@ -189,7 +189,8 @@ def prepare(seed: int = 0, *, n_sft: int = 4000, sft_steps: int = 200, n_pairs: 
         xs, ys = task.sft_corpus(n_sft, s["sft_corpus"])
         hx, hy = task.sft_corpus(500, s["heldout_corpus"], split="test")
         parts["sft_heldout"] = {"untrained": heldout_loss(model, tokenizer, hx, hy)}
-        parts["sft_history"] = sft.train((xs, ys), model=model, tokenizer=tokenizer, steps=sft_steps, seed=s["sft"]).history
+        parts["sft_history"] = sft.train((xs, ys), model=model, tokenizer=tokenizer, steps=sft_steps,
+                                         seed=s["sft"]).history
         parts["sft_heldout"]["sft"] = heldout_loss(model, tokenizer, hx, hy)
         model.requires_grad_(False)
         phase = "the preference data"

@@ -174,9 +174,12 @@ class TrainingInterrupted(KeyboardInterrupt):
             out = stop.result
     """
 
-    def __init__(self, result: TrainResult, cause: BaseException):
-        super().__init__(f"training stopped after {len(result.history)} complete updates "
-                         f"({type(cause).__name__}); the partial result is in .result")
+    def __init__(self, result, cause: BaseException, detail: str | None = None):
+        """``result``: any partial result (a ``TrainResult``, a partial ``Prepared``, ...); ``detail``
+        replaces the default description of how far training got."""
+        history = getattr(result, "history", None)
+        done = detail or (f"after {len(history)} complete updates" if history is not None else "early")
+        super().__init__(f"training stopped {done} ({type(cause).__name__}); the partial result is in .result")
         self.result = result
 
 

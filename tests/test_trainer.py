@@ -136,3 +136,12 @@ def test_kept_as_found_puts_back_modes_and_flags_after_an_error():
         check_trainable("net", net.requires_grad_(False))
     with pytest.raises(TypeError, match="net has torch.float16 parameters"):
         check_trainable("net", net.half().requires_grad_(True))
+
+
+def test_training_interrupted_takes_any_partial_result():
+    from rlnotes.trainer import TrainingInterrupted
+    stop = TrainingInterrupted(TrainResult_like := type("R", (), {"history": [1, 2]})(), KeyboardInterrupt())
+    assert stop.result is TrainResult_like and "after 2 complete updates (KeyboardInterrupt)" in str(stop)
+    other = TrainingInterrupted({"partial": True}, KeyboardInterrupt(), "in phase two")
+    assert other.result == {"partial": True} and str(other).startswith("training stopped in phase two")
+    assert isinstance(other, KeyboardInterrupt)
