@@ -32,15 +32,17 @@ module               chapter
 ``pairs``            5, 6: preference pairs and their log-probabilities
 ``dpo``              5, 6: the DPO and IPO losses, one trainer for both
 ``dpo_closed_form``  5: the optimal policy, log Z, DPO on a one-token model
+``dpo_vs_ppo``       5: the reward-KL frontier of DPO against RLHF-PPO, over seeds
 ``groups``           6: groups of samples for RLOO and GRPO, when a scoring pass serves the update
 ``rloo``             6: leave-one-out baselines, the exact bias of group baselines, RLOO
 ``grpo``             6: group advantages, GRPO's loss and its normalisations
 ``ipo``              6: IPO against DPO on a one-token model, DPO's unbounded margin
 ``bestofn``          7: best-of-n, its KL to pi_ref, over-optimisation's functional forms
-``frontier``         5, 6: reward-KL frontiers (DPO against PPO; every method)
+``frontier``         6: the reward-KL frontier of every method
 ``post``             all: the source post's claims, checked
 ``plots``            all: every static (matplotlib) figure
 ``seeds``            1-3: the seeds of one setting, run on every core
+``parallel``         all: the one pool of worker processes (one torch thread per job), the cores
 ``stats``            all: standard errors, bootstrap intervals, IQM over seeds and samples
 ``exercises``        1-6: the build-it exercises' checks, the reader's function against rlnotes'
 ``utils``            all: seeding, device selection, argument checks

@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import numpy as np
 import torch
@@ -44,6 +41,7 @@ from . import dpo, ppo, trpo
 from .actor_critic import ActorCritic, make_optimizer
 from .nets import CategoricalPolicy, ValueNet, fit_value
 from .pairs import check_pairs
+from .parallel import Pool, cores
 from .returns import advantage_batch, normalize
 from .rollout import Runner
 from .trainer import check_model
@@ -51,14 +49,10 @@ from .trainer import History, make_config, rng_scope
 from .utils import check_positive_int
 
 
-def _run(train, kwargs, seed):
-    """``train(seed=seed, **kwargs).history`` on one torch thread (the thread count restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(seed=seed, **kwargs).history
-    finally:
-        torch.set_num_threads(threads)
+def _run(job):
+    """``train(seed=seed, **kwargs).history`` for ``job = (name, train, kwargs, seed)``."""
+    _, train, kwargs, seed = job
+    return train(seed=seed, **kwargs).history
 
 
 def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
@@ -82,14 +76,9 @@ def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
             raise TypeError(f"settings[{name!r}] must be (train, kwargs) with a callable train and no 'seed' "
                             "in kwargs (the seeds come from `seeds`)")
     jobs = [(name, train, kwargs, s) for name, (train, kwargs) in settings.items() for s in seeds]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(len(jobs), cores if workers is None else check_positive_int("workers", workers))
-    if workers == 1:
-        histories = [_run(train, kwargs, s) for _, train, kwargs, s in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run, train, kwargs, s) for _, train, kwargs, s in jobs]
-            histories = [f.result() for f in futures]
+    workers = min(len(jobs), cores() if workers is None else check_positive_int("workers", workers))
+    with Pool(workers) as pool:     # one torch thread per run, in this process or a worker
+        histories = pool.map(_run, jobs)
     out = {name: [] for name in settings}
     for (name, *_), history in zip(jobs, histories):
         out[name].append(history)

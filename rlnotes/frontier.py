@@ -11,32 +11,22 @@ optionally evaluated after every epoch (DPO, IPO; ``per_epoch`` and ``epoch_rows
 ``summarize`` gives the mean over seeds with its standard error and the spread (sample std and
 min-max), ``format_table`` prints it (``rlnotes.plots.method_frontier`` draws it); ``budget`` counts what each run spends
 (samples, Adam steps), and ``gap_to_curve`` measures how far one method's points lie below
-another's frontier.
-
-Chapter 5's frontier, DPO against RLHF-PPO on the learned reward r_phi (``DPO_PPO_METHODS``):
-``dpo_ppo_point`` trains one and measures it (``FRONTIER_KEYS``, optionally at DPO checkpoints),
-``dpo_ppo_frontier`` runs many such points over the cores.
+another's frontier. Chapter 5's frontier, DPO against RLHF-PPO, is ``rlnotes.dpo_vs_ppo``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import functools
 import math
-import os
-import pickle
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import numpy as np
-import torch
 
 from . import dpo, grpo, measure, rlhf, rloo
-from .pairs import check_pairs, reference_logps
+from .parallel import Pool, cores
 from .reward import VerifiableReward
 from .stats import standard_error
-from .trainer import make_config
 from .utils import check_positive_int
 
 METHODS = ("PPO", "DPO", "IPO", "RLOO", "GRPO")
@@ -87,100 +77,48 @@ def _measure(m: dict) -> dict:
 
 
 def _one_run(prepared, data, run: dict, n_repeats: int) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # one thread per run, in this process or a worker: the same bits either way
-    try:
-        settings = dict(run.get("settings", {}))
-        callback = None
-        if run.get("per_epoch", False):
-            callback = lambda policy: _measure(measure.evaluate(policy, prepared, n_repeats=n_repeats))
-        start = time.perf_counter()
-        model, history = train_method(run["method"], prepared, run["beta"], run["seed"], data, callback=callback,
-                                      **settings)
-        seconds = time.perf_counter() - start
-        if callback is None:
-            measured = _measure(measure.evaluate(model, prepared, n_repeats=n_repeats))
-        else:                      # the evaluation after the last epoch is the final one
-            measured = {k: float(history.update_array(f"eval/{k}")[-1]) for k in ("r_star", "r_star/se", "kl", "kl/se")}
-    finally:
-        torch.set_num_threads(threads)
+    """One run of ``train_runs`` (on one torch thread: ``parallel.Pool``, in this process or a worker)."""
+    settings = dict(run.get("settings", {}))
+    callback = None
+    if run.get("per_epoch", False):
+        callback = lambda policy: _measure(measure.evaluate(policy, prepared, n_repeats=n_repeats))
+    start = time.perf_counter()
+    model, history = train_method(run["method"], prepared, run["beta"], run["seed"], data, callback=callback,
+                                  **settings)
+    seconds = time.perf_counter() - start
+    if callback is None:
+        measured = _measure(measure.evaluate(model, prepared, n_repeats=n_repeats))
+    else:                      # the evaluation after the last epoch is the final one
+        measured = {k: float(history.update_array(f"eval/{k}")[-1]) for k in ("r_star", "r_star/se", "kl", "kl/se")}
     return {**run, **measured, "seconds": seconds, "history": history}
 
 
-_WORKER = {}
+def _start_worker(prepared) -> tuple:
+    return prepared, prepared.train_prefs.encode(prepared.tokenizer)
 
 
-def _rebuild(cls, config, state, training, trainable):
-    model = cls(config).to(next(v.dtype for v in state.values() if v.is_floating_point()))
-    model.load_state_dict(state)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in trainable)
-    return model.train(training)
-
-
-class _Pickler(pickle.Pickler):
-    """Sends a transformers model as its class, config and weights, rebuilt on arrival: the forward
-    hooks that transformers installs on a model at its first pass are local functions, which
-    pickle cannot send."""
-
-    def reducer_override(self, obj):
-        from transformers import PreTrainedModel
-
-        if isinstance(obj, PreTrainedModel):
-            state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
-            trainable = {n for n, p in obj.named_parameters() if p.requires_grad}
-            return _rebuild, (type(obj), obj.config, state, obj.training, trainable)
-        return NotImplemented
-
-
-def _start_worker(payload: bytes):
-    torch.set_num_threads(1)
-    prepared = pickle.loads(payload)
-    _WORKER["prepared"] = prepared
-    _WORKER["data"] = prepared.train_prefs.encode(prepared.tokenizer)
-
-
-def _run_in_worker(run: dict, n_repeats: int) -> dict:
-    return _one_run(_WORKER["prepared"], _WORKER["data"], run, n_repeats)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _run_in_worker(n_repeats: int, state: tuple, run: dict) -> dict:
+    return _one_run(*state, run, n_repeats)
 
 
 class Workers:
     """Processes that run ``train_runs``' runs, started once for several calls: each receives
     ``prepared`` once and keeps it. ``n`` processes (default: one per core on a CPU; on a GPU one,
     which means this process: no workers). Use as ``with Workers(prepared) as w: ...`` or call
-    ``close()``; pass it as ``train_runs(prepared, runs, workers=w)``."""
+    ``close()``; pass it as ``train_runs(prepared, runs, workers=w)``. A ``parallel.Pool``."""
 
     def __init__(self, prepared, n: int | None = None):
         self.prepared = prepared
-        self.n = check_positive_int("n", n) if n is not None else (_cores() if prepared.device.type == "cpu" else 1)
-        self._pool = None
-        if self.n > 1:
-            buffer = io.BytesIO()
-            _Pickler(buffer).dump(prepared)
-            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context("spawn"), initializer=_start_worker,
-                                             initargs=(buffer.getvalue(),))
+        self.n = check_positive_int("n", n) if n is not None else (cores() if prepared.device.type == "cpu" else 1)
+        self._pool = Pool(self.n, initializer=_start_worker, initargs=(prepared,))
 
     def map(self, runs: list[dict], n_repeats: int = 1) -> list[dict]:
-        """``train_runs``' results for ``runs``, in order."""
-        if self._pool is None:
-            data = self.prepared.train_prefs.encode(self.prepared.tokenizer)
-            return [_one_run(self.prepared, data, r, n_repeats) for r in runs]
-        futures = [self._pool.submit(_run_in_worker, r, n_repeats) for r in runs]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:      # a failed run (or Ctrl-C) stops the runs that have not started
-            for f in futures:
-                f.cancel()
-            raise
+        """``train_runs``' results for ``runs``, in order; a failed run (or Ctrl-C) stops the runs
+        that have not started."""
+        return self._pool.map(functools.partial(_run_in_worker, n_repeats), runs)
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        self._pool.close()
 
     def __enter__(self):
         return self
@@ -212,7 +150,7 @@ def train_runs(prepared, runs: list[dict], *, n_repeats: int = 1, workers: "int 
             raise ValueError("workers were started with another prepared")
         return workers.map(runs, n_repeats)
     if workers is None:
-        workers = _cores() if prepared.device.type == "cpu" else 1
+        workers = cores() if prepared.device.type == "cpu" else 1
     with Workers(prepared, min(check_positive_int("workers", workers), max(len(runs), 1))) as pool:
         return pool.map(runs, n_repeats)
 
@@ -340,121 +278,3 @@ def budget(method: str, settings: dict | None = None, n_pairs: int | None = None
         epochs = 1
     return {"updates": cfg.steps, "adam_steps": cfg.steps * epochs * math.ceil(n / min(per_epoch, n)),
             "responses": cfg.steps * n, "pairs": 0, "lr": cfg.lr}
-
-# ---------------------------------------------------------------------------------------------
-# Chapter 5's reward-KL frontier over seeds: DPO and RLHF-PPO at one beta (section 5.7)
-# ---------------------------------------------------------------------------------------------
-
-DPO_PPO_METHODS = ("DPO", "PPO")
-FRONTIER_KEYS = ("r_star", "r_star/se", "r_phi", "r_phi/se", "kl/exact_per_sequence", "kl/exact_per_sequence/se", "n")
-
-
-def dpo_ppo_point(prepared, data: dict, method: str, beta: float, seed: int = 0, *, checkpoints=(),
-                   eval_data: dict | None = None, n_repeats: int = 2, ref_logps: tuple | None = None,
-                   **kwargs) -> dict:
-    """One point of the reward-KL frontier (DPO paper, Figure 2): train ``method`` with the KL coefficient
-    ``beta`` of the objective Eq. 3, then measure its samples on held-out prompts.
-
-    "DPO": ``dpo.train(data, ref=prepared.sft, beta=beta, seed=seed, **kwargs)``; "PPO":
-    ``rlhf.train(prepared, beta=beta, seed=seed, **kwargs)``. The policy is measured by
-    ``measure.evaluate(..., n_repeats=n_repeats)`` (``FRONTIER_KEYS``: r*, r_phi and KL, each with its
-    standard error, and n); for DPO with ``eval_data`` also the implicit reward's ``accuracy`` on those
-    pairs. ``checkpoints``: DPO optimiser steps after which the policy is measured as well (a run of
-    e epochs passes through the run of fewer epochs: same seed, same order, the same weights).
-    Returns {"eval": ..., "checkpoints": {step: ...}, "history": History, "config": ...}; the model is
-    not kept.
-    """
-    if method not in DPO_PPO_METHODS:
-        raise ValueError(f"method must be one of {DPO_PPO_METHODS}, got {method!r}")
-    if eval_data is not None:
-        check_pairs(eval_data, "eval_data")
-    checkpoints = sorted({check_positive_int("checkpoints", c) for c in checkpoints})
-    if checkpoints and method != "DPO":
-        raise ValueError("checkpoints are optimiser steps of DPO; PPO is measured at the end only")
-
-    def measured(policy):
-        m = measure.evaluate(policy, prepared, n_repeats=n_repeats)
-        out = {k: m[k] for k in FRONTIER_KEYS}
-        if method == "DPO" and eval_data is not None:
-            out["accuracy"] = dpo.preference_metrics(policy, prepared.sft, eval_data, beta)["accuracy"]
-        return out
-
-    seen = {}
-    if method == "PPO":
-        run = rlhf.train(prepared, beta=beta, seed=seed, **kwargs)
-    else:
-        cfg = make_config(dpo.DPOConfig, None, beta=beta, seed=seed, **kwargs)
-        total = cfg.epochs * -(-check_pairs(data) // cfg.batch_size)
-        if checkpoints and checkpoints[-1] > total:
-            raise ValueError(f"checkpoints must be optimiser steps of the run (1 to {total}), got {checkpoints}")
-        every = int(np.gcd.reduce(checkpoints)) if checkpoints else None
-        calls = []
-
-        def at_checkpoint(policy):          # train calls it at steps 0, every, 2 every, ... and at the end
-            step = min(every * len(calls), total)
-            calls.append(step)
-            if step in checkpoints:
-                seen[step] = measured(policy)
-            return {}
-
-        run = dpo.train(data, cfg, ref=prepared.sft, ref_logps=ref_logps,
-                    callback=at_checkpoint if checkpoints else None, eval_every=every)
-    return {"eval": measured(run.model), "checkpoints": seen, "history": run.history, "config": run.config}
-
-
-_FRONTIER_WORKER = {}
-
-
-def _frontier_worker_init(prepared, data, eval_data):
-    import transformers
-
-    torch.set_num_threads(1)
-    # transformers registers what a model class can record (hidden states, which the value head of
-    # RLHF-PPO reads) when a model of that class is built; a process that only unpickles models has
-    # built none, so build one throwaway model per class first (weights from a forked generator)
-    classes = {type(m): m.config for obj in vars(prepared).values() if isinstance(obj, torch.nn.Module)
-               for m in obj.modules() if isinstance(m, transformers.PreTrainedModel)}
-    with torch.random.fork_rng():
-        for cls, config in classes.items():
-            cls(config)
-    _FRONTIER_WORKER.update(prepared=prepared, data=data, eval_data=eval_data,
-                            ref_logps=reference_logps(prepared.sft, data))
-
-
-def _frontier_job(point: dict) -> dict:
-    w = _FRONTIER_WORKER
-    ref = {"ref_logps": w["ref_logps"]} if point.get("method") == "DPO" else {}
-    return dpo_ppo_point(w["prepared"], w["data"], eval_data=w["eval_data"], **ref, **point)
-
-
-def dpo_ppo_frontier(prepared, data: dict, points, *, eval_data: dict | None = None,
-                     workers: int | None = None) -> list:
-    """``dpo_ppo_point(prepared, data, eval_data=eval_data, **p)`` for each dict ``p`` of ``points``
-    (``method``, ``beta``, ``seed`` and the rest of its arguments), in the order given.
-
-    The points run in up to ``workers`` processes (default: one per core; 1: in this process), each
-    with one torch thread, so that the results are the same whatever the number of processes. Each
-    process receives ``prepared`` and the pairs once, and computes the reference's log-probabilities
-    of the pairs once for all its DPO runs.
-    """
-    check_pairs(data)
-    if eval_data is not None:
-        check_pairs(eval_data, "eval_data")
-    points = [dict(p) for p in points]
-    for p in points:
-        if not {"method", "beta"} <= set(p):
-            raise ValueError(f"each point needs a method and a beta, got {p}")
-    workers = min(len(points), _cores() if workers is None else check_positive_int("workers", workers))
-    if workers <= 1:
-        threads = torch.get_num_threads()
-        saved = dict(_FRONTIER_WORKER)
-        try:
-            _frontier_worker_init(prepared, data, eval_data)
-            return [_frontier_job(p) for p in points]
-        finally:
-            torch.set_num_threads(threads)
-            _FRONTIER_WORKER.clear()
-            _FRONTIER_WORKER.update(saved)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_frontier_worker_init,
-                             initargs=(prepared, data, eval_data)) as pool:
-        return list(pool.map(_frontier_job, points))

@@ -10,22 +10,14 @@ the trainer seed by seed.
 from __future__ import annotations
 
 import dataclasses
-import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+import functools
 
+from .parallel import Pool, cores
 from .utils import check_positive_int
 
 
-def _one(train, seed, keep_models, kwargs):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread per run: as fast for these networks, and the same bits
-    try:
-        result = train(seed=seed, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
+def _one(train, keep_models, kwargs, seed):
+    result = train(seed=seed, **kwargs)   # on one thread (parallel.Pool): as fast for these networks, the same bits
     return seed, result if keep_models else dataclasses.replace(result, model=None, value_fn=None)
 
 
@@ -43,10 +35,6 @@ def train_seeds(train, seeds, *, workers: int | None = None, keep_models: bool =
         raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
     if "seed" in kwargs:
         raise TypeError("pass the seeds as `seeds`, not `seed`")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(len(seeds), cores if workers is None else check_positive_int("workers", workers))
-    if workers == 1:
-        return dict(_one(train, s, keep_models, kwargs) for s in seeds)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_one, train, s, keep_models, kwargs) for s in seeds]
-        return dict(f.result() for f in futures)
+    workers = min(len(seeds), cores() if workers is None else check_positive_int("workers", workers))
+    with Pool(workers) as pool:
+        return dict(pool.map(functools.partial(_one, train, keep_models, kwargs), seeds))

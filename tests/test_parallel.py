@@ -1,0 +1,103 @@
+"""rlnotes.parallel: the pool every parallel run of rlnotes uses: results in order, the jobs not
+started cancelled when one fails, the initializer run once per worker, and workers=1 in this
+process on one thread, the thread count restored after."""
+
+import functools
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlnotes import parallel
+
+
+# jobs that the spawned workers import by name (this file is on their sys.path, as on pytest's)
+def square_after(x):
+    time.sleep(0.05 * (x % 3))          # later jobs may finish first: the order must not follow
+    return x * x, torch.get_num_threads()
+
+
+def fail_or_mark(folder, x):
+    if x == 0:
+        raise ValueError("job 0 fails")
+    time.sleep(0.2)
+    (Path(folder) / str(x)).touch()
+    return x
+
+
+def start(folder):
+    with open(Path(folder) / "starts", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+def job_with_state(state, x):
+    return state, x, torch.get_num_threads()
+
+
+def test_cores_counts_this_process_cpus():
+    assert 1 <= parallel.cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_come_in_the_order_given_each_on_one_thread(workers):
+    with parallel.Pool(workers) as pool:
+        assert pool.map(square_after, range(7)) == [(x * x, 1) for x in range(7)]
+        assert pool.map(square_after, [5, 1]) == [(25, 1), (1, 1)]     # a pool serves several maps
+
+
+def test_a_failed_job_cancels_the_jobs_not_started(tmp_path):
+    with parallel.Pool(2) as pool:
+        with pytest.raises(ValueError, match="job 0 fails"):
+            pool.map(functools.partial(fail_or_mark, str(tmp_path)), range(30))
+    assert len(list(tmp_path.iterdir())) < 10         # at most the few jobs already queued ran
+
+
+def test_in_this_process_a_failed_job_stops_the_rest_and_the_threads_are_restored(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with parallel.Pool(1) as pool, pytest.raises(ValueError, match="job 0 fails"):
+            pool.map(functools.partial(fail_or_mark, str(tmp_path)), [1, 0, 2])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1"] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ctrl_c_cancels_the_jobs_not_started(tmp_path, monkeypatch):
+    calls = []
+
+    def ctrl_c_on_wait(self, timeout=None):        # Ctrl-C while the pool waits for the first result
+        calls.append(self)
+        raise KeyboardInterrupt
+
+    with parallel.Pool(2) as pool:
+        monkeypatch.setattr("concurrent.futures.Future.result", ctrl_c_on_wait)
+        with pytest.raises(KeyboardInterrupt):
+            pool.map(functools.partial(fail_or_mark, str(tmp_path)), range(1, 31))
+        monkeypatch.undo()
+    assert len(calls) == 1 and len(list(tmp_path.iterdir())) < 10
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_initializer_runs_once_per_worker_and_its_state_reaches_every_job(tmp_path, workers):
+    threads = torch.get_num_threads()
+    with parallel.Pool(workers, initializer=start, initargs=(str(tmp_path),)) as pool:
+        out = pool.map(job_with_state, range(8)) + pool.map(job_with_state, range(8, 12))
+    starts = (tmp_path / "starts").read_text().split()
+    assert [x for _, x, _ in out] == list(range(12)) and all(n == 1 for *_, n in out)
+    assert len(starts) == len(set(starts)) <= workers             # once per process
+    assert {state for state, *_ in out} <= {int(pid) for pid in starts}
+    if workers == 1:
+        assert starts == [str(os.getpid())] and torch.get_num_threads() == threads
+
+
+def test_a_closed_pool_refuses_jobs_and_workers_are_checked():
+    pool = parallel.Pool(1)
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.map(square_after, [1])
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        parallel.Pool(0)
