@@ -201,7 +201,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Per (method, beta): ``n`` seeds; the mean over seeds of ``r_star`` and ``kl``, its standard
     error over seeds (``r_star_se``, ``kl_se``: s / sqrt(n), NaN for one seed), the sample std,
     min and max (``r_star_std`` ... ``kl_max``); ``eval_se``, the mean of the runs' own ``r_star/se``
-    (the sampling error of one evaluation, where the rows have it); mean ``seconds``."""
+    (the sampling error of one evaluation, where the rows have it); mean ``seconds`` (NaN where rows lack it)."""
     groups = {}
     for row in rows:
         groups.setdefault((row["method"], row["beta"]), []).append(row)
@@ -216,7 +216,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "r_star_min": float(r.min()), "r_star_max": float(r.max()),
                     "kl_min": float(kl.min()), "kl_max": float(kl.max()),
                     "eval_se": float(np.mean(eval_se)) if eval_se else float("nan"),
-                    "seconds": float(np.mean([x["seconds"] for x in runs]))})
+                    "seconds": float(np.mean([x.get("seconds", np.nan) for x in runs]))})
     return out
 
 
