@@ -47,7 +47,9 @@ class History:
     """What a training run recorded.
 
     ``updates`` maps a log key (``"kl/exact_per_state"``, ``"entropy"``, ``"seconds"``, ...) to
-    one value per update; ``update_array(key)`` returns it as a NumPy array. The control
+    one value per update; ``evals`` maps the keys logged at evaluations only (``"eval/step"``,
+    ``"eval/<metric>"``) to one value per evaluation; ``update_array(key)`` returns either as a
+    NumPy array. The control
     trainers also record each finished episode: ``episode_ends`` (the environment step count at
     which it ended) and ``episode_returns`` (its undiscounted return).
     """
@@ -55,6 +57,7 @@ class History:
     _ends: list = field(default_factory=list)
     _returns: list = field(default_factory=list)
     updates: dict = field(default_factory=dict)
+    evals: dict = field(default_factory=dict)
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -79,13 +82,14 @@ class History:
                 value = value.item() if torch.is_tensor(value) else float(value)
             except (TypeError, ValueError, RuntimeError):
                 raise TypeError(f"metric {name!r} must be one number, got {value!r}") from None
-            self.updates.setdefault(name, []).append(value)
+            (self.evals if name.startswith("eval/") else self.updates).setdefault(name, []).append(value)
 
     def update_array(self, key: str) -> np.ndarray:
         """The values logged under ``key``, one per update; ``KeyError`` naming the keys logged."""
-        if key not in self.updates:
-            raise KeyError(f"no metric {key!r} was logged; logged: {sorted(self.updates)}")
-        return np.asarray(self.updates[key], dtype=float)
+        logged = {**self.updates, **self.evals}
+        if key not in logged:
+            raise KeyError(f"no metric {key!r} was logged; logged: {sorted(logged)}")
+        return np.asarray(logged[key], dtype=float)
 
     def __len__(self) -> int:
         """The number of updates logged."""

@@ -178,7 +178,8 @@ def test_the_contract(trainer):
     assert cfg.as_dict()["seed"] == 0
 
     # the log keys: the table's, every KL key naming estimator and unit
-    keys = set(out.history.updates)
+    keys = set(out.history.updates) | set(out.history.evals)
+    assert not any(k.startswith("eval/") for k in out.history.updates), "evaluations go to History.evals"
     allowed = VOCABULARY[name][1]
     assert keys <= allowed, f"{name} logs keys outside the vocabulary: {sorted(keys - allowed)}"
     assert {k for k in allowed if not k.startswith("eval/")} <= keys, f"{name} misses {sorted(allowed - keys)}"
@@ -191,7 +192,7 @@ def test_the_contract(trainer):
     assert len(h) == n_updates
     for key in keys:
         values = h.update_array(key)
-        assert len(values) == (n_updates if not key.startswith("eval/") else len(h.update_array("eval/step"))), key
+        assert len(values) == (n_updates if key in h.updates else len(h.evals["eval/step"])), key
         assert np.isfinite(values).all(), key
     assert len(h.episode_ends) == len(h.episode_returns)
     if "env_steps" in keys:  # the control trainers: env_steps counts up to total_steps, episodes inside it

@@ -99,7 +99,8 @@ def test_train_starts_at_log2_learns_the_pairs_and_keeps_ref_frozen(tiny):
                     eval_data=data, eval_every=20, callback=lambda p: seen.append(1) or {"x": 1.0})
     policy, h = out.model, out.history
     assert isinstance(out.config, dpo.DPOConfig) and out.config.eval_every == 20
-    u = h.updates
+    u = {**h.updates, **h.evals}
+    assert all(k.startswith("eval/") for k in h.evals) and not any(k.startswith("eval/") for k in h.updates)
     assert u["loss"][0] == pytest.approx(math.log(2), abs=1e-6)
     assert u["rewards/chosen"][0] == 0 and u["rewards/rejected"][0] == 0
     assert u["rewards/accuracies"][0] == 0.5  # pi = pi_ref: every pair a tie, counted one half
@@ -240,10 +241,10 @@ def test_train_refuses_ref_logps_that_are_not_two_finite_tensors(tiny):
 def test_callback_none_logs_nothing_and_scalars_of_any_kind_are_numbers(tiny):
     ref, _, data = tiny
     out = dpo.train(data, ref=ref, callback=lambda policy: None, **TINY_RUN)
-    assert [k for k in out.history.updates if k.startswith("eval/")] == ["eval/step"]
+    assert list(out.history.evals) == ["eval/step"]
     values = {"np32": np.float32(0.25), "np_int": np.int64(3), "np0d": np.array(1.5), "torch0d": torch.tensor(2.5),
               "int": 4, "float": 0.5}
-    u = dpo.train(data, ref=ref, callback=lambda policy: values, **TINY_RUN).history.updates
+    u = dpo.train(data, ref=ref, callback=lambda policy: values, **TINY_RUN).history.evals
     assert {k: u[f"eval/{k}"] for k in values} == {"np32": [0.25], "np_int": [3.0], "np0d": [1.5], "torch0d": [2.5],
                                                     "int": [4.0], "float": [0.5]}
 
@@ -418,7 +419,7 @@ def test_ipo_train_reaches_the_target_margin_and_keeps_ref_frozen(tiny):
     model, _, data = tiny
     before = [p.clone() for p in model.parameters()]
     out = dpo.train(data, ref=model, eval_data=data, **{**IPO_RUN, "epochs": 40})
-    u = out.history.updates
+    u = {**out.history.updates, **out.history.evals}
     assert u["loss"][0] == pytest.approx(1.0, abs=1e-5)            # h = 0 at the start: (0 - 1)^2
     assert u["rewards/accuracies"][0] == 0.5                        # ties count one half
     assert out.history.update_array("eval/margin")[-1] == pytest.approx(1.0, abs=0.1)
@@ -438,7 +439,7 @@ def test_ipo_train_callback_before_and_after_each_epoch(tiny):
                     eval_every=2, callback=lambda policy: seen.append(policy.training) or {"n": len(seen)})
     assert out.history.update_array("eval/step").tolist() == [0, 2, 4, 6]      # 8 pairs: 2 steps per epoch
     assert out.history.update_array("eval/n").tolist() == [1, 2, 3, 4] and seen == [False] * 4   # in eval mode
-    assert "eval/loss" not in out.history.updates
+    assert "eval/loss" not in out.history.evals
     plain = dpo.train(data, ref=model, **{**IPO_RUN, "epochs": 3})
     assert plain.history.updates["loss"] == out.history.updates["loss"]      # the callback does not perturb training
 
@@ -519,10 +520,10 @@ def test_ipo_train_refuses_a_float16_ref_and_trains_a_bfloat16_one(tiny):
 def test_ipo_callback_none_numpy_scalars_and_non_numbers(tiny):
     ref, _, data = tiny
     out = dpo.train(data, ref=ref, callback=lambda policy: None, **IPO_RUN)
-    assert [k for k in out.history.updates if k.startswith("eval/")] == ["eval/step"]
+    assert list(out.history.evals) == ["eval/step"]
     out = dpo.train(data, ref=ref, callback=lambda policy: {"r": np.float32(0.5), "kl": torch.tensor(0.25)},
                     eval_every=2, **IPO_RUN)                                       # before training and at step 2
-    assert out.history.updates["eval/r"] == [0.5, 0.5] and out.history.updates["eval/kl"] == [0.25, 0.25]
+    assert out.history.evals["eval/r"] == [0.5, 0.5] and out.history.evals["eval/kl"] == [0.25, 0.25]
     with pytest.raises(TypeError, match=r"callback's value for 'text' must be a real number .* got 'skipped'"):
         dpo.train(data, ref=ref, callback=lambda policy: {"text": "skipped"}, **IPO_RUN)
     with pytest.raises(ValueError, match="callback's key 'margin' clashes with the trainer's own eval/margin"):

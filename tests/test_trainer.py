@@ -145,3 +145,13 @@ def test_training_interrupted_takes_any_partial_result():
     other = TrainingInterrupted({"partial": True}, KeyboardInterrupt(), "in phase two")
     assert other.result == {"partial": True} and str(other).startswith("training stopped in phase two")
     assert isinstance(other, KeyboardInterrupt)
+
+
+def test_history_keeps_evaluations_apart_from_updates():
+    h = History()
+    h.log({"loss": 1.0, "eval/step": 0, "eval/loss": 2.0})
+    h.log(loss=0.5)
+    assert h.updates == {"loss": [1.0, 0.5]} and h.evals == {"eval/step": [0.0], "eval/loss": [2.0]}
+    assert len(h) == 2 and h.update_array("eval/loss").tolist() == [2.0]
+    with pytest.raises(KeyError, match=r"no metric 'kl' was logged; logged: \['eval/loss', 'eval/step', 'loss'\]"):
+        h.update_array("kl")

@@ -192,7 +192,7 @@ def reward_kl_frontier(points, *, ax=None, rewards: Mapping[str, str] | None = N
 def dpo_training(history, *, reference_accuracy: float | None = None, smooth: int = 6, ax=None):
     """DPO's training logs in four panels, one quantity per axis (chapter 5).
 
-    ``history`` is ``rlnotes.dpo.train(...).history`` (or its ``updates`` dict) with TRL's keys:
+    ``history`` is ``rlnotes.dpo.train(...).history`` (or a dict of its logs) with TRL's keys:
     the loss per batch and held-out (against log 2, the loss at the start); the implicit rewards
     of chosen and rejected responses and their margin; the log-probabilities of both; the
     preference accuracy on training batches and held out (against ``reference_accuracy``, e.g.
@@ -200,7 +200,8 @@ def dpo_training(history, *, reference_accuracy: float | None = None, smooth: in
     logged (``eval/r_star``). Batch-level curves are moving means over ``smooth`` batches.
     ``ax``: the 2 x 2 axes to draw on (a new figure otherwise). Returns the 2 x 2 axes.
     """
-    u = {k: np.asarray(v, dtype=float) for k, v in getattr(history, "updates", history).items()}
+    logged = {**history.updates, **history.evals} if hasattr(history, "evals") else history
+    u = {k: np.asarray(v, dtype=float) for k, v in logged.items()}
     needed = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
               "logps/rejected", "rewards/accuracies"]
     missing = [k for k in needed if k not in u]
