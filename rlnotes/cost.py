@@ -200,6 +200,30 @@ ROLES = ("policy", "value head", "reference", "reward model")
 WORK_KEYS = ("forward", "backward", "decode_steps", "tokens_decoded")
 
 
+NETWORKS = ("policy", "reference", "reward model")   # the value head is a head on the policy's trunk
+
+
+def networks_run(per_update: dict) -> list[str]:
+    """The networks an update runs (``NETWORKS``), from ``update_work``'s per-update counts of one
+    method: a role that makes a forward pass or a decoding step; the value head (65 parameters on
+    the policy's trunk, ``rlhf.PolicyWithValue``) belongs to the policy, not a network of its own."""
+    ran = {role for role, c in per_update.items() if c["forward"] + c["decode_steps"] > 0}
+    return [n for n in NETWORKS if n in ran or (n == "policy" and "value head" in ran)]
+
+
+def passes_per_update(per_update: dict) -> float:
+    """Forward plus backward passes of one update, over every role (value head included)."""
+    return float(sum(c["forward"] + c["backward"] for c in per_update.values()))
+
+
+def work_per_progress(passes: float, updates: int, gain: float) -> float:
+    """Forward and backward passes of a whole run, ``passes`` per update times ``updates``, per unit of
+    progress ``gain`` (nats of KL to pi_ref, or the rise of the true reward r*); inf if no progress."""
+    updates = check_positive_int("updates", updates)
+    gain = float(gain)
+    return passes * updates / gain if gain > 0 else float("inf")
+
+
 @contextlib.contextmanager
 def count_passes(ref, reward_model=None):
     """Count what each network computes inside a ``with`` block, by role; yields the counts as they fill.

@@ -162,3 +162,17 @@ def test_count_passes_refuses_a_ref_that_is_not_a_model():
     with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
         with cost.count_passes(None):
             pass
+
+
+def test_networks_run_fold_the_value_head_into_the_policy_and_work_per_progress():
+    zero = dict(forward=0, backward=0, decode_steps=0)
+    ppo_like = {"policy": dict(zero, forward=4, backward=4, decode_steps=8), "value head": dict(zero, forward=4),
+                "reference": dict(zero, forward=1), "reward model": dict(zero, forward=1)}
+    dpo_like = {"policy": dict(zero, forward=1, backward=1), "value head": zero, "reference": zero,
+                "reward model": zero}
+    assert cost.networks_run(ppo_like) == ["policy", "reference", "reward model"]
+    assert cost.networks_run(dpo_like) == ["policy"]
+    assert cost.passes_per_update(ppo_like) == 14 and cost.passes_per_update(dpo_like) == 2
+    assert cost.work_per_progress(14, 100, 0.5) == 2800 and cost.work_per_progress(2, 72, 0.0) == float("inf")
+    with pytest.raises(ValueError, match="updates must be >= 1"):
+        cost.work_per_progress(2, 0, 1.0)
