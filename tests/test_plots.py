@@ -437,3 +437,16 @@ def test_multi_panel_figures_draw_on_the_axes_given():
     assert plots.update_curves({"a": logged(0)}, {"r_star": "r*"}, ax=c) == [c] and not a.get_lines()
     fig, ax = plt.subplots()
     assert plots.clip_plot_figure(0.2, 1.0, ax=ax) is ax and plots.method_frontier(FRONTIER_ROWS, 0.0, ax=ax) is ax
+
+
+def test_method_frontier_in_panels_keeps_each_methods_colour_and_one_y_axis():
+    rows = [{"method": m, "beta": b, "seed": s, "r_star": 0.1 * s + b, "kl": 1.0 + b + 0.1 * s, "seconds": 1.0}
+            for m in ("PPO", "GRPO", "DPO") for b in (0.1, 0.3) for s in range(3)]
+    axes = plots.method_frontier(rows, 0.0, panels={"online": ["PPO", "GRPO"], "offline": ["DPO"]})
+    assert [a.get_title() for a in axes] == ["online", "offline"]
+    labels = [[t.get_text() for t in a.get_legend().get_texts()] for a in axes]
+    assert [sorted(x) for x in labels] == [sorted(["PPO", "GRPO", r"$\pi_{ref}$"]), sorted(["DPO", r"$\pi_{ref}$"])]
+    assert axes[1].get_shared_y_axes().joined(axes[0], axes[1])
+    with pytest.raises(ValueError, match="ax must hold one Axes per panel"):
+        plots.method_frontier(rows, 0.0, ax=[axes[0]], panels={"a": ["PPO"], "b": ["DPO"]})
+    plt.close("all")

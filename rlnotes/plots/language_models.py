@@ -250,18 +250,36 @@ def dpo_training(history, *, reference_accuracy: float | None = None, smooth: in
     return axes
 
 
-def method_frontier(rows: list[dict], sft_r_star: float, *, ax=None, spread: str = "se"):
+def method_frontier(rows: list[dict], sft_r_star: float, *, ax=None, spread: str = "se", panels=None):
     """Every method on one reward-KL frontier (chapter 6): mean r* against mean KL per (method, beta)
     of ``rlnotes.frontier.sweep``'s rows (summarised by ``rlnotes.frontier.summarize``), with error
     bars of two standard errors of the mean over seeds (``spread="se"``: about a 95% interval), one
     std over seeds (``"std"``), or from the lowest to the highest seed (``"range"``); the seeds
-    themselves as faint points; pi_ref at KL 0. Returns the axes."""
+    themselves as faint points; pi_ref at KL 0. ``panels`` ({title: [methods]}): one panel per group
+    of methods, side by side with one y axis (methods that learn from different signals apart);
+    ``ax`` then holds one Axes per panel. Returns the axes (a list of them with ``panels``)."""
     if spread not in ("se", "std", "range"):
         raise ValueError(f"spread must be 'se', 'std' or 'range', got {spread!r}")
-    ax = new_axes(ax, (7.5, 4.8))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    if panels is None:
+        ax = new_axes(ax, (7.5, 4.8))
+        _frontier_panel(ax, rows, sft_r_star, spread, colors)
+        return ax
+    axes = panel_axes(ax, len(panels))
+    for a, (title, group) in zip(axes, panels.items()):
+        _frontier_panel(a, [r for r in rows if r["method"] in group], sft_r_star, spread, colors)
+        a.set_title(title, fontsize=10)
+    for a in axes[1:]:
+        a.set_ylabel("")
+        a.sharey(axes[0])
+    return axes
+
+
+def _frontier_panel(ax, rows, sft_r_star, spread, colors):
     markers = dict(zip(METHODS, "^osDv"))
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        color = f"C{i}"
+    for method in dict.fromkeys(r["method"] for r in rows):
+        color = colors[method]
         runs = [r for r in rows if r["method"] == method]
         ax.scatter([r["kl"] for r in runs], [r["r_star"] for r in runs], color=color, alpha=0.25, s=12)
         stats = sorted((s for s in summarize(runs)), key=lambda s: s["kl"])
@@ -279,4 +297,3 @@ def method_frontier(rows: list[dict], sft_r_star: float, *, ax=None, spread: str
     ax.set_xlabel(r"KL$[\pi\,\|\,\pi_{ref}]$ per response (nats)")
     ax.set_ylabel(r"mean true reward $r^*$ (held-out prompts)")
     ax.legend(fontsize=8)
-    return ax
