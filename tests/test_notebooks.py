@@ -249,3 +249,33 @@ def test_each_chapter_has_a_build_it_exercise_checked_against_its_hidden_solutio
         assert f'"{exercise}").passed' in source[f"{slug}-solution"]
     order = [c.get("id") for c in cells]
     assert order.index(f"{slug}-stub") < order.index(f"{slug}-check") < order.index(f"{slug}-solution")
+
+
+CODE_WIDTH = 75   # characters of code the book's column shows at 1280 px without scrolling
+NOT_YET_WRAPPED = {"05_dpo", "07_beyond"}
+
+
+def long_code_lines(path, width=CODE_WIDTH):
+    """(cell index, line) of every code line wider than `width`; IPython magics (the Colab set-up
+    cell's `%pip install`, whose URL tools/set_repository.py rewrites) are left out."""
+    nb = json.loads(Path(path).read_text())
+    return [(i, line) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            for line in "".join(c["source"]).splitlines()
+            if len(line) > width and not line.lstrip().startswith(("%", "!"))]
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="wrapped in the next pass"))
+    if p.stem in NOT_YET_WRAPPED else p for p in NOTEBOOKS], ids=lambda p: p.stem)
+def test_every_code_line_fits_the_column(path):
+    long = long_code_lines(path)
+    assert not long, f"{path.name}: {len(long)} code lines over {CODE_WIDTH} characters, " \
+                     f"the first in cell {long[0][0]}: {long[0][1]!r}"
+
+
+def test_the_width_check_reports_a_long_line(tmp_path):
+    cell = lambda src: {"cell_type": "code", "source": src, "metadata": {}, "outputs": []}
+    nb = {"cells": [cell("x = 1\n" + "y = " + "1 + " * 20 + "1"), cell("%pip install " + "a" * 80),
+                    {"cell_type": "markdown", "source": "z" * 100, "metadata": {}}], "metadata": {}}
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
+    assert long_code_lines(tmp_path / "nb.ipynb") == [(0, "y = " + "1 + " * 20 + "1")]
