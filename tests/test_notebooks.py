@@ -230,7 +230,7 @@ def test_no_paragraph_quotes_more_than_ten_numbers(path):
 
 
 BUILD_IT = {"01_policy_gradient": ["gae"], "02_trpo": ["line_search"], "03_ppo": ["clipped_surrogate"],
-            "04_rlhf": ["reward_loss", "token_rewards"], "05_dpo": ["dpo_loss"], "07_beyond": ["group_advantages"]}
+            "04_rlhf": ["reward_loss", "token_rewards"], "05_dpo": ["dpo_loss"], "06_beyond": ["group_advantages"]}
 
 
 @pytest.mark.parametrize("name", sorted(BUILD_IT))
@@ -252,7 +252,7 @@ def test_each_chapter_has_a_build_it_exercise_checked_against_its_hidden_solutio
 
 
 CODE_WIDTH = 75   # characters of code the book's column shows at 1280 px without scrolling
-NOT_YET_WRAPPED = {"05_dpo", "07_beyond"}
+NOT_YET_WRAPPED = {"05_dpo", "06_beyond"}
 
 
 def long_code_lines(path, width=CODE_WIDTH):
@@ -279,3 +279,20 @@ def test_the_width_check_reports_a_long_line(tmp_path):
                     {"cell_type": "markdown", "source": "z" * 100, "metadata": {}}], "metadata": {}}
     (tmp_path / "nb.ipynb").write_text(json.dumps(nb))
     assert long_code_lines(tmp_path / "nb.ipynb") == [(0, "y = " + "1 + " * 20 + "1")]
+
+
+def test_file_numbers_are_chapter_numbers_and_the_toc_keeps_their_order():
+    """book/NN_*.ipynb holds chapter NN (its title reads "# NN."); an appendix is book/a<k>_*.ipynb,
+    after the chapters in _toc.yml."""
+    import re
+
+    toc = re.findall(r"- file: book/(\w+)\n", (NOTEBOOKS[0].parents[1] / "_toc.yml").read_text())
+    chapters = [name for name in toc if (NOTEBOOKS[0].parent / f"{name}.ipynb").is_file()]
+    assert chapters == sorted(p.stem for p in NOTEBOOKS), "every notebook is in _toc.yml, in file order"
+    for path in NOTEBOOKS:
+        title = next(line for line in "".join(json.loads(path.read_text())["cells"][0]["source"]).splitlines()
+                     if line.startswith("# "))
+        if path.stem[0].isdigit():
+            assert title.startswith(f"# {int(path.stem[:2])}."), (path.name, title)
+        else:
+            assert path.stem.startswith("a") and title.startswith("# Appendix"), (path.name, title)
