@@ -258,6 +258,28 @@ def test_vocabulary_is_the_table_of_contributing():
         assert keys - {EVAL_CALLBACK} == VOCABULARY[name][1], name
 
 
+@pytest.mark.parametrize("train", [pg.train, trpo.train, ppo.train], ids=["pg", "trpo", "ppo"])
+def test_control_trainers_run_the_same_under_no_grad_and_a_float64_default(train):
+    """training_scope: a caller's torch.no_grad() does not reach inside, the networks are float32 whatever
+    the default dtype, and the caller's default dtype is handed back."""
+    small = dict(total_steps=32, seed=0, num_envs=2, num_steps=8)
+
+    def weights(out):
+        return torch.cat([p.detach().reshape(-1) for p in out.model.parameters()])
+
+    plain = weights(train(**small))
+    with torch.no_grad():
+        quiet = weights(train(**small))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = weights(train(**small))
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.equal(quiet, plain) and torch.equal(wide, plain) and wide.dtype == torch.float32
+
+
 def test_every_trainer_has_the_one_calling_convention():
     """train(<its data>, config=None, *, <named extras>, **overrides), as CONTRIBUTING.md says."""
     import inspect

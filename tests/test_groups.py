@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rlnotes import groups, models, rlhf
+from rlnotes import groups, grpo, models, rlhf, rloo
 from rlnotes.trainer import trainable_copy
 
 
@@ -150,3 +150,22 @@ def test_sample_groups_refuses_a_huge_k_before_sampling(tiny_prepared):
     P = tiny_prepared
     with pytest.raises(ValueError, match=r"len\(prompts\) \* k .* MAX_GROUP_SAMPLES .* got len\(prompts\)=1 x k=1"):
         groups.sample_groups(P.sft, P.sft, P.tokenizer, ["phone review :"], 10**7, 6)
+
+
+GROUP_TRAINERS = pytest.mark.parametrize("train", [rloo.train, grpo.train], ids=["rloo", "grpo"])
+
+
+@GROUP_TRAINERS
+@pytest.mark.parametrize("kwargs", [{"batch_size": 10**6}, {"num_generations": 10**6}])
+def test_group_trainers_refuse_huge_groups(tiny_prepared, train, kwargs):
+    with pytest.raises(ValueError, match=r"batch_size \* num_generations .* must be <= MAX_GROUP_SAMPLES"):
+        train(tiny_prepared, **{"steps": 1, "batch_size": 2, "num_generations": 2, **kwargs})
+
+
+@GROUP_TRAINERS
+def test_group_trainers_inside_no_grad_give_the_same_run(tiny_prepared, train):
+    plain = train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    with torch.no_grad():
+        inside = train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
+    assert inside["loss"] == plain["loss"]
+    assert inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]

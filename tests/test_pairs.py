@@ -7,14 +7,6 @@ import torch
 from rlnotes import dpo, lm, models, pairs
 
 
-def _flags(model):
-    return [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
-
-
-def _fresh(tok, seed=3):
-    return models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=seed)
-
-
 def test_pair_logps_match_separate_sequence_logprobs(tiny):
     model, tok, data = tiny
     c, r = pairs.pair_logps(model, data)
@@ -35,13 +27,13 @@ def test_pair_logps_match_separate_sequence_logprobs(tiny):
 
 def test_reference_logps_and_preference_metrics_restore_mixed_modes(tiny):
     _, tok, data = tiny
-    model = _fresh(tok, seed=0).train()
+    model = models.tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, seed=0).train()
     model.transformer.h[0].eval()
-    before = _flags(model)
+    modes = [m.training for m in model.modules()]          # the mixed modes, module by module
     pairs.reference_logps(model, data)
-    assert _flags(model) == before
     dpo.preference_metrics(model, model, data, beta=0.1)
-    assert _flags(model) == before
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(TypeError, match="ref must be a torch.nn.Module"):
         pairs.reference_logps(None, data)
 

@@ -184,21 +184,6 @@ def _params(result):
     return torch.cat([p.detach().reshape(-1) for p in result.model.parameters()])
 
 
-def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
-    plain = pg.train(**SMALL)
-    with torch.no_grad():
-        quiet = pg.train(**SMALL)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        wide = pg.train(**SMALL)
-        assert torch.get_default_dtype() == torch.float64  # handed back as the caller set it
-    finally:
-        torch.set_default_dtype(old)
-    for out in (quiet, wide):
-        assert torch.equal(_params(out), _params(plain)) and _params(out).dtype == torch.float32
-
-
 class ResetInterrupted(gym.Env):
     """An environment whose reset is interrupted (a Ctrl-C while the environments start)."""
 

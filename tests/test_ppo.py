@@ -389,23 +389,6 @@ def test_update_names_actions_out_of_range_and_obs_of_the_wrong_width():
 SMALL = dict(total_steps=32, seed=0, num_envs=2, num_steps=8, minibatch_size=16, epochs=1)
 
 
-def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
-    def params(out):
-        return torch.cat([p.detach().reshape(-1) for p in out.model.parameters()])
-
-    plain = ppo.train(**SMALL)
-    with torch.no_grad():
-        quiet = ppo.train(**SMALL)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        wide, one = ppo.train(**SMALL), ppo.epochs_on_one_batch(seed=0, epochs=1, num_envs=2, num_steps=8)
-    finally:
-        torch.set_default_dtype(old)
-    assert torch.equal(params(quiet), params(plain)) and torch.equal(params(wide), params(plain))
-    assert len(one.history) == 1
-
-
 def test_ctrl_c_while_the_environments_start_gives_training_interrupted(monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -410,21 +410,3 @@ def test_trpo_step_names_bad_actions_and_a_frozen_policy():
         trpo.trpo_step(policy, obs[:4], actions, adv)
     with pytest.raises(ValueError, match="policy has no parameter with requires_grad=True"):
         trpo.trpo_step(policy.requires_grad_(False), obs, actions, adv)
-
-
-def test_train_inside_no_grad_and_under_float64_default_trains_as_usual():
-    small = dict(total_steps=32, seed=0, num_envs=2, num_steps=8)
-
-    def params(out):
-        return torch.cat([p.detach().reshape(-1) for p in out.model.parameters()])
-
-    plain = trpo.train(**small)
-    with torch.no_grad():
-        quiet = trpo.train(**small)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        wide = trpo.train(**small)
-    finally:
-        torch.set_default_dtype(old)
-    assert torch.equal(params(quiet), params(plain)) and torch.equal(params(wide), params(plain))
