@@ -19,17 +19,20 @@ for DPO, "ipo"), logging the metrics TRL users know (``rewards/chosen``, ``rewar
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import lm
+from .measure import check_causal_lm
 from .pairs import check_pairs, check_ref_logps, pair_logps, reference_logps, scoring_batch_size, trim_pairs
 from .reward import preference_accuracy
 from .trainer import check_model, check_trainable, kept_as_found
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, rng_scope,
-                      run_guard)
+from .trainer import (MAX_EPOCHS, Config, History, Timer, TrainResult, atomic, check_bool, check_count, make_config,
+                      progress, run_guard, training_scope)
 from .utils import check_choice, check_finite, check_positive, check_positive_int, check_seed, check_same_shape
 
 
@@ -198,7 +201,8 @@ class DPOConfig(Config):
         self.check("loss_type", check_choice, tuple(LOSS_TYPES))
         self.check("length_normalize", check_bool)
         self.check("beta", check_positive)
-        for name in ("epochs", "batch_size", "eval_every"):
+        self.check("epochs", check_count, MAX_EPOCHS, "MAX_EPOCHS")
+        for name in ("batch_size", "eval_every"):
             self.check(name, check_positive_int)
         self.check("lr", check_positive)
         self.check("max_grad_norm", check_positive)
@@ -236,10 +240,32 @@ def preference_log(losses, chosen, rejected, pol_c, pol_r) -> dict:
 
 
 def check_callback(callback) -> None:
-    """Raise ``TypeError`` unless ``callback`` is None or callable."""
+    """Raise ``TypeError`` unless ``callback`` is None or a callable that takes one argument, the policy
+    (a callable whose signature Python cannot read is accepted as it is)."""
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function policy -> dict of numbers (or None), "
                         f"got {type(callback).__name__}")
+    try:
+        signature = inspect.signature(callback) if callback is not None else None
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to read
+        return
+    if signature is not None:
+        try:
+            signature.bind(None)
+        except TypeError:
+            raise TypeError(f"callback must be a function policy -> dict of numbers (or None): it is called as "
+                            f"callback(policy), but its signature is {signature}") from None
+
+
+def check_vocab(name: str, data: dict, model) -> None:
+    """``ValueError`` naming ``name[<key>]`` if a token id of ``data`` (where its mask is 1) is outside
+    ``model``'s vocabulary (the embedding's size; no check for a model that does not say)."""
+    vocab = lm._vocab_size(model)
+    for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        ids = data[key][data[key.replace("_ids", "_mask")].bool()]
+        if vocab is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"{name}[{key!r}] must be token ids in [0, {vocab}) (the model's vocabulary), "
+                             f"got values from {int(ids.min())} to {int(ids.max())}")
 
 
 def callback_metrics(returned, own: tuple = ()) -> dict:
@@ -304,7 +330,11 @@ def train(data: dict, config: DPOConfig | None = None, *, ref, policy=None, eval
     Refused: a policy with no trainable parameter (``ValueError``), and float16 parameters in the
     model that is trained (``policy``, or ``ref`` when it is copied; ``TypeError``: allowed are
     float32, float64 and bfloat16, ``rlnotes.trainer.check_model``). A reference that is only run may
-    be in any dtype.
+    be in any dtype, but must be a causal LM (``measure.check_causal_lm``: a reward model is refused).
+    Also refused: token ids outside ``ref``'s vocabulary (``ValueError`` naming ``data[key]``), a
+    ``callback`` that cannot be called as ``callback(policy)`` (``TypeError``), ``epochs`` above
+    ``trainer.MAX_EPOCHS``. It runs in ``trainer.training_scope``: a caller's ``torch.no_grad()``,
+    ``inference_mode()`` or float64 default dtype does not reach it.
     """
     n = check_pairs(data)
     cfg = make_config(DPOConfig, config, **overrides)
@@ -313,13 +343,17 @@ def train(data: dict, config: DPOConfig | None = None, *, ref, policy=None, eval
     if eval_data is not None:
         check_pairs(eval_data, "eval_data")
     check_callback(callback)
+    check_causal_lm("ref", ref)
     check_model("ref", ref, trained=policy is None)
+    check_vocab("data", data, ref)
+    if eval_data is not None:
+        check_vocab("eval_data", eval_data, ref)
     if policy is not None:
         check_trainable("policy", policy)
     if ref_logps is not None:
         ref_logps = check_ref_logps(ref_logps, n)
     history = History()
-    with kept_as_found(*([ref] if policy is None else [ref, policy])), rng_scope(cfg.seed):
+    with kept_as_found(*([ref] if policy is None else [ref, policy])), training_scope(cfg.seed):
         if policy is None:
             policy = copy.deepcopy(ref)
             policy.requires_grad_(True)

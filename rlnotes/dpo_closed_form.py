@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .dpo import dpo_loss
+from .trainer import MAX_EPOCHS, check_count
 from .utils import check_finite, check_positive, check_positive_int, check_same_shape
 
 __all__ = ["log_partition", "log_optimal_policy", "optimal_policy", "rlhf_objective", "check_token_pairs",
@@ -53,12 +54,20 @@ def _check_distribution(name: str, probs) -> None:
                          f"got sums from {float(total.min()):.6g} to {float(total.max()):.6g}")
 
 
+def _as_numbers(name: str, value):
+    """``value`` as it is if a tensor, else as a float64 array; ``TypeError`` naming ``name`` for what is
+    not numbers."""
+    if torch.is_tensor(value):
+        return value
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__} {value!r:.60}") from None
+
+
 def _check_problem(ref_probs, rewards, beta):
     beta = check_positive("beta", beta)
-    if not torch.is_tensor(ref_probs):
-        ref_probs = np.asarray(ref_probs, dtype=float)
-    if not torch.is_tensor(rewards):
-        rewards = np.asarray(rewards, dtype=float)
+    ref_probs, rewards = _as_numbers("ref_probs", ref_probs), _as_numbers("rewards", rewards)
     check_same_shape(ref_probs=ref_probs, rewards=rewards)
     if ref_probs.ndim < 1 or ref_probs.shape[-1] < 1:
         raise ValueError(f"ref_probs must have a non-empty last axis (the responses), got shape {tuple(ref_probs.shape)}")
@@ -170,11 +179,13 @@ def fit_categorical(ref_probs, winners, losers, beta: float, *, epochs: int = 5,
     pairs (``winners`` y_w and ``losers`` y_l, integer arrays of one shape) takes one Adam step (``lr``,
     decayed linearly to 0) per mini-batch of ``batch_size`` pairs, in an order drawn from ``seed``.
     Nothing here knows the reward that labelled the pairs, or Z. Returns pi_theta after every step,
-    [steps, K] (float64), to compare with ``optimal_policy(ref_probs, r, beta)``.
+    [steps, K] (float64), to compare with ``optimal_policy(ref_probs, r, beta)``. ``epochs`` is at most
+    ``trainer.MAX_EPOCHS`` (ValueError).
     """
     beta = check_positive("beta", beta)
     ref, y_w, y_l = check_token_pairs(ref_probs, winners, losers)
-    epochs, batch_size = check_positive_int("epochs", epochs), check_positive_int("batch_size", batch_size)
+    epochs = check_count("epochs", epochs, MAX_EPOCHS, "MAX_EPOCHS")
+    batch_size = check_positive_int("batch_size", batch_size)
     lr, seed = check_positive("lr", lr), check_positive_int("seed", seed, 0)
     log_ref = torch.log(torch.tensor(ref))
     theta = log_ref.clone().requires_grad_()

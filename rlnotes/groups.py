@@ -23,7 +23,7 @@ from torch import nn
 from . import lm, models, sampling
 from .kl import sequence_kl
 from .reward import check_rewards
-from .utils import check_finite, check_positive_int
+from .utils import check_finite, check_positive_int, check_seed
 
 # The most responses one step of a group trainer samples (``batch_size * num_generations``; in the book
 # at most 16 x 8) or ``rloo.gradient_variance`` draws at once: a step at the limit takes seconds on a CPU,
@@ -40,7 +40,10 @@ def check_group_size(n_prompts: int, k: int, prompts_name: str = "batch_size", k
 
 def step_seed(seed: int, step: int) -> int:
     """The seed of the prompts of update ``step`` of a run seeded ``seed``: ``seed * 100_003 + step``
-    (the online trainers ``rlhf.train``, ``rloo.train``, ``grpo.train``; may pass 2**63)."""
+    (the online trainers ``rlhf.train``, ``rloo.train``, ``grpo.train``; may pass 2**63). ``seed`` and
+    ``step`` must be whole numbers >= 0 (``utils.check_seed``, ``utils.check_positive_int``)."""
+    check_seed("seed", seed)
+    check_positive_int("step", step, 0)
     return seed * 100_003 + step
 
 
@@ -160,6 +163,9 @@ def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool 
     ``rlhf.collect`` uses it for epoch 0 only and asks with the default 1), and no dropout is active
     (``models.active_dropout``), so the pass in eval mode equals the one in train mode. What TRL's
     GRPOTrainer does with ``num_iterations=1``; it saves one policy forward pass per step."""
+    if not isinstance(policy, nn.Module):
+        raise TypeError(f"policy must be a torch.nn.Module (the policy being trained), got {type(policy).__name__}")
+    check_positive_int("epochs", epochs)
     return epochs == 1 and one_minibatch and not models.active_dropout(policy)
 
 
@@ -188,7 +194,9 @@ def score_groups(task, reward_fn, g: Groups) -> tuple[torch.Tensor, torch.Tensor
     r_star = task.true_rewards(g.prompts, g.text)
     if reward_fn is None:
         return r_star.to(g.logp), r_star
-    return check_rewards("reward_fn", reward_fn(g.prompts, g.text), len(g.text), g.logp.device, g.logp.dtype), r_star
+    n = len(g.text)  # counted before the call: reward_fn gets copies, so what it does to its lists stays there
+    rewards = reward_fn(list(g.prompts), list(g.text))
+    return check_rewards("reward_fn", rewards, n, g.logp.device, g.logp.dtype), r_star
 
 
 def group_metrics(g: Groups, rewards: torch.Tensor, r_star: torch.Tensor, k: int) -> dict:

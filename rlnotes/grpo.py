@@ -39,7 +39,8 @@ from .groups import (check_group_size, check_groups, check_reward_fn, group_metr
 from .kl import exact_kl, k3
 from .ppo import clipped_surrogate
 from .prepare import check_prepared
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+from .trainer import (MAX_EPOCHS, MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
+                      check_model, make_config, progress, run_guard,
                       trainable_copy, training_scope)
 from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
                     check_same_shape)
@@ -189,7 +190,9 @@ class GRPOConfig(Config):
 
     def __post_init__(self):
         self.check("seed", check_seed)
-        for name in ("steps", "batch_size", "epochs", "minibatch_size"):
+        self.check("steps", check_count, MAX_STEPS, "MAX_STEPS")
+        self.check("epochs", check_count, MAX_EPOCHS, "MAX_EPOCHS")
+        for name in ("batch_size", "minibatch_size"):
             self.check(name, check_positive_int)
         self.check("num_generations", check_positive_int, 2)
         check_group_size(self.batch_size, self.num_generations)
@@ -217,7 +220,9 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
 
     Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
     callable or cannot be called with (prompts, responses) (TypeError), ``batch_size *
-    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` (ValueError). It runs in
+    num_generations`` above ``groups.MAX_GROUP_SAMPLES``, ``steps`` above ``trainer.MAX_STEPS`` and
+    ``epochs`` above ``trainer.MAX_EPOCHS`` (ValueError), a ``prepared.sft`` in float16 (TypeError:
+    the policy is its trainable copy, ``trainer.check_model``). It runs in
     ``trainer.training_scope``: a caller's ``torch.no_grad()`` or float64 default dtype does not reach it.
     An interrupt at any point after the checks raises ``TrainingInterrupted``
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
@@ -225,6 +230,7 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     """
     cfg = make_config(GRPOConfig, config, **overrides)
     task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
+    check_model("prepared.sft", ref, trained=True)  # the trainable copy is in its dtype
     reward_fn = check_reward_fn(reward_fn)
     G, n = cfg.num_generations, cfg.batch_size * cfg.num_generations
     mb = n if cfg.minibatch_size is None else min(cfg.minibatch_size, n)

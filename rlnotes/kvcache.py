@@ -34,6 +34,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from .utils import check_positive_int
+
 __all__ = ["cache_kwargs", "with_room", "repeat_rows", "select_rows", "last_logits_kwargs",
            "takes_logits_to_keep"]
 
@@ -60,7 +62,12 @@ def takes_logits_to_keep(model_class) -> bool:
 
 
 def repeat_rows(cache, k: int):
-    """Each batch row of a KV cache k times in a row (a ``Cache`` object, or transformers 4's tuples)."""
+    """Each batch row of a KV cache k times in a row (a ``Cache`` object, or transformers 4's tuples).
+    ``TypeError`` naming ``cache`` for anything else, and ``utils.check_positive_int``'s errors for ``k``."""
+    if not hasattr(cache, "batch_repeat_interleave") and not isinstance(cache, (tuple, list)):
+        raise TypeError(f"cache must be a KV cache (a transformers Cache, or a tuple of per-layer (key, value) "
+                        f"tensors), got {type(cache).__name__}")
+    k = check_positive_int("k", k)
     if hasattr(cache, "batch_repeat_interleave"):
         cache.batch_repeat_interleave(k)
         return cache

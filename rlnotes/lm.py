@@ -323,6 +323,11 @@ def stack_pairs(batch: dict, pad_id: int):
     prompt-major order of ``group_response_logits``, so that one pass, with each prompt run once,
     scores both responses of every pair (the reward model of chapter 4, DPO in chapter 5).
     """
+    keys = [f"{s}_{t}" for s in ("prompt", "chosen", "rejected") for t in ("ids", "mask")]
+    if not isinstance(batch, dict) or any(k not in batch for k in keys):
+        got = f"a dict with {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
+        raise (ValueError if isinstance(batch, dict) else TypeError)(
+            f"batch must be a dict with the tensors {keys} (as Preferences.encode makes it), got {got}")
     width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
 
     def pairs(side: str, value):  # [B, 2, T] -> [2B, T]: row 2i is pair i's y_w, row 2i + 1 its y_l

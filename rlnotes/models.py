@@ -87,11 +87,12 @@ def tiny_gpt2(tokenizer, n_layer: int = 2, n_embd: int = 64, n_head: int = 4, n_
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         activation_function=activation, attn_implementation="sdpa")
-    from .trainer import rng_scope
+    from .trainer import training_scope
 
-    # the weights from ``seed``, the caller's generator left as it was; trainable parameters even when the
-    # caller is inside torch.inference_mode() (which would make them inference tensors that autograd refuses)
-    with rng_scope(seed), torch.inference_mode(False):
+    # the weights from ``seed``, the caller's generator left as it was; float32 whatever default dtype the caller
+    # set, and trainable parameters even when the caller is inside torch.inference_mode() (which would make them
+    # inference tensors that autograd refuses)
+    with training_scope(seed):
         return GPT2LMHeadModel(config)
 
 
@@ -204,5 +205,8 @@ def autocast(device: torch.device):
 
 def active_dropout(model: nn.Module) -> bool:
     """Whether ``model`` has a dropout layer with p > 0, i.e. whether its forward pass in train mode
-    differs from the one in eval mode (and a no-grad scoring pass cannot stand in for the gradient pass)."""
+    differs from the one in eval mode (and a no-grad scoring pass cannot stand in for the gradient pass).
+    ``model`` must be a ``torch.nn.Module`` (TypeError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())

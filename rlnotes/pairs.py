@@ -62,14 +62,39 @@ def check_pairs(data: dict, name: str = "data") -> int:
 
 
 def trim_pairs(data: dict, idx) -> dict:
-    """The pairs at ``idx``, with all-padding columns removed (prompts are left-padded, responses right-padded)."""
-    b = {k: data[k][idx] for k in PAIR_KEYS}
+    """The pairs at ``idx``, with all-padding columns removed (prompts are left-padded, responses right-padded).
+
+    ``idx``: a slice, or integer positions (a list, array or 1-D tensor) in [-n, n) for ``n`` pairs, selecting at
+    least one pair; anything else is refused naming ``idx`` (``TypeError`` for the kind, ``ValueError`` for values).
+    """
+    b = {k: data[k][_check_idx(idx, len(data["prompt_ids"]))] for k in PAIR_KEYS}
     start = b["prompt_ids"].shape[1] - max(int(b["prompt_mask"].sum(0).ne(0).sum()), 1)
     b["prompt_ids"], b["prompt_mask"] = b["prompt_ids"][:, start:], b["prompt_mask"][:, start:]
     for side in ("chosen", "rejected"):
         width = max(int(b[f"{side}_mask"].sum(1).max()), 1)
         b[f"{side}_ids"], b[f"{side}_mask"] = b[f"{side}_ids"][:, :width], b[f"{side}_mask"][:, :width]
     return b
+
+
+def _check_idx(idx, n: int):
+    """``idx`` as ``trim_pairs`` takes it: a slice, or integer positions in [-n, n), at least one pair."""
+    if isinstance(idx, slice):
+        if not len(range(n)[idx]):
+            raise ValueError(f"idx must select at least one of the {n} pairs, got {idx} (empty)")
+        return idx
+    try:
+        t = idx if torch.is_tensor(idx) else torch.as_tensor(idx)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"idx must be a slice or integer positions of pairs, got {type(idx).__name__}") from None
+    if not t.numel():
+        raise ValueError("idx must select at least one pair, got no positions")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex() or t.ndim != 1:
+        raise TypeError(f"idx must be a slice or a 1-D sequence of integer positions of pairs, got a {t.ndim}-D "
+                        f"{t.dtype} {type(idx).__name__}")
+    if int(t.min()) < -n or int(t.max()) >= n:
+        raise ValueError(f"idx must hold positions in [-{n}, {n}) (the {n} pairs), got values from {int(t.min())} "
+                         f"to {int(t.max())}")
+    return idx
 
 
 def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,6 +184,16 @@ def label_preferences(task, prompts: list[str], y1: list[str], y2: list[str], *,
     return Preferences(list(prompts), chosen, rejected, torch.where(first, r1, r2), torch.where(first, r2, r1))
 
 
+def check_base_lm(name: str, model) -> None:
+    """``TypeError`` naming ``name`` unless ``model`` is a transformers causal LM that a ``RewardModel`` can
+    start from (a ``torch.nn.Module`` with ``.config.hidden_size`` and ``.base_model``; a RewardModel is not)."""
+    check_model(name, model)
+    if not isinstance(getattr(getattr(model, "config", None), "hidden_size", None), int) or \
+            not isinstance(getattr(model, "base_model", None), nn.Module):
+        raise TypeError(f"{name} must be a transformers causal LM (with .config.hidden_size and .base_model, "
+                        f"e.g. models.tiny_gpt2's), got {type(model).__name__}")
+
+
 class RewardModel(nn.Module):
     """r_phi(x, y): a copy of the SFT model with a linear head on the last layer's hidden state at EOS.
 
@@ -192,11 +202,7 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, base_lm):
-        check_model("base_lm", base_lm)
-        if not isinstance(getattr(getattr(base_lm, "config", None), "hidden_size", None), int) or \
-                not isinstance(getattr(base_lm, "base_model", None), nn.Module):
-            raise TypeError(f"base_lm must be a transformers causal LM (with .config.hidden_size and .base_model, "
-                            f"e.g. models.tiny_gpt2's), got {type(base_lm).__name__}")
+        check_base_lm("base_lm", base_lm)
         super().__init__()
         self.lm = copy.deepcopy(base_lm).requires_grad_(True)
         self.head = nn.Linear(self.lm.config.hidden_size, 1)
@@ -282,6 +288,7 @@ def train(prefs: Preferences, config: RewardConfig | None = None, *, sft, tokeni
         raise TypeError(f"prefs must be a Preferences, got {type(prefs).__name__}")
     cfg = make_config(RewardConfig, config, **overrides)
     check_model("sft", sft, trained=True)
+    check_base_lm("sft", sft)
     lm.special_id(tokenizer, "pad")
     device = next(sft.parameters()).device
     history = History()

@@ -31,7 +31,8 @@ from .ppo import ratio as ppo_ratio
 from .prepare import Prepared, check_prepared
 from .returns import gae, normalize
 from .reward import check_rewards
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+from .trainer import (MAX_EPOCHS, MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
+                      check_model, make_config, progress, run_guard,
                       training_scope)
 from .utils import (check_binary, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
                     check_same_shape, check_tensor)
@@ -189,7 +190,9 @@ class RLHFConfig(Config):
 
     def __post_init__(self):
         self.check("beta", check_in_range, 0.0, math.inf)
-        for name in ("steps", "batch_size", "epochs", "minibatch_size", "kl_horizon"):
+        self.check("steps", check_count, MAX_STEPS, "MAX_STEPS")
+        self.check("epochs", check_count, MAX_EPOCHS, "MAX_EPOCHS")
+        for name in ("batch_size", "minibatch_size", "kl_horizon"):
             self.check(name, check_positive_int)
         self.check("seed", check_seed)
         for name in ("lr", "eps", "max_grad_norm", "kl_target"):
@@ -313,7 +316,9 @@ def train(prepared: Prepared, config: RLHFConfig | None = None, **overrides) -> 
 
     Refused: ``prepared`` that is not a complete ``Prepared`` (TypeError), a reward model whose
     scores are not one finite number per response (``reward.check_rewards``), ``batch_size`` above
-    ``MAX_BATCH_SIZE`` (ValueError). It runs in ``trainer.training_scope``: a caller's
+    ``MAX_BATCH_SIZE``, ``steps`` above ``trainer.MAX_STEPS`` and ``epochs`` above ``trainer.MAX_EPOCHS``
+    (ValueError), a ``prepared.sft`` in float16 (TypeError: the policy is its copy). It runs in
+    ``trainer.training_scope``: a caller's
     ``torch.no_grad()`` or float64 default dtype does not reach it. An interrupt at any
     point after the checks raises ``TrainingInterrupted`` whose ``result`` is the ``TrainResult`` so far
     (``model`` and ``value_fn`` None if it came before they were made); each update and its log
@@ -321,6 +326,7 @@ def train(prepared: Prepared, config: RLHFConfig | None = None, **overrides) -> 
     """
     cfg = make_config(RLHFConfig, config, **overrides)
     device = check_prepared("prepared", prepared).device
+    check_model("prepared.sft", prepared.sft, trained=True)  # the policy is a copy in its dtype
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
     with run_guard(lambda: result, lambda: result.value_fn is None or result.value_fn.eval()), \

@@ -31,7 +31,8 @@ from torch import nn
 from . import lm, sentiment
 from .groups import (check_group_size, check_groups, check_reward_fn, group_metrics, relative_advantages,
                      reuses_scoring_pass, sample_groups, score_groups, step_seed)
-from .trainer import (Config, History, Timer, TrainResult, atomic, check_bool, make_config, progress, run_guard,
+from .trainer import (MAX_EPOCHS, MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
+                      check_model, make_config, progress, run_guard,
                       trainable_copy, training_scope)
 from .measure import check_causal_lm
 from .prepare import check_prepared
@@ -227,7 +228,7 @@ class RLOOConfig(Config):
 
     def __post_init__(self):
         self.check("seed", check_seed)
-        self.check("steps", check_positive_int)
+        self.check("steps", check_count, MAX_STEPS, "MAX_STEPS")
         self.check("batch_size", check_positive_int)
         self.check("num_generations", check_positive_int, 2)
         check_group_size(self.batch_size, self.num_generations)
@@ -251,7 +252,9 @@ def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overr
 
     Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
     callable or cannot be called with (prompts, responses) (TypeError), ``batch_size *
-    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` (ValueError). It runs in
+    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` and ``steps`` above ``trainer.MAX_STEPS``
+    (ValueError), a ``prepared.sft`` in float16 (TypeError: the policy is its trainable copy,
+    ``trainer.check_model``). It runs in
     ``trainer.training_scope``: a caller's ``torch.no_grad()`` or float64 default dtype does not reach it.
     An interrupt at any point after the checks raises ``TrainingInterrupted``
     whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
@@ -259,6 +262,7 @@ def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overr
     """
     cfg = make_config(RLOOConfig, config, **overrides)
     task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
+    check_model("prepared.sft", ref, trained=True)  # the trainable copy is in its dtype
     reward_fn = check_reward_fn(reward_fn)
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists

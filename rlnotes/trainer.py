@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import check_in_range, check_positive_int
+from .utils import check_in_range, check_positive_int, check_seed
 
 
 # ----------------------------------------------------------------------------------- History
@@ -77,6 +77,8 @@ class History:
         Keys with a slash (``"kl/exact_per_state"``) come in the dict, plain ones as keywords. A value
         that is not one number (a string, a tensor of several elements) is refused (``TypeError``).
         """
+        if metrics is not None and not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict of metric name -> number (or None), got {type(metrics).__name__}")
         for name, value in {**(metrics or {}), **more}.items():
             try:
                 value = value.item() if torch.is_tensor(value) else float(value)
@@ -216,6 +218,21 @@ class Config:
         return dataclasses.asdict(self)
 
 
+MAX_STEPS = 100_000
+"""The most ``steps`` (updates) a trainer's config takes: the book runs at most a few thousand."""
+MAX_EPOCHS = 1000
+"""The most ``epochs`` (passes over one set of data) a trainer's config takes: the book runs at most tens."""
+
+
+def check_count(name: str, value, limit: int, limit_name: str) -> int:
+    """Return ``value`` as an int >= 1, or raise (``utils.check_positive_int``'s errors, or
+    ``ValueError`` naming ``name``, the value and the cap ``limit_name`` if it is above ``limit``)."""
+    value = check_positive_int(name, value)
+    if value > limit:
+        raise ValueError(f"{name} must be <= {limit_name} ({limit}), got {value}")
+    return value
+
+
 def check_bool(name: str, value) -> bool:
     """Return ``value`` as a bool, or raise ``TypeError`` unless it is True or False."""
     if not isinstance(value, (bool, np.bool_)):
@@ -242,6 +259,7 @@ def rng_scope(seed: int):
     initialisation) draw from the global generator; inside this block they draw from a fork of
     it seeded with ``seed``, and the caller's generator state (CPU and CUDA) is restored on exit.
     """
+    check_seed("seed", seed)
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -538,3 +538,43 @@ def test_per_token_divides_by_the_response_lengths_and_loss_types_are_trls_names
     torch.testing.assert_close(pr, 2 / data["rejected_mask"].sum(1).float())
     assert dpo.LOSS_TYPES == {"sigmoid": dpo.dpo_loss, "ipo": dpo.ipo_loss}
     assert dpo.DPOConfig().loss_type == "sigmoid" and dpo.DPOConfig(loss_type="ipo").loss_type == "ipo"
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_train_refuses_epochs_above_max_epochs(tiny):
+    ref, _, data = tiny
+    with pytest.raises(ValueError, match=r"epochs must be <= MAX_EPOCHS \(1000\), got 1000000000"):
+        dpo.train(data, ref=ref, batch_size=4, epochs=10**9)
+
+
+@pytest.mark.parametrize("frame", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_train_inside_no_grad_or_inference_mode_gives_the_same_weights(tiny, frame, loss_type):
+    ref, _, data = tiny
+    expected = dpo.train(data, ref=ref, batch_size=4, loss_type=loss_type).model
+    with frame():
+        got = dpo.train(data, ref=ref, batch_size=4, loss_type=loss_type).model
+    for a, b in zip(expected.parameters(), got.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_train_names_ref_when_it_is_a_reward_model(tiny):
+    from rlnotes.reward import RewardModel
+    ref, _, data = tiny
+    with pytest.raises(TypeError, match=r"ref must be a causal LM \(its forward takes input_ids"):
+        dpo.train(data, ref=RewardModel(ref), batch_size=4)
+
+
+def test_train_names_chosen_ids_past_the_vocabulary(tiny):
+    ref, _, data = tiny
+    bad = {**data, "chosen_ids": data["chosen_ids"] + 100_000}
+    with pytest.raises(ValueError, match=r"data\['chosen_ids'\] must be token ids in \[0, \d+\)"):
+        dpo.train(bad, ref=ref, batch_size=4)
+
+
+def test_train_refuses_a_callback_that_does_not_take_one_argument(tiny):
+    ref, _, data = tiny
+    message = r"callback must be .*called as callback\(policy\), but its signature is \(p, s\)"
+    with pytest.raises(TypeError, match=message):
+        dpo.train(data, ref=ref, batch_size=4, callback=lambda p, s: None, eval_every=1)

@@ -226,3 +226,20 @@ def test_optimal_policy_refuses_a_beta_so_small_that_rewards_over_beta_overflow(
                                torch.tensor([1., 0., -1.], dtype=torch.float64), 1e-309)
     with pytest.raises(ValueError, match="beta must be large enough"):
         dpo_closed_form.log_partition([.5, .3, .2], [1, 0, -1], 1e-309)
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_fit_categorical_refuses_epochs_above_max_epochs():
+    with pytest.raises(ValueError, match=r"epochs must be <= MAX_EPOCHS \(1000\), got 1000000000"):
+        fit_categorical([0.5, 0.5], [0], [1], 0.5, epochs=10**9)
+
+
+def test_log_partition_names_ref_probs_that_are_not_numbers():
+    with pytest.raises(TypeError, match=r"ref_probs must be an array of real numbers, got str 'abc'"):
+        log_partition("abc", [1.0, 0.0], 0.1)
+
+
+def test_optimal_policy_names_rewards_that_are_not_numbers():
+    with pytest.raises(TypeError, match=r"rewards must be an array of real numbers, got list \['a', 'b'\]"):
+        optimal_policy([0.5, 0.5], ["a", "b"], 0.1)

@@ -169,3 +169,19 @@ def test_group_trainers_inside_no_grad_give_the_same_run(tiny_prepared, train):
         inside = train(tiny_prepared, steps=1, batch_size=2, num_generations=2).history.updates
     assert inside["loss"] == plain["loss"]
     assert inside["kl/exact_per_sequence"] == plain["kl/exact_per_sequence"]
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+@pytest.mark.parametrize("seed, step, message", [(-1, 0, r"seed must be >= 0, got -1"),
+                                                 (0, -1, r"step must be >= 0, got -1")])
+def test_step_seed_names_a_negative_seed_or_step(seed, step, message):
+    with pytest.raises(ValueError, match=message):
+        groups.step_seed(seed, step)
+
+
+def test_reuses_scoring_pass_names_policy_and_epochs(model):
+    with pytest.raises(TypeError, match=r"policy must be a torch\.nn\.Module .*got NoneType"):
+        groups.reuses_scoring_pass(None)
+    with pytest.raises(ValueError, match=r"epochs must be >= 1, got 0"):
+        groups.reuses_scoring_pass(model, epochs=0)

@@ -310,3 +310,19 @@ def test_grpo_loss_names_the_log_probability_that_is_nan(name):
     args = {"logp": lp, "logp_old": lp, "logp_ref": lp, name: lp * float("nan")}
     with pytest.raises(ValueError, match=rf"^{name} must be finite"):
         grpo.grpo_loss(**args, advantages=torch.tensor([1.0]), mask=torch.tensor([[1, 1, 0]]))
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_train_refuses_an_fp16_sft_naming_prepared_sft(tiny_prepared):
+    import copy, dataclasses
+    half = dataclasses.replace(tiny_prepared, sft=copy.deepcopy(tiny_prepared.sft).half())
+    with pytest.raises(TypeError, match=r"prepared\.sft has torch\.float16 parameters"):
+        grpo.train(half, steps=1, batch_size=2, num_generations=2)
+
+
+@pytest.mark.parametrize("name, value, cap", [("steps", 10**9, r"MAX_STEPS \(100000\)"),
+                                              ("epochs", 10**9, r"MAX_EPOCHS \(1000\)")])
+def test_train_refuses_steps_and_epochs_above_their_caps(tiny_prepared, name, value, cap):
+    with pytest.raises(ValueError, match=rf"{name} must be <= {cap}, got {value}"):
+        grpo.train(tiny_prepared, **{"steps": 1, "batch_size": 2, "num_generations": 2, name: value})

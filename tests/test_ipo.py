@@ -49,3 +49,10 @@ def test_fit_bandit_refuses_bad_probabilities_and_tokens(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         ipo.fit_bandit("ipo", args.pop("ref_probs"), args.pop("winners"), args.pop("losers"), args.pop("beta"), **args)
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_fit_bandit_refuses_steps_above_max_steps():
+    with pytest.raises(ValueError, match=r"steps must be <= MAX_BANDIT_STEPS \(20000\), got 1000000000"):
+        ipo.fit_bandit("ipo", [0.5, 0.5], [0], [1], 0.5, steps=10**9)

@@ -79,3 +79,13 @@ def test_rows_of_a_transformers_4_cache(tok, model):
     assert kvcache.repeat_rows(cache, 3) is cache and torch.equal(cache.layers[0].keys, before.repeat_interleave(3, 0))
     assert kvcache.select_rows(cache, torch.tensor([0, 5])) is cache
     assert torch.equal(cache.layers[0].keys, before[[0, 1]])
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_repeat_rows_names_cache_and_k():
+    import pytest
+    with pytest.raises(TypeError, match=r"cache must be a KV cache .*got NoneType"):
+        kvcache.repeat_rows(None, 2)
+    with pytest.raises(ValueError, match=r"k must be >= 1, got 0"):
+        kvcache.repeat_rows((), 0)

@@ -332,3 +332,12 @@ def test_logprobs_from_logits_names_bad_ids_and_mask(model, batch):
         lm.logprobs_from_logits(logits, r, rm.tolist())
     with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
         lm.logprobs_from_logits(logits.tolist(), r, rm)
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_stack_pairs_names_batch():
+    with pytest.raises(ValueError, match=r"batch must be a dict with the tensors \['prompt_ids'.*got a dict with \[\]"):
+        lm.stack_pairs({}, 0)
+    with pytest.raises(TypeError, match=r"batch must be a dict with the tensors .*got NoneType"):
+        lm.stack_pairs(None, 0)

@@ -232,3 +232,20 @@ def test_save_pretrained_names_a_model_or_tokenizer_that_is_not_one(tok, model, 
     with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .* got NoneType None"):
         models.save_pretrained(model, None, tmp_path / "b")
     assert not (tmp_path / "a").exists()
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_tiny_gpt2_is_float32_and_the_same_under_a_float64_default_dtype(tok):
+    expected = models.tiny_gpt2(tok, seed=0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = models.tiny_gpt2(tok, seed=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(expected.parameters(), got.parameters()))
+
+
+def test_active_dropout_names_model():
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got NoneType"):
+        models.active_dropout(None)

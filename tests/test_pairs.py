@@ -67,3 +67,17 @@ def test_check_ref_logps_and_scoring_batch_size():
     assert pairs.scoring_batch_size(None) == 512 and pairs.scoring_batch_size(8) == 8
     with pytest.raises(ValueError, match="batch_size"):
         pairs.scoring_batch_size(0)
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+@pytest.mark.parametrize("idx, error, message", [
+    ([0.5], TypeError, r"idx must be a slice or a 1-D sequence of integer positions of pairs, got a 1-D torch\.float"),
+    ([100], ValueError, r"idx must hold positions in \[-8, 8\) \(the 8 pairs\), got values from 100 to 100"),
+    ([], ValueError, r"idx must select at least one pair, got no positions"),
+    (slice(8, 9), ValueError, r"idx must select at least one of the 8 pairs"),
+    ("a", TypeError, r"idx must be a slice or integer positions of pairs, got str"),
+])
+def test_trim_pairs_names_a_bad_idx(tiny, idx, error, message):
+    with pytest.raises(error, match=message):
+        pairs.trim_pairs(tiny[2], idx)

@@ -195,3 +195,15 @@ def test_prepare_refuses_sizes_above_the_limit_before_any_work(name):
     limit = prepare.MAX_SIZES[name]
     with pytest.raises(ValueError, match=rf"{name} must be <= MAX_SIZES\['{name}'\] \({limit}\), got {limit + 1}"):
         prepare.prepare(0, **{name: limit + 1})
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_prepare_builds_float32_models_under_a_float64_default_dtype():
+    torch.set_default_dtype(torch.float64)
+    try:
+        p = prepare.prepare(0, n_sft=8, sft_steps=1, n_pairs=4, n_test_pairs=2, rm_steps=1, n_eval_prompts=2)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    dtypes = {q.dtype for m in (p.sft, p.reward_model) for q in m.parameters()}
+    assert dtypes == {torch.float32}

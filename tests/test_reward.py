@@ -331,3 +331,15 @@ def test_check_rewards_names_a_python_list_too_large_for_float32():
         reward.check_rewards("reward_fn", [1e39, 1.0], 2, dtype=torch.float32)
     assert reward.check_rewards("reward_fn", [0.1, 2], 2).dtype == torch.get_default_dtype()
     assert torch.equal(reward.check_rewards("reward_fn", [0.1], 1, dtype=torch.float32), torch.tensor([0.1]))
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_train_names_sft_when_it_is_a_reward_model(prepared, small_prefs):
+    with pytest.raises(TypeError, match=r"sft must be a transformers causal LM .*got RewardModel"):
+        reward.train(small_prefs, sft=prepared.reward_model, tokenizer=prepared.tokenizer, steps=1)
+
+
+def test_empty_preferences_are_refused_where_they_are_made():
+    with pytest.raises(ValueError, match=r"prompts must be a non-empty list of strings \(empty preference data\)"):
+        reward.Preferences([], [], [], torch.zeros(0), torch.zeros(0))

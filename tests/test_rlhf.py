@@ -279,3 +279,19 @@ def test_train_inside_no_grad_or_with_float64_default_gives_the_same_run(tiny_pr
         torch.set_default_dtype(old)
     for key in ("r_phi", "loss/value", "kl/exact_per_sequence"):
         assert no_grad[key] == plain[key] == f64[key]
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_train_refuses_an_fp16_sft_naming_prepared_sft(tiny_prepared):
+    import copy
+    half = dataclasses.replace(tiny_prepared, sft=copy.deepcopy(tiny_prepared.sft).half())
+    with pytest.raises(TypeError, match=r"prepared\.sft has torch\.float16 parameters"):
+        rlhf.train(half, steps=1, batch_size=2)
+
+
+@pytest.mark.parametrize("name, value, cap", [("steps", 10**9, r"MAX_STEPS \(100000\)"),
+                                              ("epochs", 10**9, r"MAX_EPOCHS \(1000\)")])
+def test_train_refuses_steps_and_epochs_above_their_caps(tiny_prepared, name, value, cap):
+    with pytest.raises(ValueError, match=rf"{name} must be <= {cap}, got {value}"):
+        rlhf.train(tiny_prepared, **{"steps": 1, "batch_size": 2, name: value})

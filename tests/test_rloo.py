@@ -339,3 +339,25 @@ def test_gradient_variance_refuses_a_reward_model_as_policy(tiny_prepared):
     rm = trainable_copy(tiny_prepared.reward_model)
     with pytest.raises(TypeError, match=r"policy must be a causal LM \(its forward .* got a RewardModel"):
         rloo.gradient_variance(rm, tiny_prepared, ["phone review :"], k=2, repeats=2, value_samples=2)
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_train_refuses_an_fp16_sft_naming_prepared_sft(tiny_prepared):
+    import copy, dataclasses
+    half = dataclasses.replace(tiny_prepared, sft=copy.deepcopy(tiny_prepared.sft).half())
+    with pytest.raises(TypeError, match=r"prepared\.sft has torch\.float16 parameters"):
+        rloo.train(half, steps=1, batch_size=2, num_generations=2)
+
+
+def test_train_refuses_steps_above_max_steps(tiny_prepared):
+    with pytest.raises(ValueError, match=r"steps must be <= MAX_STEPS \(100000\), got 1000000000"):
+        rloo.train(tiny_prepared, steps=10**9, batch_size=2, num_generations=2)
+
+
+def test_train_names_a_reward_fn_that_empties_its_responses(tiny_prepared):
+    def empties(prompts, responses):
+        responses.clear()
+        return []
+    with pytest.raises(ValueError, match=r"reward_fn must return one number per response \(4\).*got 0 values"):
+        rloo.train(tiny_prepared, reward_fn=empties, steps=1, batch_size=2, num_generations=2)

@@ -155,3 +155,17 @@ def test_history_keeps_evaluations_apart_from_updates():
     assert len(h) == 2 and h.update_array("eval/loss").tolist() == [2.0]
     with pytest.raises(KeyError, match=r"no metric 'kl' was logged; logged: \['eval/loss', 'eval/step', 'loss'\]"):
         h.update_array("kl")
+
+
+# ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
+
+def test_history_log_names_metrics():
+    with pytest.raises(TypeError, match=r"metrics must be a dict of metric name -> number \(or None\), got int"):
+        History().log(5)
+
+
+def test_rng_scope_names_seed():
+    from rlnotes.trainer import rng_scope
+    with pytest.raises(TypeError, match=r"seed must be"):
+        with rng_scope(None):
+            pass
