@@ -18,9 +18,17 @@ import math
 import numpy as np
 import torch
 
-from . import lm, prepare, reward, rlhf, sampling, sentiment, stats
+from . import lm, measure, prepare, reward, rlhf, sampling, sentiment, stats
 from .trainer import kept_as_found
-from .utils import check_positive_int, check_seed
+from .utils import check_finite, check_in_range, check_positive_int, check_seed
+
+
+def _floats(name: str, value) -> np.ndarray:
+    """``value`` as a float64 array, or ``TypeError`` naming ``name`` if it does not hold numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must hold numbers, got {value!r:.80}") from None
 
 # ------------------------------------------------------------------ closed forms
 
@@ -35,8 +43,7 @@ def bon_kl(n: int) -> float:
 
 
 def _probs_and_rewards(ref_probs, rewards) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(ref_probs, dtype=np.float64)
-    r = np.asarray(rewards, dtype=np.float64)
+    p, r = _floats("ref_probs", ref_probs), _floats("rewards", rewards)
     if p.ndim != 1 or r.shape != p.shape or len(p) == 0:
         raise ValueError(f"ref_probs and rewards must be 1-D of one length >= 1, got shapes {p.shape} and {r.shape}")
     if not (np.isfinite(p).all() and (p >= 0).all() and abs(p.sum() - 1) < 1e-6):
@@ -87,14 +94,17 @@ def sample_pool(policy, prepared, prompts: list[str], n: int, *, seed: int = 0, 
     back under their names (other reward models on one pool). Prompts are
     run ``chunk // n`` at a time (at least one), so memory stays bounded for large n.
     """
-    model = policy.lm if isinstance(policy, rlhf.PolicyWithValue) else policy
+    model = measure.check_causal_lm("policy", policy.lm if isinstance(policy, rlhf.PolicyWithValue) else policy)
     prepared = prepare.check_prepared("prepared", prepared)
     prompts = sentiment.check_texts("prompts", prompts)
     n = check_positive_int("n", n)
+    if n > sampling.MAX_SAMPLES_PER_PROMPT:
+        raise ValueError(f"n must be <= {sampling.MAX_SAMPLES_PER_PROMPT} (sampling.MAX_SAMPLES_PER_PROMPT, samples "
+                         f"per prompt), got {n}")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(check_seed("seed", seed))
     tok, task, per = prepared.tokenizer, prepared.task, max(1, check_positive_int("chunk", chunk) // n)
-    extra = dict(reward_models or {})
+    extra = _check_scorers(reward_models)
     texts, r_phi, r_star, finished, more = [], [], [], [], {name: [] for name in extra}
     with kept_as_found(model):
         model.eval()
@@ -105,7 +115,7 @@ def sample_pool(policy, prepared, prompts: list[str], n: int, *, seed: int = 0, 
             ys = lm.decode_responses(tok, ids, mask)
             scores = reward.check_rewards("prepared.reward_model", prepared.reward_model(p, pm, ids, mask), len(ys))
             for name, rm in extra.items():
-                score = reward.check_rewards(name, rm(p, pm, ids, mask), len(ys))
+                score = reward.check_rewards(f"reward_models[{name!r}]", rm(p, pm, ids, mask), len(ys))
                 more[name].append(score.double().view(len(xs), n).cpu())
             finished.append((ids == tok.eos_token_id).logical_and(mask.bool()).any(1).view(len(xs), n).cpu())
             texts += [ys[j * n:(j + 1) * n] for j in range(len(xs))]
@@ -113,6 +123,19 @@ def sample_pool(policy, prepared, prompts: list[str], n: int, *, seed: int = 0, 
             r_star.append(task.true_rewards([x for x in xs for _ in range(n)], ys).double().view(len(xs), n))
     return {"responses": texts, "r_phi": torch.cat(r_phi).numpy(), "r_star": torch.cat(r_star).numpy(),
             "finished": torch.cat(finished).numpy(), **{name: torch.cat(v).numpy() for name, v in more.items()}}
+
+
+def _check_scorers(reward_models) -> dict:
+    """``sample_pool``'s ``reward_models``: None or a dict {name: callable}; ``TypeError`` naming the culprit."""
+    if reward_models is None:
+        return {}
+    if not isinstance(reward_models, dict):
+        raise TypeError(f"reward_models must be a dict {{name: reward model}}, got {type(reward_models).__name__}")
+    for name, rm in reward_models.items():
+        if not callable(rm):
+            raise TypeError(f"reward_models[{name!r}] must be a reward model (called as prepared.reward_model is), "
+                            f"got {type(rm).__name__}")
+    return dict(reward_models)
 
 
 def best_of_n(policy, prepared, prompts: list[str], n: int, reward_fn="r_phi", *, seed: int = 0) -> dict:
@@ -158,9 +181,13 @@ def bon_curve(score, value, ns) -> np.ndarray:
     score and weighted by ``bon_weights`` (unbiased for every n <= N, lower variance than one draw
     of n); returns the mean over prompts, [len(ns)].
     """
-    s, v = np.asarray(score, dtype=np.float64), np.asarray(value, dtype=np.float64)
+    s, v = _floats("score", score), _floats("value", value)
     if s.ndim != 2 or v.shape != s.shape:
         raise ValueError(f"score and value must be [B, N] of one shape, got {s.shape} and {v.shape}")
+    check_finite("score", s)
+    check_finite("value", v)
+    if isinstance(ns, (str, bytes)) or not hasattr(ns, "__iter__"):
+        raise TypeError(f"ns must be a list of sample counts n, got {type(ns).__name__} {ns!r:.40}")
     order = np.argsort(s, axis=1, kind="stable")
     v_sorted = np.take_along_axis(v, order, axis=1)
     return np.array([(v_sorted @ bon_weights(s.shape[1], n)).mean() for n in ns])
@@ -198,14 +225,21 @@ def bin_means(d, r, edges) -> np.ndarray:
 
 def bon_form(d, alpha: float, beta: float) -> np.ndarray:
     """R_bon(d) = d (alpha - beta d), d = sqrt(KL) (Gao et al. 2023, eq. 1)."""
-    d = np.asarray(d, dtype=np.float64)
+    d = _check_d(d)
     return d * (alpha - beta * d)
 
 
 def rl_form(d, alpha: float, beta: float) -> np.ndarray:
     """R_RL(d) = d (alpha - beta log d), d = sqrt(KL) (Gao et al. 2023, eq. 2); 0 at d = 0."""
-    d = np.asarray(d, dtype=np.float64)
+    d = _check_d(d)
     return d * (alpha - beta * np.log(np.where(d > 0, d, 1.0)))
+
+
+def _check_d(d) -> np.ndarray:
+    d = _floats("d", d)
+    if not (np.isfinite(d).all() and (d >= 0).all()):
+        raise ValueError(f"d must be finite and >= 0 (d = sqrt(KL)), got {d.min() if d.size else d}")
+    return d
 
 
 def _design(kind: str, d: np.ndarray) -> np.ndarray:
@@ -214,7 +248,7 @@ def _design(kind: str, d: np.ndarray) -> np.ndarray:
 
 
 def _check_runs(d, r) -> tuple[np.ndarray, np.ndarray]:
-    d, r = np.asarray(d, dtype=np.float64), np.asarray(r, dtype=np.float64)
+    d, r = _floats("d", d), _floats("r", r)
     if d.ndim == 1:
         d, r = d[None], r[None] if r.ndim == 1 else r
     if d.ndim != 2 or r.shape != d.shape:
@@ -239,6 +273,8 @@ def _peak(kind: str, alpha: float, beta: float) -> float:
 
 def _fit(kind: str, d, r, level: float, reps: int, seed: int) -> dict:
     d, r = _check_runs(d, r)
+    level = check_in_range("level", level, 0.5, 0.999)    # stats.bootstrap_interval's ranges, checked with one seed too
+    reps = check_positive_int("reps", reps, 100)
     alpha, beta = _lstsq(kind, d, r)
     residual = r - (bon_form if kind == "bon" else rl_form)(d, alpha, beta)
     out = {"alpha": float(alpha), "beta": float(beta), "d_peak": _peak(kind, alpha, beta),

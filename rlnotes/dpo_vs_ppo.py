@@ -97,6 +97,12 @@ def dpo_ppo_frontier(prepared, data: dict, points, *, eval_data: dict | None = N
     check_pairs(data)
     if eval_data is not None:
         check_pairs(eval_data, "eval_data")
+    if isinstance(points, (str, bytes, dict)) or not hasattr(points, "__iter__"):
+        raise TypeError(f"points must be a list of dicts (method, beta, ...), got {type(points).__name__}")
+    points = list(points)
+    for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise TypeError(f"points[{i}] must be a dict (method, beta, ...), got {type(p).__name__} {p!r:.40}")
     points = [dict(p) for p in points]
     for p in points:
         if not {"method", "beta"} <= set(p):

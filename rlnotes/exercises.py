@@ -148,6 +148,8 @@ def _difference(yours, theirs, path: str = "the result") -> str | None:
                 return found
         return None
     theirs = torch.as_tensor(theirs, dtype=torch.float64)
+    if isinstance(yours, tuple):
+        return f"{path} is a tuple of {len(yours)}, rlnotes' is a tensor of shape {tuple(theirs.shape)}"
     try:
         yours = torch.as_tensor(yours.detach() if torch.is_tensor(yours) else yours, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import dpo, grpo, measure, rlhf, rloo
+from . import dpo, grpo, measure, prepare, rlhf, rloo
 from .parallel import Pool, cores
 from .reward import VerifiableReward
 from .stats import standard_error
@@ -34,6 +34,7 @@ METHODS = ("PPO", "DPO", "IPO", "RLOO", "GRPO")
 
 def with_true_reward(prepared):
     """``prepared`` with the verifiable reward r* (``reward.VerifiableReward``) in place of r_phi."""
+    prepared = prepare.check_prepared("prepared", prepared)
     return dataclasses.replace(prepared, reward_model=VerifiableReward(prepared.task, prepared.tokenizer))
 
 
@@ -108,7 +109,7 @@ class Workers:
     ``close()``; pass it as ``train_runs(prepared, runs, workers=w)``. A ``parallel.Pool``."""
 
     def __init__(self, prepared, n: int | None = None):
-        self.prepared = prepared
+        self.prepared = prepare.check_prepared("prepared", prepared)
         self.n = check_positive_int("n", n) if n is not None else (cores() if prepared.device.type == "cpu" else 1)
         self._pool = Pool(self.n, initializer=_start_worker, initargs=(prepared,))
 
@@ -162,10 +163,26 @@ def sweep(prepared, betas: dict, seeds, settings: dict | None = None, *, n_repea
     (``n_repeats`` samples per prompt) with their standard errors ``r_star/se`` and ``kl/se``,
     ``seconds``."""
     settings = settings or {}
+    betas, seeds = _check_betas(betas), _check_seeds(seeds)
     runs = [{"method": m, "beta": b, "seed": s, "settings": settings.get(m, {})}
             for m, method_betas in betas.items() for b in method_betas for s in seeds]
     rows = train_runs(prepared, runs, n_repeats=n_repeats, workers=workers)
     return [{k: v for k, v in row.items() if k not in ("settings", "history")} for row in rows]
+
+
+def _check_betas(betas) -> dict:
+    if not isinstance(betas, dict):
+        raise TypeError(f"betas must be a dict {{method: list of betas}}, got {type(betas).__name__}")
+    for method, values in betas.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"betas[{method!r}] must be a list of betas, got {type(values).__name__} {values!r:.40}")
+    return betas
+
+
+def _check_seeds(seeds) -> list:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be a list of seeds, got {type(seeds).__name__} {seeds!r:.40}")
+    return list(seeds)
 
 
 def per_epoch(runs: list[dict], key: str) -> dict:
@@ -203,7 +220,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     min and max (``r_star_std`` ... ``kl_max``); ``eval_se``, the mean of the runs' own ``r_star/se``
     (the sampling error of one evaluation, where the rows have it); mean ``seconds`` (NaN where rows lack it)."""
     groups = {}
-    for row in rows:
+    for i, row in enumerate(rows):
+        missing = [k for k in ("method", "beta", "r_star", "kl") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] must be a dict with method, beta, r_star and kl (sweep's rows), "
+                             f"lacks {missing}")
         groups.setdefault((row["method"], row["beta"]), []).append(row)
     out = []
     for (method, beta), runs in groups.items():

@@ -76,6 +76,10 @@ class Pool:
 
     def __init__(self, workers: int | None = None, *, initializer=None, initargs: tuple = ()):
         self.workers = cores() if workers is None else check_positive_int("workers", workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable (or None), got {type(initializer).__name__}")
+        if not isinstance(initargs, (tuple, list)):
+            raise TypeError(f"initargs must be a tuple of the initializer's arguments, got {type(initargs).__name__}")
         self.initializer, self.initargs = initializer, tuple(initargs)
         self._executor = None
         self._here = {}                 # workers=1: the initializer's state, kept by this pool only
@@ -94,6 +98,9 @@ class Pool:
         the jobs that have not started and raises."""
         if self._closed:
             raise RuntimeError("this pool is closed")
+        self._check_fn(fn)
+        if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
+            raise TypeError(f"jobs must be an iterable of jobs (a list), got {type(jobs).__name__}")
         jobs, with_state = list(jobs), self.initializer is not None
         if self._executor is None:
             return self._map_here(fn, jobs, with_state)
@@ -104,6 +111,18 @@ class Pool:
             for f in futures:
                 f.cancel()
             raise
+
+    def _check_fn(self, fn):
+        """``TypeError`` naming ``fn`` unless it is callable and, with worker processes, importable by name."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if self._executor is not None:
+            try:
+                pickle.dumps(fn)
+            except (pickle.PicklingError, AttributeError, TypeError) as error:
+                raise TypeError(f"fn must be importable by name to reach a worker process (a module's function or "
+                                f"a functools.partial of one; not a lambda or a local function), got {fn!r:.80} "
+                                f"({error})") from None
 
     def _map_here(self, fn, jobs, with_state):
         threads = torch.get_num_threads()

@@ -117,7 +117,13 @@ def check_binary(name: str, tensor) -> None:
 def check_same_shape(**tensors) -> None:
     """Raise ``ValueError`` naming the arguments unless all given arrays (tensors, NumPy arrays or
     nested lists) share one shape."""
-    shapes = {name: tuple(np.shape(t)) for name, t in tensors.items()}
+    shapes = {}
+    for name, t in tensors.items():
+        try:
+            shapes[name] = tuple(np.shape(t))
+        except ValueError:   # NumPy refuses ragged nested lists
+            raise ValueError(f"{name} must be a rectangular array (rows of one length), got {reprlib.repr(t)}") \
+                from None
     if len(set(shapes.values())) > 1:
         described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         raise ValueError(f"shapes must match: {described}")

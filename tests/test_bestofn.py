@@ -181,3 +181,45 @@ def test_fits_refuse_bad_input(fit):
         fit([-1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="at least 3 points"):
         fit([1.0, 2.0], [1.0, 2.0])
+
+
+# ------------------------------------------------------------------ bad input, round two (issue 27)
+
+def test_bon_curve_refuses_non_finite_scores_and_an_int_ns():
+    with pytest.raises(ValueError, match=r"score must be finite \(it holds NaN or inf\)"):
+        bestofn.bon_curve([[math.nan, 2.0]], [[1.0, 2.0]], [1, 2])
+    with pytest.raises(ValueError, match=r"value must be finite \(it holds NaN or inf\)"):
+        bestofn.bon_curve([[1.0, 2.0]], [[math.inf, 2.0]], [1, 2])
+    with pytest.raises(TypeError, match="ns must be a list of sample counts n, got int 2"):
+        bestofn.bon_curve([[1.0, 2.0]], [[1.0, 2.0]], 2)
+
+
+@pytest.mark.parametrize("form", [bestofn.bon_form, bestofn.rl_form])
+def test_forms_refuse_a_negative_d(form):
+    with pytest.raises(ValueError, match=r"d must be finite and >= 0 \(d = sqrt\(KL\)\), got -1.0"):
+        form([-1.0], 1.0, 0.5)
+
+
+def test_fit_checks_level_and_reps_with_one_seed():
+    d, r = [[0.1, 0.2, 0.3]], [[1.0, 2.0, 3.0]]
+    with pytest.raises(ValueError, match=r"level must be in \[0.5, 0.999\], got 1.5"):
+        bestofn.fit_bon(d, r, level=1.5)
+    with pytest.raises(ValueError, match="reps must be >= 100, got 0"):
+        bestofn.fit_rl(d, r, reps=0)
+
+
+def test_exact_bon_kl_names_strings():
+    with pytest.raises(TypeError, match=r"ref_probs must hold numbers, got \['a'\]"):
+        bestofn.exact_bon_kl(["a"], [1.0], 2)
+    with pytest.raises(TypeError, match="rewards must hold numbers"):
+        bestofn.bon_distribution([1.0], ["b"], 2)
+
+
+def test_best_of_n_names_policy_n_and_reward_models(tiny_prepared):
+    P = tiny_prepared
+    with pytest.raises(TypeError, match="policy must be a causal LM .* got NoneType"):
+        bestofn.best_of_n(None, P, ["review :"], 2)
+    with pytest.raises(ValueError, match=r"n must be <= 1024 \(sampling.MAX_SAMPLES_PER_PROMPT.*got 10000000"):
+        bestofn.best_of_n(P.sft, P, ["review :"], 10**7)
+    with pytest.raises(TypeError, match=r"reward_models\['x'\] must be a reward model .* got int"):
+        bestofn.sample_pool(P.sft, P, ["review :"], 2, reward_models={"x": 1})

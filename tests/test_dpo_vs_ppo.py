@@ -56,3 +56,12 @@ def test_dpo_ppo_point_names_bad_eval_data(tiny, tiny_prepared):
     P = tiny_prepared
     with pytest.raises(TypeError, match="eval_data must be a dict with the tensors .* got list"):   # before training
         dpo_vs_ppo.dpo_ppo_point(P, P.train_prefs.encode(P.tokenizer), "DPO", 0.1, eval_data=[data], batch_size=8)
+
+
+@pytest.mark.parametrize("points, message", [(None, "points must be a list of dicts .* got NoneType"),
+                                             ("DPO", "points must be a list of dicts .* got str"),
+                                             (["DPO"], r"points\[0\] must be a dict .* got str")])
+def test_dpo_ppo_frontier_names_points(tiny_prepared, points, message):
+    P = tiny_prepared
+    with pytest.raises(TypeError, match=message):
+        dpo_vs_ppo.dpo_ppo_frontier(P, P.train_prefs.encode(P.tokenizer), points, workers=1)

@@ -76,3 +76,10 @@ def test_the_cases_are_the_same_for_every_reader():
     b = [d for d, _ in exercises.gae_cases(torch.Generator().manual_seed(0))]
     assert a == b and len(a) == 20
     assert math.isclose(sum(1 for d in a if "0 dones" in d) / len(a), 0.5, abs_tol=0.3)
+
+
+def test_check_reports_a_tuple_as_a_tuple():
+    from rlnotes import dpo
+    report = check(dpo.dpo_loss, "dpo_loss")      # returns (losses, chosen, rejected); the exercise: losses
+    assert not report.passed
+    assert "the result is a tuple of 3, rlnotes' is a tensor of shape (1,)" in report.message

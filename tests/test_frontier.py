@@ -192,3 +192,16 @@ def test_budget_refuses_a_bool_n_pairs_and_takes_numpy_and_whole_float_counts():
     assert frontier.budget("DPO", n_pairs=np.int64(100)) == want
     assert frontier.budget("DPO", n_pairs=100.0) == want
     assert frontier.budget("IPO", n_pairs=np.int64(5))["pairs"] == frontier.budget("IPO", n_pairs=5)["pairs"]
+
+
+def test_entry_points_name_bad_input(tiny_prepared):
+    with pytest.raises(TypeError, match="prepared must be a Prepared .* got NoneType"):
+        frontier.with_true_reward(None)
+    with pytest.raises(TypeError, match="prepared must be a Prepared .* got NoneType"):
+        frontier.Workers(None)
+    with pytest.raises(ValueError, match=r"rows\[0\] must be a dict with .* lacks \['r_star', 'kl'\]"):
+        frontier.summarize([{"method": "A", "beta": 0.1}])
+    with pytest.raises(TypeError, match=r"betas\['DPO'\] must be a list of betas, got float 0.1"):
+        frontier.sweep(tiny_prepared, {"DPO": 0.1}, [0], workers=1)
+    with pytest.raises(TypeError, match="seeds must be a list of seeds, got int 0"):
+        frontier.sweep(tiny_prepared, {"DPO": [0.1]}, 0, workers=1)

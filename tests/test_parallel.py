@@ -101,3 +101,17 @@ def test_a_closed_pool_refuses_jobs_and_workers_are_checked():
         pool.map(square_after, [1])
     with pytest.raises(ValueError, match="workers must be >= 1"):
         parallel.Pool(0)
+
+
+def test_pool_names_fn_jobs_initializer_and_initargs():
+    with pytest.raises(TypeError, match="jobs must be an iterable of jobs .* got NoneType"):
+        parallel.Pool(1).map(square_after, None)
+    with pytest.raises(TypeError, match="fn must be callable, got NoneType"):
+        parallel.Pool(1).map(None, [1])
+    with pytest.raises(TypeError, match=r"initializer must be callable \(or None\), got int"):
+        parallel.Pool(1, initializer=1)
+    with pytest.raises(TypeError, match="initargs must be a tuple of the initializer's arguments, got int"):
+        parallel.Pool(1, initializer=dict, initargs=5)
+    with parallel.Pool(2) as pool:
+        with pytest.raises(TypeError, match="fn must be importable by name to reach a worker process"):
+            pool.map(lambda x: x, [1])

@@ -450,3 +450,10 @@ def test_method_frontier_in_panels_keeps_each_methods_colour_and_one_y_axis():
     with pytest.raises(ValueError, match="ax must hold one Axes per panel"):
         plots.method_frontier(rows, 0.0, ax=[axes[0]], panels={"a": ["PPO"], "b": ["DPO"]})
     plt.close("all")
+
+
+def test_reward_kl_frontier_names_points():
+    with pytest.raises(TypeError, match="points must be a sequence of .name, metrics. pairs, got NoneType"):
+        plots.reward_kl_frontier(None)
+    with pytest.raises(TypeError, match=r"points\[0\] must be a \(name, metrics\) pair"):
+        plots.reward_kl_frontier(["SFT"])

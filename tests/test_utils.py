@@ -148,3 +148,8 @@ def test_check_tensor_names_the_argument_and_the_kind():
         check_tensor("ids", x.bool(), "int")
     with pytest.raises(TypeError, match="logp must be a tensor of a floating dtype, got dtype torch.int64"):
         check_tensor("logp", x.long())
+
+
+def test_check_same_shape_names_a_ragged_argument():
+    with pytest.raises(ValueError, match=r"a must be a rectangular array \(rows of one length\), got \[1, \[2, 3\]\]"):
+        utils.check_same_shape(a=[1, [2, 3]], b=[1, 2])

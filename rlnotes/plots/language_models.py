@@ -152,6 +152,17 @@ def centring_variance(results: Mapping, *, ax=None, b_range: tuple[float, float]
     return ax
 
 
+def _check_points(points) -> list:
+    """``reward_kl_frontier``'s points as ``[(name, metrics)]``; ``TypeError`` naming ``points`` otherwise."""
+    if isinstance(points, (str, bytes)) or not hasattr(points, "__iter__"):
+        raise TypeError(f"points must be a sequence of (name, metrics) pairs, got {type(points).__name__}")
+    points = list(points)
+    for i, p in enumerate(points):
+        if not (isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[1], Mapping)):
+            raise TypeError(f"points[{i}] must be a (name, metrics) pair, metrics a dict, got {p!r:.60}")
+    return [(str(n), m) for n, m in points]
+
+
 def reward_kl_frontier(points, *, ax=None, rewards: Mapping[str, str] | None = None,
                        kl_key: str = "kl/exact_per_sequence", annotate: bool = True,
                        title: str | None = None, symlog: bool = True):
@@ -163,7 +174,7 @@ def reward_kl_frontier(points, *, ax=None, rewards: Mapping[str, str] | None = N
     annotated with their names. The x axis is symlog (linear below 1 nat) unless ``symlog=False``.
     """
     rewards = dict(rewards or {"r_star": "true reward $r^*$", "r_phi": r"reward model $r_\phi$"})
-    points = [(str(n), m) for n, m in points]
+    points = _check_points(points)
     if not points:
         raise ValueError("points must hold at least one (name, metrics) pair")
     for name, metrics in points:
