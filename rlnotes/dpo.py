@@ -30,9 +30,8 @@ from . import lm
 from .measure import check_causal_lm
 from .pairs import check_pairs, check_ref_logps, pair_logps, reference_logps, scoring_batch_size, trim_pairs
 from .reward import preference_accuracy
-from .trainer import check_model, check_trainable, kept_as_found
-from .trainer import (MAX_EPOCHS, Config, History, Timer, TrainResult, atomic, check_bool, check_count, make_config,
-                      progress, run_guard, training_scope)
+from .trainer import (MAX_EPOCHS, Config, History, Timer, TrainResult, atomic, check_bool, check_count, check_model,
+                      check_trainable, kept_as_found, make_config, progress, run_guard, training_scope)
 from .utils import check_choice, check_finite, check_positive, check_positive_int, check_seed, check_same_shape
 
 
@@ -260,7 +259,7 @@ def check_callback(callback) -> None:
 def check_vocab(name: str, data: dict, model) -> None:
     """``ValueError`` naming ``name[<key>]`` if a token id of ``data`` (where its mask is 1) is outside
     ``model``'s vocabulary (the embedding's size; no check for a model that does not say)."""
-    vocab = lm._vocab_size(model)
+    vocab = lm.vocab_size(model)
     for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
         ids = data[key][data[key.replace("_ids", "_mask")].bool()]
         if vocab is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -302,26 +301,21 @@ def _real_number(key: str, value) -> float:
 
 def train(data: dict, config: DPOConfig | None = None, *, ref, policy=None, eval_data: dict | None = None,
           callback=None, ref_logps: tuple | None = None, **overrides) -> TrainResult:
-    """DPO: minimise the mean of Eq. 7 over mini-batches of (x, y_w, y_l) with AdamW (no weight decay);
-    with ``loss_type="ipo"``, IPO's loss (``ipo_loss``) in the same loop (TRL's one ``DPOTrainer``).
+    """DPO: the mean of Eq. 7 over mini-batches of (x, y_w, y_l), AdamW without weight decay; IPO's loss
+    (``ipo_loss``) in the same loop with ``loss_type="ipo"`` (TRL's one ``DPOTrainer``).
 
-    Settings: those of ``DPOConfig``, as keywords or a ``config``. ``policy`` is trained in place, only its
-    parameters that the caller left trainable (``requires_grad=True``), and handed back in the
-    train/eval modes it came in; ``None``: start from a trainable copy of ``ref``, as the paper
-    does, handed back in eval mode. ``ref`` stays frozen and as it was (its requires_grad flags and
-    modes), and its log-probabilities are computed once before training. ``data`` (and
-    ``eval_data``) hold the token tensors ``prompt_ids/prompt_mask`` (left-padded),
-    ``chosen_ids/chosen_mask`` and ``rejected_ids/rejected_mask`` (right-padded), as returned by
-    ``rlnotes.reward.Preferences.encode`` (``check_pairs``).
+    Settings: those of ``DPOConfig``, as keywords or a ``config``. ``policy`` is trained in place (only what
+    the caller left trainable) and handed back in the modes it came in; None: a trainable copy of ``ref``, as
+    the paper does. ``ref`` stays frozen and as it was; its log-probabilities are computed once. ``data``
+    (and ``eval_data``): the pairs' token tensors, as ``rlnotes.reward.Preferences.encode`` returns them.
 
     Logs per optimiser step, under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected`` (mean
     implicit rewards beta log(pi / pi_ref)), ``rewards/accuracies`` (``preference_accuracy``: the fraction with
     chosen > rejected, a tie counting one half), ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (mean
     log pi(y|x)) and ``seconds``; every ``eval_every`` steps (and at the end) ``eval/loss``, ``eval/accuracy``
     and ``eval/margin`` on ``eval_data`` (``preference_metrics``), with ``eval/step``. ``callback(policy)``, if
-    given, is called at the same points (before training too when ``eval_every`` is set), with the policy in
-    eval mode; it returns None (nothing to log) or a dict of numbers, logged as ``eval/<name>``
-    (``callback_metrics``: e.g. the true reward and KL of samples). ``ref_logps``: the reference's
+    given, is called at the same points (and before training with ``eval_every``), the policy in eval mode; it
+    returns None or a dict of numbers, logged as ``eval/<name>`` (``callback_metrics``). ``ref_logps``: the reference's
     log-probabilities of ``data``, as ``reference_logps(ref, data)`` returns them (sums, divided here if
     ``length_normalize``), to reuse them over several runs (by default they are computed here). Returns a
     ``TrainResult`` whose ``model`` is the policy; an interrupt, from the reference pass on, raises

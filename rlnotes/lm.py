@@ -7,7 +7,7 @@ Public API (stable; chapter 5 uses it):
 - ``response_logits``, ``token_logprobs`` (prompt and padding masked), ``sequence_logprob``;
   ``logprobs_from_logits``: the one home of log pi(y_t) from logits (gather of log-softmax).
 - ``group_response_logits`` / ``last_hidden``: k responses per prompt, each prompt run once (its KV cache,
-  ``rlnotes.kvcache``, serves its k responses); ``stack_pairs`` lays preference pairs out that way.
+  ``rlnotes.kvcache``, serves its k responses); ``pairs.stack_pairs`` lays preference pairs out that way.
 - ``check_context(model, length)`` / ``check_temperature`` / ``check_prompts`` / ``special_id``: the
   argument checks that the entry points share (prompt + response within the context; a temperature >=
   ``MIN_TEMPERATURE``; left-padded prompts; a tokenizer's pad or EOS id).
@@ -29,8 +29,9 @@ from .sentiment import check_texts
 from .utils import check_binary, check_positive, check_positive_int, check_tensor, get_device
 
 __all__ = ["encode_prompts", "encode_responses", "decode_responses", "response_logits", "logprobs_from_logits",
-           "token_logprobs", "sequence_logprob", "group_response_logits", "last_hidden", "stack_pairs",
-           "group_size", "joint", "check_context", "check_temperature", "check_prompts", "special_id", "MIN_TEMPERATURE"]
+           "token_logprobs", "sequence_logprob", "group_response_logits", "last_hidden",
+           "group_size", "joint", "vocab_size", "check_context", "check_temperature", "check_prompts", "special_id",
+           "MIN_TEMPERATURE"]
 
 MIN_TEMPERATURE = 1e-6   # logits / temperature stays finite in float32; greedy for any gap above ~1e-4
 
@@ -179,7 +180,8 @@ def _check_ids_mask(name: str, ids, mask) -> None:
     check_binary(f"{name}_mask", mask)  # a mask of 2s would count each token twice in the positions (cumsum)
 
 
-def _vocab_size(model) -> int | None:
+def vocab_size(model) -> int | None:
+    """The number of token ids ``model`` embeds (None if it does not say)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and hasattr(embeddings, "num_embeddings"):
         return embeddings.num_embeddings
@@ -187,7 +189,7 @@ def _vocab_size(model) -> int | None:
 
 
 def _check_vocab(model, name: str, ids: torch.Tensor) -> None:
-    vocab = _vocab_size(model)
+    vocab = vocab_size(model)
     if ids.numel() and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"{name} must be token ids in [0, {vocab}) (the model's vocabulary), "
                          f"got values from {int(ids.min())} to {int(ids.max())}")
@@ -312,30 +314,6 @@ def token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
 def sequence_logprob(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """log pi(y | x) = sum_t log pi(y_t | x, y_<t) over the response tokens (prompt, padding masked), [B]."""
     return token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask).sum(dim=1)
-
-
-def stack_pairs(batch: dict, pad_id: int):
-    """A batch of B preference pairs as B prompts and 2B responses, y_w then y_l for each prompt.
-
-    ``batch`` holds ``prompt_ids/prompt_mask`` and ``chosen_ids/chosen_mask``,
-    ``rejected_ids/rejected_mask``; the two response sides are right-padded to a common width.
-    Returns (prompt_ids [B, P], prompt_mask, response_ids [2B, T], response_mask) in the
-    prompt-major order of ``group_response_logits``, so that one pass, with each prompt run once,
-    scores both responses of every pair (the reward model of chapter 4, DPO in chapter 5).
-    """
-    keys = [f"{s}_{t}" for s in ("prompt", "chosen", "rejected") for t in ("ids", "mask")]
-    if not isinstance(batch, dict) or any(k not in batch for k in keys):
-        got = f"a dict with {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
-        raise (ValueError if isinstance(batch, dict) else TypeError)(
-            f"batch must be a dict with the tensors {keys} (as Preferences.encode makes it), got {got}")
-    width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
-
-    def pairs(side: str, value):  # [B, 2, T] -> [2B, T]: row 2i is pair i's y_w, row 2i + 1 its y_l
-        chosen, rejected = (F.pad(batch[f"{s}_{side}"], (0, width - batch[f"{s}_{side}"].shape[1]), value=value)
-                            for s in ("chosen", "rejected"))
-        return torch.stack([chosen, rejected], dim=1).flatten(0, 1)
-
-    return batch["prompt_ids"], batch["prompt_mask"], pairs("ids", pad_id), pairs("mask", 0)
 
 
 def group_size(prompt_ids: torch.Tensor, response_ids: torch.Tensor) -> int:

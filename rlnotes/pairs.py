@@ -10,8 +10,9 @@ frozen reference's for a whole data set, which ``check_ref_logps`` checks when a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .lm import group_response_logits, logprobs_from_logits, stack_pairs
+from .lm import group_response_logits, logprobs_from_logits
 from .trainer import check_model, kept_as_found
 from .utils import check_finite, check_positive_int
 
@@ -95,6 +96,30 @@ def _check_idx(idx, n: int):
         raise ValueError(f"idx must hold positions in [-{n}, {n}) (the {n} pairs), got values from {int(t.min())} "
                          f"to {int(t.max())}")
     return idx
+
+
+def stack_pairs(batch: dict, pad_id: int):
+    """A batch of B preference pairs as B prompts and 2B responses, y_w then y_l for each prompt.
+
+    ``batch`` holds ``prompt_ids/prompt_mask`` and ``chosen_ids/chosen_mask``,
+    ``rejected_ids/rejected_mask``; the two response sides are right-padded to a common width.
+    Returns (prompt_ids [B, P], prompt_mask, response_ids [2B, T], response_mask) in the
+    prompt-major order of ``group_response_logits``, so that one pass, with each prompt run once,
+    scores both responses of every pair (the reward model of chapter 4, DPO in chapter 5).
+    """
+    keys = [f"{s}_{t}" for s in ("prompt", "chosen", "rejected") for t in ("ids", "mask")]
+    if not isinstance(batch, dict) or any(k not in batch for k in keys):
+        got = f"a dict with {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
+        raise (ValueError if isinstance(batch, dict) else TypeError)(
+            f"batch must be a dict with the tensors {keys} (as Preferences.encode makes it), got {got}")
+    width = max(batch["chosen_ids"].shape[1], batch["rejected_ids"].shape[1])
+
+    def pairs(side: str, value):  # [B, 2, T] -> [2B, T]: row 2i is pair i's y_w, row 2i + 1 its y_l
+        chosen, rejected = (F.pad(batch[f"{s}_{side}"], (0, width - batch[f"{s}_{side}"].shape[1]), value=value)
+                            for s in ("chosen", "rejected"))
+        return torch.stack([chosen, rejected], dim=1).flatten(0, 1)
+
+    return batch["prompt_ids"], batch["prompt_mask"], pairs("ids", pad_id), pairs("mask", 0)
 
 
 def pair_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import lm, sampling, sentiment
 from .sft import SFTConfig
+from .pairs import stack_pairs
 from .trainer import check_model
 from .trainer import History, Timer, TrainResult, atomic, make_config, progress, run_guard, training_scope
 from .utils import check_finite, check_in_range, check_positive_int, check_same_shape, check_seed
@@ -314,7 +315,7 @@ def _fit(rm: RewardModel, t: dict, cfg: RewardConfig, history: History, pad_id: 
             with atomic():
                 with Timer() as timer:
                     idx = torch.randint(n, (cfg.batch_size,), generator=gen).to(device)
-                    pairs = lm.stack_pairs({k: v[idx] for k, v in t.items()}, pad_id)
+                    pairs = stack_pairs({k: v[idx] for k, v in t.items()}, pad_id)
                     rc, rr = rm(*pairs).view(-1, 2).unbind(1)  # one pass, each prompt run once
                     loss = reward_loss(rc, rr)
                     opt.zero_grad()

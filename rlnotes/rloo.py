@@ -31,7 +31,7 @@ from torch import nn
 from . import lm, sentiment
 from .groups import (check_group_size, check_groups, check_reward_fn, group_metrics, relative_advantages,
                      reuses_scoring_pass, sample_groups, score_groups, step_seed)
-from .trainer import (MAX_EPOCHS, MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
+from .trainer import (MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
                       check_model, make_config, progress, run_guard,
                       trainable_copy, training_scope)
 from .measure import check_causal_lm

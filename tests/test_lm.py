@@ -47,19 +47,6 @@ def test_logprobs_mask_against_hand_computation(tok, model):
         lm.token_logprobs(model, p, pm, r, rm, temperature=0)
 
 
-def test_stack_pairs_pads_both_sides_to_one_width():
-    import torch
-
-    from rlnotes.lm import stack_pairs
-    batch = dict(prompt_ids=torch.tensor([[7, 8]]), prompt_mask=torch.tensor([[1, 1]]),
-                 chosen_ids=torch.tensor([[1, 2, 3]]), chosen_mask=torch.tensor([[1, 1, 1]]),
-                 rejected_ids=torch.tensor([[4]]), rejected_mask=torch.tensor([[1]]))
-    p, pm, r, rm = stack_pairs(batch, pad_id=0)
-    assert p.tolist() == [[7, 8]] and pm.tolist() == [[1, 1]]
-    assert r.tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert rm.tolist() == [[1, 1, 1], [1, 0, 0]]
-
-
 def test_response_logits_keeps_only_the_response_positions(tok, model):
     """The output layer runs on the last T + 1 positions only; the logits equal the full forward's
     slice at positions P-1 .. P+T-2, and a model whose forward lacks logits_to_keep gets the slice."""
@@ -335,9 +322,3 @@ def test_logprobs_from_logits_names_bad_ids_and_mask(model, batch):
 
 
 # ----- bad input, round two (issue 27): the user's call and the message it gets --------------------
-
-def test_stack_pairs_names_batch():
-    with pytest.raises(ValueError, match=r"batch must be a dict with the tensors \['prompt_ids'.*got a dict with \[\]"):
-        lm.stack_pairs({}, 0)
-    with pytest.raises(TypeError, match=r"batch must be a dict with the tensors .*got NoneType"):
-        lm.stack_pairs(None, 0)

@@ -81,3 +81,20 @@ def test_check_ref_logps_and_scoring_batch_size():
 def test_trim_pairs_names_a_bad_idx(tiny, idx, error, message):
     with pytest.raises(error, match=message):
         pairs.trim_pairs(tiny[2], idx)
+
+
+def test_stack_pairs_pads_both_sides_to_one_width():
+    batch = dict(prompt_ids=torch.tensor([[7, 8]]), prompt_mask=torch.tensor([[1, 1]]),
+                 chosen_ids=torch.tensor([[1, 2, 3]]), chosen_mask=torch.tensor([[1, 1, 1]]),
+                 rejected_ids=torch.tensor([[4]]), rejected_mask=torch.tensor([[1]]))
+    p, pm, r, rm = pairs.stack_pairs(batch, pad_id=0)
+    assert p.tolist() == [[7, 8]] and pm.tolist() == [[1, 1]]
+    assert r.tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert rm.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_stack_pairs_names_batch():
+    with pytest.raises(ValueError, match=r"batch must be a dict with the tensors \['prompt_ids'.*got a dict with \[\]"):
+        pairs.stack_pairs({}, 0)
+    with pytest.raises(TypeError, match=r"batch must be a dict with the tensors .*got NoneType"):
+        pairs.stack_pairs(None, 0)
