@@ -115,8 +115,8 @@ def _growing_layer():
 
 
 def with_room(cache, room: int):
-    """``cache`` with room for ``room`` more positions in each layer (``_growing_layer``), where its
-    layers are plain ``DynamicLayer``s; any other cache is returned as it is."""
+    """``cache`` with room for ``room`` more positions in each layer (a growing subclass of transformers'
+    ``DynamicLayer``), where its layers are plain ones; any other cache is returned as it is."""
     growing = _growing_layer()
     layers = getattr(cache, "layers", None)
     if growing is None or not isinstance(layers, list) or not all(
