@@ -296,3 +296,14 @@ def test_file_numbers_are_chapter_numbers_and_the_toc_keeps_their_order():
             assert title.startswith(f"# {int(path.stem[:2])}."), (path.name, title)
         else:
             assert path.stem.startswith("a") and title.startswith("# Appendix"), (path.name, title)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_stored_widget_view_has_its_model_in_the_notebooks_widget_state(path):
+    """A widget output names a model id; the page can draw it only if the notebook's stored widget state
+    holds that model (outputs and state must come from the same run)."""
+    nb = json.loads(path.read_text())
+    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb["cells"]
+             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert [v for v in views if v not in state] == []
