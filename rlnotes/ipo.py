@@ -48,7 +48,7 @@ def fit_bandit(loss: str, ref_probs, winners, losers, beta: float, *, steps: int
     margin h over the pairs) and ``kl/exact_per_state`` (exact KL(pi || pi_ref), >= 0).
     ``ref_probs`` must be a distribution over K >= 2 tokens, every entry > 0, summing to 1 within
     1e-6 (float32 input allowed); ``winners`` and ``losers`` integer tokens in [0, K)
-    (``rlnotes.dpo_closed_form.check_token_pairs``); ``ValueError`` otherwise, and for ``steps`` above
+    (``dpo_closed_form.check_token_pairs``); ``ValueError`` otherwise, and for ``steps`` above
     ``MAX_BANDIT_STEPS``.
     """
     loss_fn = LOSSES[check_choice("loss", loss, tuple(LOSSES))]
