@@ -169,6 +169,19 @@ def reuses_scoring_pass(policy: nn.Module, epochs: int = 1, one_minibatch: bool 
     return epochs == 1 and one_minibatch and not models.active_dropout(policy)
 
 
+def check_inputs(prepared, reward_fn) -> tuple:
+    """What RLOO and GRPO check on entry: ``prepared`` a complete ``Prepared`` (``check_prepared``) whose
+    ``sft`` may be trained (the policy starts as its trainable copy, so float16 is refused:
+    ``trainer.check_model``), and ``reward_fn`` (``check_reward_fn``). Returns ``(task, tokenizer, ref,
+    reward_fn)``."""
+    from .prepare import check_prepared
+    from .trainer import check_model
+
+    ref = check_prepared("prepared", prepared).sft
+    check_model("prepared.sft", ref, trained=True)
+    return prepared.task, prepared.tokenizer, ref, check_reward_fn(reward_fn)
+
+
 def check_reward_fn(reward_fn):
     """Return ``reward_fn`` if it is None or a callable that takes (prompts, responses), else raise
     ``TypeError`` (a callable whose signature Python cannot read is accepted as it is)."""

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lm, sentiment
-from .groups import (check_group_size, check_groups, check_reward_fn, group_metrics, relative_advantages,
+from .groups import (check_group_size, check_groups, check_inputs, group_metrics, relative_advantages,
                      reuses_scoring_pass, sample_groups, score_groups, step_seed)
 from .trainer import (MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
-                      check_model, make_config, progress, run_guard,
+                      make_config, progress, run_guard,
                       trainable_copy, training_scope)
 from .measure import check_causal_lm
 from .prepare import check_prepared
@@ -250,20 +250,11 @@ def train(prepared, config: RLOOConfig | None = None, *, reward_fn=None, **overr
     ``kl/k1_per_sequence``, ``kl/exact_per_sequence``, ``entropy``, ``completions/mean_length``,
     ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
 
-    Refused: ``prepared`` that is not a complete ``Prepared`` and a ``reward_fn`` that is not
-    callable or cannot be called with (prompts, responses) (TypeError), ``batch_size *
-    num_generations`` above ``groups.MAX_GROUP_SAMPLES`` and ``steps`` above ``trainer.MAX_STEPS``
-    (ValueError), a ``prepared.sft`` in float16 (TypeError: the policy is its trainable copy,
-    ``trainer.check_model``). It runs in
-    ``trainer.training_scope``: a caller's ``torch.no_grad()`` or float64 default dtype does not reach it.
-    An interrupt at any point after the checks raises ``TrainingInterrupted``
-    whose ``result`` is the ``TrainResult`` so far (``model`` None if it came before the policy
-    was made); each update and its log entry are applied whole.
+    Refused: what ``groups.check_inputs`` refuses, and sizes above ``groups.MAX_GROUP_SAMPLES``,
+    ``trainer.MAX_STEPS`` (ValueError). Runs and stops as the training contract says (CONTRIBUTING.md).
     """
     cfg = make_config(RLOOConfig, config, **overrides)
-    task, tok, ref = check_prepared("prepared", prepared).task, prepared.tokenizer, prepared.sft
-    check_model("prepared.sft", ref, trained=True)  # the trainable copy is in its dtype
-    reward_fn = check_reward_fn(reward_fn)
+    task, tok, ref, reward_fn = check_inputs(prepared, reward_fn)
     history = History()
     result = TrainResult(None, history, cfg)  # until the policy exists
     with run_guard(lambda: result, lambda: result.model is None or result.model.eval()), \

@@ -185,3 +185,18 @@ def test_reuses_scoring_pass_names_policy_and_epochs(model):
         groups.reuses_scoring_pass(None)
     with pytest.raises(ValueError, match=r"epochs must be >= 1, got 0"):
         groups.reuses_scoring_pass(model, epochs=0)
+
+
+@GROUP_TRAINERS
+def test_group_trainers_interrupted_before_the_policy_exists(tiny_prepared, monkeypatch, train):
+    from rlnotes.trainer import TrainingInterrupted, TrainResult
+
+    def stop(ref):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rloo if train is rloo.train else grpo, "trainable_copy", stop)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(tiny_prepared, steps=1, batch_size=2, num_generations=2, seed=0)
+    result = caught.value.result
+    assert isinstance(caught.value, TrainingInterrupted) and isinstance(result, TrainResult)
+    assert result.model is None and len(result.history) == 0 and result.config.num_generations == 2

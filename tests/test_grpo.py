@@ -173,19 +173,6 @@ def test_train_refuses_what_is_not_a_prepared_or_a_reward_function(tiny_prepared
         grpo.train(tiny_prepared, reward_fn="r_star")
 
 
-def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
-    from rlnotes.trainer import TrainingInterrupted, TrainResult
-
-    def stop(ref):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(grpo, "trainable_copy", stop)
-    with pytest.raises(KeyboardInterrupt) as caught:
-        _run(tiny_prepared)
-    assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)
-    assert caught.value.result.model is None and len(caught.value.result.history) == 0
-
-
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_group_advantages_refuse_nan_and_inf(bad):
     with pytest.raises(ValueError, match=r"rewards must be finite \(it holds NaN or inf\)"):

@@ -263,20 +263,6 @@ def test_gradient_variance_bad_arguments(tiny_prepared):
         rloo.gradient_variance(policy, None, prompts)
 
 
-def test_interrupt_before_the_policy_exists(tiny_prepared, monkeypatch):
-    from rlnotes.trainer import TrainingInterrupted
-
-    def stop(ref):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(rloo, "trainable_copy", stop)
-    with pytest.raises(KeyboardInterrupt) as caught:
-        _run(tiny_prepared)
-    assert isinstance(caught.value, TrainingInterrupted) and isinstance(caught.value.result, TrainResult)
-    assert caught.value.result.model is None
-    assert len(caught.value.result.history) == 0 and caught.value.result.config.num_generations == 2
-
-
 def test_ctrl_c_inside_an_update_hands_back_the_policy_in_eval_mode(tiny_prepared, ctrl_c_raises):
     """A SIGINT during step 1 is held until the update ends; the update and its log entry are both in
     the partial result, and the policy is handed back in eval mode (as after a complete run)."""
