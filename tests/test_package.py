@@ -144,3 +144,12 @@ def test_the_private_name_finder_finds_them():
     assert private_uses("x = ppo._update(a)\nfrom .trpo import (surrogate, _line_search)") == [
         "ppo._update", "from .trpo import (surrogate, _line_search"]
     assert private_uses("ppo.update(a); lm.__all__; self._x; torch._C") == []
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject.toml lists each subpackage, or a pip install (Colab's set-up cell) leaves it out."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(ROOT).parts[:-1]) for p in (ROOT / "rlnotes").rglob("__init__.py")}
+    assert found == listed, f"pyproject.toml's packages {sorted(listed)}, the package's {sorted(found)}"
