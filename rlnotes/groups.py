@@ -22,7 +22,9 @@ from torch import nn
 
 from . import lm, models, sampling
 from .kl import sequence_kl
+from .prepare import check_prepared
 from .reward import check_rewards
+from .trainer import check_model
 from .utils import check_finite, check_positive_int, check_seed
 
 # The most responses one step of a group trainer samples (``batch_size * num_generations``; in the book
@@ -174,9 +176,6 @@ def check_inputs(prepared, reward_fn) -> tuple:
     ``sft`` may be trained (the policy starts as its trainable copy, so float16 is refused:
     ``trainer.check_model``), and ``reward_fn`` (``check_reward_fn``). Returns ``(task, tokenizer, ref,
     reward_fn)``."""
-    from .prepare import check_prepared
-    from .trainer import check_model
-
     ref = check_prepared("prepared", prepared).sft
     check_model("prepared.sft", ref, trained=True)
     return prepared.task, prepared.tokenizer, ref, check_reward_fn(reward_fn)

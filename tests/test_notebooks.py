@@ -252,7 +252,6 @@ def test_each_chapter_has_a_build_it_exercise_checked_against_its_hidden_solutio
 
 
 CODE_WIDTH = 75   # characters of code the book's column shows at 1280 px without scrolling
-NOT_YET_WRAPPED = set()
 
 
 def long_code_lines(path, width=CODE_WIDTH):
@@ -264,9 +263,7 @@ def long_code_lines(path, width=CODE_WIDTH):
             if len(line) > width and not line.lstrip().startswith(("%", "!"))]
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="wrapped in the next pass"))
-    if p.stem in NOT_YET_WRAPPED else p for p in NOTEBOOKS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_code_line_fits_the_column(path):
     long = long_code_lines(path)
     assert not long, f"{path.name}: {len(long)} code lines over {CODE_WIDTH} characters, " \
