@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored lab test unit nbval browser test-lab test-colab chromium bench claims colab oldest clean repository
+.PHONY: setup book book-stored book-ko pot lab test unit nbval browser test-lab test-colab chromium bench claims colab oldest clean repository
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,17 +24,42 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The book, every notebook executed (cached in _build/.jupyter_cache); no network needed.
+# The book, every notebook executed (cached in _build/.jupyter_cache); no network needed. Then the
+# Korean edition into _build/html/ko/ (book-ko).
 book: setup
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
-	@echo "Open _build/html/index.html in a browser."
+	$(MAKE) book-ko
+	@echo "Open _build/html/index.html (English) or _build/html/ko/index.html (Korean) in a browser."
 
-# The same book from the notebooks' stored outputs (which nbval checks against a fresh run).
-book-stored: setup
+# _config.yml with the notebooks' stored outputs (no execution) and an absolute path to book/_ext
+# (jupyter-book reads a --config file from where it lies).
+_build/_config_stored.yml: _config.yml
 	mkdir -p _build
 	sed -e 's/execute_notebooks: cache/execute_notebooks: "off"/' -e 's|: book/_ext|: $(CURDIR)/book/_ext|' \
-	  _config.yml > _build/_config_stored.yml
+	  _config.yml > $@
+
+# The same book from the notebooks' stored outputs (which nbval checks against a fresh run), both editions.
+book-stored: setup _build/_config_stored.yml
 	$(BIN)/jupyter-book build . --config _build/_config_stored.yml --warningiserror --keep-going
+	$(MAKE) book-ko
+
+# The Korean edition, from the same notebooks and their stored outputs, with the translations of
+# locales/ko/ (an entry left untranslated shows in English; tests/test_korean.py counts them).
+# Its own build folder (sharing _build/.doctrees with the English build fails), copied into
+# _build/html/ko/. The overlay locales/ko/_config.yml sets the language, the title and the theme's strings.
+book-ko: setup _build/_config_stored.yml
+	$(BIN)/python book/_ext/korean.py overlay _build/_config_stored.yml locales/ko/_config.yml _build/_config_ko.yml
+	$(BIN)/jupyter-book build . --config _build/_config_ko.yml --path-output _build/ko --warningiserror --keep-going
+	rm -rf _build/html/ko && mkdir -p _build/html && cp -r _build/ko/_build/html _build/html/ko
+
+# The translation catalogues: every page's text as gettext messages (_build/gettext/), then
+# locales/ko/LC_MESSAGES/<page>.po refreshed from them (new entries empty, changed ones fuzzy, the
+# rest kept). Translate the .po files (CONTRIBUTING.md, "Korean edition").
+pot: setup _build/_config_stored.yml
+	rm -rf _build/gettext
+	$(BIN)/jupyter-book build . --config _build/_config_stored.yml --path-output _build/gettext \
+	  --builder custom --custom-builder gettext --warningiserror --keep-going
+	$(BIN)/sphinx-intl update -p _build/gettext/_build/gettext -l ko -d locales -w 0
 
 # JupyterLab on the reading edition (colab/, the chapters with their quoted numbers filled in), from
 # .venv: the notebooks' kernel (python3) is .venv's own Python, the widgets are live (the widget
