@@ -92,6 +92,7 @@ chromium:
 
 browser: book-stored chromium
 	$(BIN)/python -m pytest tests/test_browser.py tests/test_reading_edition.py::test_links_resolve_in_built_book -v -rs
+	$(BIN)/python -m pytest tests/test_korean.py -k test_built_ -v -rs   # the Korean edition just built
 
 # The reading edition for Colab (colab/NAME.ipynb, from book/NAME.ipynb and its stored outputs):
 # glued numbers substituted, MyST roles and directives turned into CommonMark with links to the

@@ -542,3 +542,92 @@ def test_symbols_render():
             if re.search(r"\((ch\d|appendix)[\w-]*\)", text):
                 bad.append(f"{name}: contents entry shows a label: {text!r}")
     assert not bad, "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Korean edition (_build/html/ko/, `make book-ko`; tests/test_korean.py checks its catalogues):
+# one pass over its pages, and the switcher between the editions.
+# ---------------------------------------------------------------------------------------------
+
+HANGUL_ELEMENT_JS = """() => {
+  // the first element of the page (article first, then the rest) whose own text has Hangul
+  const scopes = [document.querySelector("article.bd-article"), document.body].filter(Boolean);
+  for (const scope of scopes) {
+    const walk = document.createTreeWalker(scope, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      const el = n.parentElement;
+      if (/[\\uAC00-\\uD7A3]/.test(n.textContent) && el.offsetParent !== null && !el.closest("script, mjx-container")) return el;
+    }
+  }
+  return null;
+}"""
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_korean_page_renders(server, browser, name):
+    """Each Korean page: no console errors or failed requests, maths typeset, Hangul drawn with a
+    font that has it, its interactive figures live, and its switcher pointing at the English page."""
+    if not (HTML / "ko" / "index.html").exists():
+        pytest.skip("no Korean edition in _build/html/ko: run `make book-stored` (or `make book-ko`)")
+    url = urljoin(server, f"ko/{name}.html")
+    page, problems = open_page(browser, url)
+    try:
+        source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
+        if "$" in source:
+            page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
+            assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("document.documentElement.lang") == "ko"
+        broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        assert not broken, f"images that did not load: {broken}"
+        hangul = page.evaluate_handle(HANGUL_ELEMENT_JS).as_element()
+        assert hangul is not None, "no Korean on the page"
+        drawn = hangul.evaluate(HANGUL_JS)
+        assert drawn["ink"] > 0 and not drawn["sameAsBoxes"], f"{drawn['text']!r} renders as empty boxes"
+        for figure in figures_in(name) if name in FIGURE_PAGES else []:
+            box = page.locator(".rlnotes-explorer").filter(has=page.locator(f"svg[data-figure='{figure}']"))
+            box.locator("svg[data-figure]").wait_for(timeout=30_000)
+            _move_every_control(page, box)
+        switcher = page.locator("a.rlnotes-edition")
+        assert switcher.count() == 1 and switcher.get_attribute("hreflang") == "en"
+        assert urljoin(url, switcher.get_attribute("href")) == urljoin(server, f"{name}.html")
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()
+
+
+def test_switcher_carries_the_section_both_ways(base, browser):
+    """From a section of an English chapter to the same section of the Korean one, and back, served
+    over http and opened from file://."""
+    if not (HTML / "ko" / "index.html").exists():
+        pytest.skip("no Korean edition in _build/html/ko: run `make book-stored` (or `make book-ko`)")
+    name = NOTEBOOKS[0]
+    cells = __import__("json").loads((ROOT / f"{name}.ipynb").read_text())["cells"]
+    labels = re.findall(r"^\(([\w-]+)\)=", "\n".join("".join(c["source"]) for c in cells), re.M)
+    anchor = labels[1]   # a section's label: the same id in both editions (a title's slug is not)
+    page, problems = open_page(browser, urljoin(base, f"{name}.html#{anchor}"))
+    try:
+        for edition, lang in [("ko/", "ko"), ("", "en")]:
+            with page.expect_navigation():
+                page.locator("a.rlnotes-edition").click()
+            assert page.url == urljoin(base, f"{edition}{name}.html#{anchor}")
+            assert page.evaluate("document.documentElement.lang") == lang
+            assert page.locator(f"[id='{anchor}']").count() == 1
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()
+
+
+def test_korean_search_finds_a_noun_without_its_particle(server, browser):
+    """The Korean search index (book/_ext/korean.py) holds each Hangul word without its particle too:
+    경사 finds the intro, whose title says 정책 경사에서."""
+    if not (HTML / "ko" / "index.html").exists():
+        pytest.skip("no Korean edition in _build/html/ko: run `make book-stored` (or `make book-ko`)")
+    page, problems = open_page(browser, urljoin(server, "ko/search.html?q=경사"))
+    try:
+        page.wait_for_function("document.querySelectorAll('#search-results li').length > 0", timeout=30_000)
+        hrefs = page.eval_on_selector_all("#search-results li a", "els => els.map(a => a.getAttribute('href'))")
+        assert any(h.split("#")[0].split("?")[0].endswith("intro.html") for h in hrefs), hrefs
+        assert not problems, "\n".join(problems)
+    finally:
+        page.close()

@@ -15,6 +15,7 @@ CROSS_CUTTING = {
     "test_colab_setup.py": "the Colab set-up cell in a fresh venv (make test-colab)",
     "test_contract.py": "the training contract on every trainer, and CONTRIBUTING.md's table",
     "test_lab.py": "JupyterLab reading the book (make test-lab)",
+    "test_korean.py": "the Korean edition: locales/ko/ catalogues, book/_ext/korean.py, _build/html/ko (make book-ko)",
     "test_layout.py": "this layout",
     "test_notebooks.py": "the chapters: each cell whose output nbval ignores asserts what it shows",
     "test_package.py": "the package as a whole: check_version (rlnotes/__init__.py), dependency floors",
