@@ -9,7 +9,8 @@ TORCH_INDEX ?=
 JS_PACKAGES := mathjax@3.2.2 requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env
 
-.PHONY: setup book book-stored book-ko pot lab test unit nbval browser test-lab test-colab chromium bench claims colab oldest clean repository
+.PHONY: setup book book-stored book-ko pot lab test unit nbval browser test-lab test-colab chromium bench claims colab oldest \
+        clean repository
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

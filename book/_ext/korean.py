@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"   # korean.css, the switcher's place in the header
 
 # The other edition of each: its folder relative to this edition's root, and its switcher's text.
 EDITIONS = {"en": ("ko/", "한국어", "ko", "이 페이지를 한국어로"),
@@ -53,7 +54,8 @@ def overlay(base: dict, extra: dict) -> dict:
         raise TypeError(f"base and extra must be dicts, got {type(base).__name__} and {type(extra).__name__}")
     merged = dict(base)
     for key, value in extra.items():
-        merged[key] = overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = overlay(base[key], value) if nested else value
     return merged
 
 
@@ -87,6 +89,8 @@ def _switcher(app, pagename, templatename, context, doctree):
 
 def _add_template(app, config):
     config.templates_path = [*config.templates_path, str(TEMPLATES)]
+    if str(STATIC) not in map(str, config.html_static_path):
+        config.html_static_path = [*config.html_static_path, str(STATIC)]
     options = dict(config.html_theme_options or {})
     options.setdefault("article_header_end", ["edition-switcher.html", "article-header-buttons.html"])
     config.html_theme_options = options
@@ -96,6 +100,7 @@ def setup(app):
     app.connect("config-inited", _add_template)
     app.connect("html-page-context", _switcher)
     app.add_search_language(_search_language())
+    app.add_css_file("korean.css")
     return {"parallel_read_safe": True}
 
 
