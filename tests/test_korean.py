@@ -81,7 +81,7 @@ def _target(role: str, content: str) -> str:
     if explicit and role not in ("math",):
         content = explicit.group(1)
     if role.startswith("glue"):
-        content = content.rpartition("::")[2]   # a translation may name the notebook: path::key
+        content = content.rpartition("::")[2]   # a translation names the notebook: 01_x.ipynb::key
     return content
 
 
@@ -119,6 +119,9 @@ def markup_problems(msgid: str, msgstr: str) -> list[str]:
         problems.append(f"missing {item[0]}: {' '.join(item[1:])}")
     for item in sorted(translation - source):
         problems.append(f"not in the source {item[0]}: {' '.join(item[1:])}")
+    for role, content in ROLE.findall(msgstr):
+        if role.startswith("glue") and "::" not in content:
+            problems.append(f"glue without its notebook: write {{{role}}}`<notebook>.ipynb::{content}`")
     if "\n\n" in msgstr.strip() and "\n\n" not in msgid.strip():
         problems.append("a blank line: the translation must stay one paragraph")
     if BLOCK_START.match(msgstr.lstrip()) and not BLOCK_START.match(msgid.lstrip()):
@@ -130,13 +133,14 @@ def markup_problems(msgid: str, msgstr: str) -> list[str]:
     ("The ratio $r_t(\\theta)$ and $L^{CLIP}$", "확률비 $r_t(\\theta)$와 $L^{CLIP}$", True),
     ("See {ref}`the clip <ch3-clip>` and {py:func}`rlnotes.ppo.ppo_loss`.",
      "{ref}`클리핑 <ch3-clip>`과 {py:func}`rlnotes.ppo.ppo_loss`를 보세요.", True),
-    ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`book/01_policy_gradient::ch1_J:.2f`까지 오릅니다.", True),
+    ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`01_policy_gradient.ipynb::ch1_J:.2f`까지 오릅니다.", True),
     ("Call `ppo.train` ([docs](https://x.org/a)).", "`ppo.train`을 호출합니다([문서](https://x.org/a)).", True),
     ("3. PPO", "3\\. PPO", True),
     ("The ratio $r_t(\\theta)$", "확률비 $r_t$", False),                        # maths changed
     ("See {ref}`the clip <ch3-clip>`.", "{ref}`클리핑 <ch3-eps>`을 보세요.", False),   # another label
     ("See {ref}`the clip <ch3-clip>`.", "클리핑을 보세요.", False),                # role dropped
-    ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`ch1_J0:.2f`까지 오릅니다.", False),
+    ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`x.ipynb::ch1_J0:.2f`까지 오릅니다.", False),
+    ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`ch1_J:.2f`까지 오릅니다.", False),   # no notebook
     ("Call `ppo.train`.", "ppo.train을 호출합니다.", False),                     # code span lost
     ("A [link](https://x.org/a).", "[링크](https://x.org/b).", False),
     ("3. PPO", "3. PPO", True),   # the same as the source: a list in both (not this check's business)
@@ -149,8 +153,9 @@ def test_markup_check_on_hand_made_entries(msgid, msgstr, ok):
 
 
 def test_every_translation_keeps_its_sources_markup():
-    """Each translated entry keeps the roles (labels, functions, citations, glue names: `path::key`
-    allowed), maths, code spans and links of its msgid, and stays one paragraph."""
+    """Each translated entry keeps the roles (labels, functions, citations, glue names: written
+    `01_x.ipynb::key` in a translation, which the build needs), maths, code spans and links of its
+    msgid, and stays one paragraph."""
     bad = []
     for page, path in catalogues().items():
         for m in entries(path):
