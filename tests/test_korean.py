@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import korean  # noqa: E402
 
 API = "book/api/"   # API docstrings may stay in English; every other page is prose a reader reads
+# book/performance.md stays prose: a page of _toc.yml written for the reader (what each benchmark
+# compares, on which machine, what the ratios mean, the tables' rows), not text generated from the
+# code like the API pages; only its commands, code spans and numbers stay as they are.
 
 
 def catalogues() -> dict[str, Path]:
@@ -63,6 +66,58 @@ def test_no_prose_entry_is_untranslated_or_fuzzy():
             if untranslated or fuzzy:
                 bad.append(f"{path.relative_to(ROOT)}: {untranslated} untranslated, {fuzzy} fuzzy")
     assert not bad, "entries that would show in English in the Korean edition:\n" + "\n".join(bad)
+
+
+def page_markdown(page: str) -> str:
+    """The Markdown of a page: a .md file, or a notebook's Markdown cells."""
+    path = ROOT / f"{page}.md"
+    if path.exists():
+        return path.read_text()
+    import json
+
+    cells = json.loads((ROOT / f"{page}.ipynb").read_text())["cells"]
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+FENCE_OR_OPTION = re.compile(r"^(\s*:{3,}.*|:[\w-]+:.*)$", re.M)
+
+
+def table_cells(markdown: str) -> list[str]:
+    """The text of each cell of the page's Markdown tables, as gettext has it (MyST's table rule is
+    markdown-it's; the `:::{table}` fence and its options are blanked, so its table parses too)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(FENCE_OR_OPTION.sub("", markdown))
+    cells, in_cell = [], False
+    for token in tokens:
+        if token.type in ("th_open", "td_open"):
+            in_cell = True
+        elif token.type in ("th_close", "td_close"):
+            in_cell = False
+        elif in_cell and token.type == "inline" and token.content.strip():
+            cells.append(" ".join(token.content.split()))
+    return cells
+
+
+def test_table_cells_found_in_a_hand_made_page():
+    page = "Text.\n\n:::{table} A caption.\n:name: t\n\n| | a $x$ | b |\n|---|---|---|\n| 1 | `c` | {ref}`d` |\n:::\n"
+    assert table_cells(page) == ["a $x$", "b", "1", "`c`", "{ref}`d`"]
+
+
+def test_every_table_cell_is_in_its_catalogue():
+    """Each cell of a page's Markdown tables (those of a `{table}` directive included: their cells
+    had no source, and gettext skipped them: book/_ext/korean.py, TableCellSource) is an entry of
+    its page's catalogue, or it would show in English with no test counting it."""
+    from test_browser import PAGES
+
+    missing = {}
+    for page in PAGES:
+        if is_prose(page) and page in catalogues():
+            ids = {" ".join(m.id.split()) for m in entries(catalogues()[page])}
+            if lost := [cell for cell in table_cells(page_markdown(page)) if cell not in ids]:
+                missing[page] = lost
+    assert not missing, "table cells not in the catalogues (run `make pot`):\n" + "\n".join(
+        f"{page}: {len(cells)} cells, e.g. {cells[0][:70]!r}" for page, cells in missing.items())
 
 
 # ------------------------------------------------------------------- each translation keeps the markup
@@ -202,6 +257,21 @@ def test_overlay_merges_nested_settings():
     assert base["sphinx"]["config"] == {"a": 1}   # not modified
     with pytest.raises(TypeError, match="base and extra must be dicts, got list and dict"):
         korean.overlay([], {})
+
+
+def test_table_cell_source_gives_a_cell_its_tables_source():
+    from docutils import nodes
+    from docutils.utils import new_document
+    from sphinx.util.nodes import is_translatable
+
+    document = new_document("x.ipynb")
+    cell = nodes.paragraph("a cell", "a cell")
+    table = nodes.table("", nodes.tgroup("", nodes.tbody("", nodes.row("", nodes.entry("", cell)))))
+    table.source, table.line = "book/x.ipynb", 7
+    document += table
+    assert cell.source is None and not is_translatable(cell)
+    korean._table_cell_source()(document).apply()
+    assert (cell.source, cell.line) == ("book/x.ipynb", 7) and is_translatable(cell)
 
 
 # ------------------------------------------------------------------------ the built Korean edition

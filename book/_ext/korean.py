@@ -10,7 +10,16 @@ so a search for 정책 finds no "정책은" (a noun with its particle). ``Search
 Hangul word whole, without its particle (은, 는, 이, 가, 을, 를, 의, 에서, 으로, ...) and as its
 two-syllable pieces (so 학습 finds 강화학습); Latin words are indexed as in English.
 
-3. ``python book/_ext/korean.py overlay BASE OVERLAY OUT``: the Korean build's configuration,
+3. Table cells in the catalogues: the ``{table}`` directive (docutils' ``RSTTable``, which the
+chapters' tables use for their captions) has MyST parse its Markdown table into a detached
+``nodes.Element()``, and MyST-Parser 3 makes a cell's paragraph without a ``source``
+(``render_table_row``), counting on docutils to give a new child the document's: a node outside
+the document gets none. Sphinx's gettext skips a node without a source (``is_translatable``), so
+only the caption came through, and the Korean build could not translate a cell either (a plain
+Markdown table, as in book/notation.md, was fine). ``TableCellSource`` gives those nodes their
+table's source and line before Sphinx's i18n transforms run.
+
+4. ``python book/_ext/korean.py overlay BASE OVERLAY OUT``: the Korean build's configuration,
 BASE (a jupyter-book _config.yml) with OVERLAY (locales/ko/_config.yml) merged over it.
 """
 
@@ -83,6 +92,24 @@ def _search_language():
     return SearchKorean
 
 
+def _table_cell_source():
+    from docutils import nodes
+    from sphinx.transforms import SphinxTransform
+
+    class TableCellSource(SphinxTransform):
+        """A table cell's paragraph without a source gets its table's, so that gettext extracts it
+        and the Korean build translates it (Sphinx's ``is_translatable`` skips a node without one)."""
+        default_priority = 5   # before Sphinx's i18n transforms (Locale: 20)
+
+        def apply(self, **kwargs) -> None:
+            for table in self.document.findall(nodes.table):
+                for node in table.findall(nodes.TextElement):
+                    if node.source is None and not isinstance(node, nodes.Inline):
+                        node.source, node.line = table.source, table.line
+
+    return TableCellSource
+
+
 def _switcher(app, pagename, templatename, context, doctree):
     context["rlnotes_edition"] = edition_link(pagename, "ko" if app.config.language == "ko" else "en")
 
@@ -100,6 +127,7 @@ def setup(app):
     app.connect("config-inited", _add_template)
     app.connect("html-page-context", _switcher)
     app.add_search_language(_search_language())
+    app.add_transform(_table_cell_source())
     app.add_css_file("korean.css")
     return {"parallel_read_safe": True}
 
