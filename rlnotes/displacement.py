@@ -23,11 +23,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from . import dpo, kto, lm, measure
-from .pairs import reference_logps
+from . import dpo, kto, measure
+from .pairs import check_ref_logps, reference_logps
 from .parallel import Pool, cores
-from .reward import Preferences
-from .trainer import check_model, kept_as_found
+from .reward import Preferences, preference_accuracy
+from .trainer import check_model
 from .utils import check_choice, check_positive, check_positive_int, check_seed
 
 MASS_KEYS = ("chosen", "rejected", "both", "other")
@@ -55,31 +55,29 @@ def response_sets(prefs: Preferences) -> dict:
 
 
 @torch.no_grad()
-def mass(policy, prefs: Preferences, tokenizer, *, batch_size: int = 512) -> dict:
+def mass(policy, prefs: Preferences, tokenizer, *, logps: tuple | None = None) -> dict:
     """Where pi(.|x) puts its probability, averaged over the distinct prompts x of ``prefs``: on the
     training set's ``chosen`` responses to x, its ``rejected`` ones, those that were ``both``
     (``response_sets``), and ``other`` = 1 - the three (every response never seen in training).
 
-    Each response's probability is pi(y|x) = exp(sum_t log pi(y_t|x, y_<t)), its EOS included (as
-    ``Preferences.encode`` encodes it), so distinct responses are disjoint events. ``policy`` runs in
-    eval mode and is handed back in the modes it came in. Returns {key: float} for ``MASS_KEYS``.
+    Each response's probability is pi(y|x) = exp(log pi(y|x)), its EOS included (as ``Preferences.encode``
+    encodes it), so distinct responses are disjoint events; a response in several pairs counts once.
+    ``logps``: (log pi(y_w|x), log pi(y_l|x)) of the pairs of ``prefs.encode(tokenizer)``, as
+    ``pairs.reference_logps(policy, ...)`` returns them (computed here if None, ``policy`` in eval mode and
+    handed back in the modes it came in). Returns {key: float} for ``MASS_KEYS``.
     """
     check_model("policy", policy)
-    batch_size = check_positive_int("batch_size", batch_size)
+    n = len(check_prefs(prefs))
+    if logps is None:
+        logps = reference_logps(policy, prefs.encode(tokenizer, device=next(policy.parameters()).device))
+    chosen, rejected = check_ref_logps(logps, n)
+    seen = {}
+    for x, yw, yl, lw, ll in zip(prefs.prompts, prefs.chosen, prefs.rejected, chosen.tolist(), rejected.tolist()):
+        seen.setdefault((x, yw), lw)
+        seen.setdefault((x, yl), ll)
     sets = response_sets(prefs)
-    rows = [(i, k, x, y) for i, (x, s) in enumerate(sets.items()) for k in range(3) for y in s[MASS_KEYS[k]]]
-    totals = torch.zeros(len(sets), 3, dtype=torch.float64)
-    device = next(policy.parameters()).device
-    with kept_as_found(policy):
-        policy.eval()
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            p, pm = lm.encode_prompts(tokenizer, [r[2] for r in chunk], device)
-            y, ym = lm.encode_responses(tokenizer, [r[3] for r in chunk], device=device)
-            prob = lm.sequence_logprob(policy, p, pm, y, ym).double().exp().cpu()
-            totals.index_put_((torch.tensor([r[0] for r in chunk]), torch.tensor([r[1] for r in chunk])), prob,
-                              accumulate=True)
-    means = totals.mean(0).tolist()
+    means = [float(np.mean([sum(np.exp(seen[x, y]) for y in s[key]) for x, s in sets.items()]))
+             for key in MASS_KEYS[:3]]
     return {**dict(zip(MASS_KEYS, means)), "other": 1.0 - sum(means)}
 
 
@@ -110,7 +108,11 @@ def run_point(prepared, method: str, seed: int = 0, *, beta: float = 0.1, every:
     every = None if every is None else check_positive_int("every", every)
     w = start_worker(prepared) if state is None else state
     tok = prepared.tokenizer
-    masses = lambda policy: {f"mass/{k}": v for k, v in mass(policy, prepared.train_prefs, tok).items()}
+
+    def masses(policy):            # dpo.train's callback: mass at the checkpoints
+        logps = reference_logps(policy, w["pairs"])
+        return {f"mass/{k}": v for k, v in mass(policy, prepared.train_prefs, tok, logps=logps).items()}
+
     if method == "KTO":
         run = kto.train(w["unpaired"], ref=prepared.sft, ref_logps=w["unpaired_ref"], beta=beta, seed=seed, **kwargs)
     else:
@@ -118,9 +120,11 @@ def run_point(prepared, method: str, seed: int = 0, *, beta: float = 0.1, every:
                         loss_type="sigmoid" if method == "DPO" else "ipo", eval_every=every,
                         callback=masses if every is not None else None, **kwargs)
     m = measure.evaluate(run.model, prepared, n_repeats=check_positive_int("n_repeats", n_repeats))
-    pm = dpo.preference_metrics(run.model, prepared.sft, w["pairs"], beta, ref_logps=w["pairs_ref"])
-    out = {k: m[k] for k in EVAL_KEYS} | masses(run.model)
-    out |= {k: pm[k] for k in ("logps/chosen", "logps/rejected", "accuracy")}
+    (c, r), (ref_c, ref_r) = reference_logps(run.model, w["pairs"]), w["pairs_ref"]
+    out = {k: m[k] for k in EVAL_KEYS} | {f"mass/{k}": v for k, v in mass(run.model, prepared.train_prefs, tok,
+                                                                          logps=(c, r)).items()}
+    out |= {"logps/chosen": c.mean().item(), "logps/rejected": r.mean().item(),
+            "accuracy": preference_accuracy(c - ref_c, r - ref_r)}
     return {"history": run.history, "config": run.config, "eval": out}
 
 

@@ -228,10 +228,11 @@ def reference_logps(ref, data: dict, batch_size: int = 512) -> torch.Tensor:
 @dataclass(frozen=True, kw_only=True)
 class KTOConfig(Config):
     """KTO: ``epochs`` passes over the examples in mini-batches of ``batch_size`` (>= 2: z0 needs
-    mismatched pairs; shuffled if ``shuffle``, reproducibly from ``seed``), AdamW at ``lr`` without
-    weight decay, gradients clipped to ``max_grad_norm`` (None: none); ``beta``, ``desirable_weight``,
-    ``undesirable_weight`` as TRL's ``KTOConfig`` (defaults 0.1, 1.0, 1.0; TRL's learning rate is 1e-6
-    for large models, this tiny one takes 1e-3 like ``dpo.DPOConfig``)."""
+    mismatched pairs; a last batch of one example pairs it with itself, as TRL's would; shuffled if
+    ``shuffle``, reproducibly from ``seed``), AdamW at ``lr`` without weight decay, gradients clipped to
+    ``max_grad_norm`` (None: none); ``beta``, ``desirable_weight``, ``undesirable_weight`` as TRL's
+    ``KTOConfig`` (defaults 0.1, 1.0, 1.0; TRL's learning rate is 1e-6 for large models, this tiny one
+    takes 1e-3 like ``dpo.DPOConfig``)."""
 
     beta: float = 0.1
     desirable_weight: float = 1.0
@@ -324,6 +325,7 @@ def _fit(policy, ref, data: dict, n: int, ref_logps: torch.Tensor, cfg: KTOConfi
     for _ in progress(range(cfg.epochs), cfg.progress, desc="kto"):
         order = torch.randperm(n, generator=order_gen) if cfg.shuffle else torch.arange(n)
         for idx in order.split(cfg.batch_size):
+            idx = idx.to(data["label"].device)
             with atomic():
                 with Timer() as timer:
                     stats = kto_step(policy, ref, opt, params, _trim_unpaired(data, idx), ref_logps[idx], cfg)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from rlnotes import displacement as D
-from rlnotes import lm
+from rlnotes import lm, pairs
 from rlnotes.reward import Preferences
 
 
@@ -21,7 +21,7 @@ def test_response_sets_partition_each_prompts_responses():
 
 def test_mass_adds_up_the_sequence_probabilities(tiny_prepared):
     P = tiny_prepared
-    m = D.mass(P.sft, P.train_prefs, P.tokenizer, batch_size=7)
+    m = D.mass(P.sft, P.train_prefs, P.tokenizer)
     assert set(m) == set(D.MASS_KEYS) and math.isclose(sum(m.values()), 1.0)
     assert all(0 <= m[k] <= 1 for k in D.MASS_KEYS) and m["chosen"] > 0
     sets = D.response_sets(P.train_prefs)     # by hand: the mean over prompts of sum_y pi(y|x)
@@ -31,8 +31,12 @@ def test_mass_adds_up_the_sequence_probabilities(tiny_prepared):
         y, ym = lm.encode_responses(P.tokenizer, s["chosen"])
         totals.append(lm.sequence_logprob(P.sft, p, pm, y, ym).double().exp().sum().item() if s["chosen"] else 0.0)
     assert m["chosen"] == pytest.approx(sum(totals) / len(totals), rel=1e-5)
-    with pytest.raises(ValueError, match="batch_size"):
-        D.mass(P.sft, P.train_prefs, P.tokenizer, batch_size=0)
+    logps = pairs.reference_logps(P.sft, P.train_prefs.encode(P.tokenizer))
+    assert D.mass(P.sft, P.train_prefs, P.tokenizer, logps=logps) == m
+    with pytest.raises(ValueError, match="ref_logps must have shape|shape"):
+        D.mass(P.sft, P.train_prefs, P.tokenizer, logps=(logps[0][:3], logps[1][:3]))
+    with pytest.raises(TypeError, match="policy"):
+        D.mass("sft", P.train_prefs, P.tokenizer)
 
 
 @pytest.mark.parametrize("method", D.METHODS)
