@@ -15,6 +15,7 @@ whose rewards are all equal) and says which case fails first, where and by how m
 | ``token_rewards`` | 4 | ``rlhf.token_rewards`` | the per-token rewards [B, T] |
 | ``dpo_loss`` | 5 | ``dpo.dpo_loss`` | the per-pair losses |
 | ``group_advantages`` | 6 | ``grpo.group_advantages`` | the advantages [B, G] |
+| ``bon_distribution`` | 7 | ``bestofn.bon_distribution`` | pi_bon over the responses [M] |
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ REFERENCES = {
     "token_rewards": ("rlhf.token_rewards", lambda out: out),
     "dpo_loss": ("dpo.dpo_loss", lambda out: out[0]),
     "group_advantages": ("grpo.group_advantages", lambda out: out),
+    "bon_distribution": ("bestofn.bon_distribution", lambda out: out),
 }
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -129,13 +131,24 @@ def group_advantages_cases(g) -> Iterator[tuple[str, dict]]:
         yield f"B={B} groups of G={G}, scale={scale}, group 0 all equal", dict(rewards=rewards, scale=scale)
 
 
+def bon_distribution_cases(g) -> Iterator[tuple[str, dict]]:
+    """pi_ref over M responses with distinct rewards, then with ties, for n = 1 up to 256."""
+    for M, n, ties in ((3, 1, False), (5, 4, False), (8, 256, False), (6, 16, True)):
+        probs = torch.softmax(torch.randn(M, generator=g, dtype=torch.float64), 0)
+        rewards = torch.randn(M, generator=g, dtype=torch.float64)
+        if ties:                            # equal rewards share their group's mass in proportion to pi_ref
+            rewards[1], rewards[4] = rewards[0], rewards[0]
+        yield (f"M={M} responses, n={n}" + (", responses 0, 1 and 4 tied" if ties else ""),
+               dict(ref_probs=probs.numpy(), rewards=rewards.numpy(), n=n))
+
+
 CASES = {"gae": gae_cases, "line_search": line_search_cases, "clipped_surrogate": clipped_surrogate_cases,
          "reward_loss": reward_loss_cases, "token_rewards": token_rewards_cases, "dpo_loss": dpo_loss_cases,
-         "group_advantages": group_advantages_cases}
+         "group_advantages": group_advantages_cases, "bon_distribution": bon_distribution_cases}
 
 
 def _fresh(args: dict) -> dict:
-    return {k: v.clone() if torch.is_tensor(v) else v for k, v in args.items()}
+    return {k: v.clone() if torch.is_tensor(v) else v.copy() if hasattr(v, "copy") else v for k, v in args.items()}
 
 
 def _difference(yours, theirs, path: str = "the result") -> str | None:

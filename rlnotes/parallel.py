@@ -9,11 +9,14 @@ that every job of that worker shares, such as chapter 4's ``Prepared``) is passe
 ``fn(state, job)``. ``initargs`` travel once per worker, transformers models as their class, config
 and weights (rebuilt on arrival). ``workers=1`` runs everything in this process, on one thread,
 and leaves the thread count as it found it. Each job is seeded on its own, so the results do not
-depend on the number of processes.
+depend on the number of processes. Jobs travel as ``initargs`` do. Functions that take ``workers``
+also take a started ``Pool`` (without an initializer), so that a chapter starts its processes
+once for all its runs (``pool_for``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -66,6 +69,18 @@ def _call(fn, job, with_state: bool):
     return fn(_STATE["state"], job) if with_state else fn(job)
 
 
+def _dumps(obj) -> bytes:
+    """``obj`` pickled as ``_Pickler`` does: transformers models as class, config and weights."""
+    buffer = io.BytesIO()
+    _Pickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+def _call_pickled(payload: bytes, with_state: bool):
+    fn, job = pickle.loads(payload)
+    return _call(fn, job, with_state)
+
+
 class Pool:
     """``workers`` processes (default: one per core, ``cores()``; 1: this process) that run
     ``map(fn, jobs)``: ``[fn(job) for job in jobs]``, or ``[fn(state, job) ...]`` with an
@@ -85,11 +100,7 @@ class Pool:
         self._here = {}                 # workers=1: the initializer's state, kept by this pool only
         self._closed = False
         if self.workers > 1:
-            payload = None
-            if initializer is not None:
-                buffer = io.BytesIO()
-                _Pickler(buffer).dump((initializer, self.initargs))
-                payload = buffer.getvalue()
+            payload = None if initializer is None else _dumps((initializer, self.initargs))
             self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
                                                  initializer=_start_worker, initargs=(payload,))
 
@@ -104,7 +115,8 @@ class Pool:
         jobs, with_state = list(jobs), self.initializer is not None
         if self._executor is None:
             return self._map_here(fn, jobs, with_state)
-        futures = [self._executor.submit(_call, fn, job, with_state) for job in jobs]
+        # each job goes as _Pickler sends it: a model in a job (a Prepared, say) arrives rebuilt, hooks and all
+        futures = [self._executor.submit(_call_pickled, _dumps((fn, job)), with_state) for job in jobs]
         try:
             return [f.result() for f in futures]
         except BaseException:
@@ -147,3 +159,17 @@ class Pool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def pool_for(workers, n_jobs: int):
+    """The pool to run ``n_jobs`` jobs on: ``workers`` itself if it is a started ``Pool`` (left open for
+    the caller), else a new one of ``min(n_jobs, workers)`` processes (None: one per core), closed after."""
+    if isinstance(workers, Pool):
+        if workers.initializer is not None:
+            raise ValueError("workers must be a Pool without an initializer (its jobs carry what they need)")
+        yield workers
+        return
+    n = cores() if workers is None else check_positive_int("workers", workers)
+    with Pool(max(1, min(n_jobs, n))) as pool:
+        yield pool

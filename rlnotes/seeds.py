@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from .parallel import Pool, cores
+from .parallel import pool_for
 from .utils import check_positive_int
 
 
@@ -21,9 +21,10 @@ def _one(train, keep_models, kwargs, seed):
     return seed, result if keep_models else dataclasses.replace(result, model=None, value_fn=None)
 
 
-def train_seeds(train, seeds, *, workers: int | None = None, keep_models: bool = False, **kwargs) -> dict:
+def train_seeds(train, seeds, *, workers=None, keep_models: bool = False, **kwargs) -> dict:
     """``{seed: train(seed=seed, **kwargs)}`` for each seed, run by up to ``workers`` processes
-    (default: one per core, at most one per seed; ``workers=1`` runs in this process).
+    (default: one per core, at most one per seed; ``workers=1`` runs in this process; a started
+    ``parallel.Pool`` runs them on its processes).
 
     ``train`` must be importable by name (a trainer of rlnotes, such as ``rlnotes.pg.train``).
     With ``keep_models=False`` (the default) each ``TrainResult`` comes back without its networks
@@ -35,6 +36,5 @@ def train_seeds(train, seeds, *, workers: int | None = None, keep_models: bool =
         raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
     if "seed" in kwargs:
         raise TypeError("pass the seeds as `seeds`, not `seed`")
-    workers = min(len(seeds), cores() if workers is None else check_positive_int("workers", workers))
-    with Pool(workers) as pool:
+    with pool_for(workers, len(seeds)) as pool:
         return dict(pool.map(functools.partial(_one, train, keep_models, kwargs), seeds))

@@ -326,7 +326,7 @@ def _figure_checks():
     import numpy as np
     import torch
 
-    from rlnotes import bandits, dpo, dpo_closed_form, ppo, trpo, widgets
+    from rlnotes import bandits, bestofn, dpo, dpo_closed_form, ppo, trpo, widgets
 
     def clip(v, fig):
         r, drawn = np.array(v["curve"]).T
@@ -404,7 +404,17 @@ def _figure_checks():
         m, w = np.array(v["curve"]).T
         np.testing.assert_allclose(w, torch.sigmoid(-v["beta"] * torch.as_tensor(m)).numpy(), atol=1e-12)
 
+    def best(v, fig):
+        ref, proxy, true = fig.ref_probs, np.array(fig.proxy), np.array(fig.true_reward)
+        q = bestofn.bon_distribution(ref, proxy, v["n"])
+        np.testing.assert_allclose(v["pi_bon"], q, atol=1e-12)
+        assert v["kl"] == pytest.approx(bestofn.exact_bon_kl(ref, proxy, v["n"]), abs=1e-9)
+        assert v["kl_bound"] == pytest.approx(bestofn.bon_kl(v["n"]), abs=1e-12)
+        assert v["expected_proxy"] == pytest.approx(float(q @ proxy), abs=1e-12)
+        assert v["expected_true"] == pytest.approx(float(q @ true), abs=1e-12)
+
     return {
+        "best_of_n": (widgets.BestOfN, [{"n": 64}, {"n": 2}], best),
         "clip_plot": (widgets.ClipPlot, [{"eps": 0.3, "advantage": -1.0}, {"eps": 0.1, "advantage": 1.5}], clip),
         "score_function_estimates": (widgets.ScoreFunctionEstimates,
                                      [{"n": 50, "baseline": False}, {"n": 5, "baseline": True}], score),
@@ -418,7 +428,7 @@ def _figure_checks():
 
 # the interactive figures: each SVG's data-figure is the name of the rlnotes.widgets function that makes it
 FIGURE_FUNCTIONS = ("score_function_estimates", "trust_region_step", "clip_plot", "kl_regularised_optimum",
-                    "dpo_gradient_weight")
+                    "dpo_gradient_weight", "best_of_n")
 
 
 def figures_in(name: str) -> list[str]:

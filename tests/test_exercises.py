@@ -83,3 +83,18 @@ def test_check_reports_a_tuple_as_a_tuple():
     report = check(dpo.dpo_loss, "dpo_loss")      # returns (losses, chosen, rejected); the exercise: losses
     assert not report.passed
     assert "the result is a tuple of 3, rlnotes' is a tensor of shape (1,)" in report.message
+
+
+def test_a_best_of_n_that_ignores_ties_fails_on_the_tied_case():
+    import numpy as np
+
+    def no_ties(ref_probs, rewards, n):
+        order = np.argsort(rewards)
+        F = np.cumsum(ref_probs[order])
+        below = np.concatenate([[0.0], F[:-1]])
+        out = np.empty_like(ref_probs)
+        out[order] = F ** n - below ** n        # ties broken by position: not pi_ref's proportions
+        return out
+
+    report = check(no_ties, "bon_distribution")
+    assert not report.passed and "case 4 of 4 (M=6 responses, n=16, responses 0, 1 and 4 tied)" in report.message

@@ -37,6 +37,19 @@ def job_with_state(state, x):
     return state, x, torch.get_num_threads()
 
 
+def hidden_shape(model):
+    out = model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    return tuple(out.hidden_states[-1].shape)
+
+
+def test_a_model_in_a_job_arrives_whole_after_its_first_forward_pass(model):
+    """A transformers model that has run once carries hooks that plain pickle sends broken (its
+    hidden states come back None in the worker): jobs go as the initializer's state does."""
+    model(input_ids=torch.tensor([[1, 2]]), output_hidden_states=True)
+    with parallel.Pool(2) as pool:
+        assert pool.map(hidden_shape, [model, model]) == [hidden_shape(model)] * 2
+
+
 def test_cores_counts_this_process_cpus():
     assert 1 <= parallel.cores() <= (os.cpu_count() or 1)
 
@@ -115,3 +128,19 @@ def test_pool_names_fn_jobs_initializer_and_initargs():
     with parallel.Pool(2) as pool:
         with pytest.raises(TypeError, match="fn must be importable by name to reach a worker process"):
             pool.map(lambda x: x, [1])
+
+
+def test_pool_for_reuses_a_started_pool_and_makes_one_otherwise():
+    with parallel.Pool(1) as pool:
+        with parallel.pool_for(pool, 5) as p:
+            assert p is pool
+        assert pool.map(square_after, [2]) == [(4, 1)]      # still open
+    with parallel.pool_for(1, 3) as p:
+        assert p.workers == 1
+    assert p._closed
+    with pytest.raises(ValueError, match="workers must be a Pool without an initializer"):
+        with parallel.pool_for(parallel.Pool(1, initializer=dict), 2):
+            pass
+    with pytest.raises(ValueError, match="workers must be"):
+        with parallel.pool_for(0, 2):
+            pass

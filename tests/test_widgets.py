@@ -28,6 +28,7 @@ FACTORIES = {  # factory: (figure class, its ES module, the parameters a reader 
     widgets.kl_regularised_optimum: (widgets.KLRegularisedOptimum, "kl_optimum", ["beta"]),
     widgets.dpo_gradient_weight: (widgets.DPOGradientWeight, "dpo_weight",
                                   ["beta", "chosen_logratio", "rejected_logratio"]),
+    widgets.best_of_n: (widgets.BestOfN, "best_of_n", ["n"]),
 }
 
 
@@ -127,6 +128,8 @@ def test_reprs_are_deterministic_and_short():
     (lambda: widgets.trust_region_step(lr=-1), ValueError, "lr must be in [0.5, 30.0]"),
     (lambda: widgets.kl_regularised_optimum(beta=0.0), ValueError, "beta must be in [0.01, 10.0]"),
     (lambda: widgets.dpo_gradient_weight(chosen_logratio=9), ValueError, "chosen_logratio must be in [-5.0, 5.0]"),
+    (lambda: widgets.best_of_n(n=0), ValueError, "n must be in [1, 256], got 0"),
+    (lambda: widgets.best_of_n(n=300), ValueError, "n must be in [1, 256], got 300"),
     (lambda: widgets.ClipPlot(epsilon=0.2), TypeError, "ClipPlot has no parameter ['epsilon']"),
 ])
 def test_bad_parameters_are_refused_with_the_range(call, error, words):
@@ -164,3 +167,19 @@ def test_flat_region_refuses_non_finite_arguments_by_name():
     # valid neighbours: integers and NumPy numbers, as floats
     assert widgets.flat_region(0.2, 1) == (1.2, 2.0) and widgets.flat_region(np.float32(0.5), -3) == (0.0, 0.5)
     assert widgets.flat_region(0.2, 0.0, r_max=3) == (0.0, 3.0)
+
+
+def test_best_of_n_toy_peaks_in_the_true_reward_while_the_proxy_climbs():
+    """The figure's six responses show over-optimisation in miniature: E[r*] under pi_bon rises, peaks at a
+    small n and falls below pi_ref's, while E[proxy] climbs for every n (bestofn.bon_distribution)."""
+    from rlnotes import bestofn
+
+    fig = widgets.best_of_n().figure
+    ns = range(1, 257)
+    q = [bestofn.bon_distribution(fig.ref_probs, fig.proxy, n) for n in ns]
+    proxy = [float(x @ np.array(fig.proxy)) for x in q]
+    true = [float(x @ np.array(fig.true_reward)) for x in q]
+    assert all(b > a for a, b in zip(proxy, proxy[1:]))
+    peak = int(np.argmax(true)) + 1
+    assert 2 <= peak <= 8 and true[-1] < true[0] < max(true)
+    assert repr(widgets.best_of_n(16)) == "Explorer(BestOfN(n=16))"

@@ -19,19 +19,23 @@ function                        chapter     what it draws
 ``pipeline_figure``             5           the DPO paper's Figure 1: RLHF's pipeline beside DPO's
 ``dpo_training``                5           DPO's training logs in four panels
 ``method_frontier``             6           every method on one reward-KL frontier, over seeds
+``best_of_n_curves``            7           best-of-n's proxy and true reward against n
+``overoptimisation``            7           r* and the proxy against sqrt(KL), best-of-n and RL, fits
+``peak_by_reward_model``        7           best-of-n's r* for reward models fitted on less data
 ==============================  ==========  =========================================================
 
 Each figure function takes ``ax=`` (one Axes, or a sequence of them for a figure of several
 panels; a new figure otherwise), draws, labels the axes with their units and returns the axes
 (``paper_figure`` and ``pipeline_figure`` make and return their own figure); the caller ends the
 cell with ``plt.show()``. The functions live in ``control`` (chapters 1-3), ``language_models``
-(chapters 4-6) and ``papers`` (the papers' figures, redrawn); the interactive figures, which
+(chapters 4-6), ``overoptimisation`` (chapter 7) and ``papers`` (the papers' figures, redrawn); the interactive figures, which
 respond to sliders in the static book too, are in ``rlnotes.widgets``.
 """
 
 from .control import kl_per_update, learning_curves, passes_per_update, ppo_one_batch, trpo_line_search
 from .language_models import (adaptive_kl, batch_curves, centring_variance, dpo_training, method_frontier,
                               reward_kl_frontier, reward_model_vs_truth, update_curves)
+from .overoptimisation import best_of_n_curves, overoptimisation, peak_by_reward_model
 from .papers import (CLIP, DPO_STEPS, FLAT, RATIO_ONE, RLHF_STEPS, UNCLIPPED, clip_plot_figure, figure_labels,
                      paper_figure, pipeline_figure)
 
@@ -39,4 +43,5 @@ from .papers import (CLIP, DPO_STEPS, FLAT, RATIO_ONE, RLHF_STEPS, UNCLIPPED, cl
 __all__ = ["learning_curves", "kl_per_update", "trpo_line_search", "clip_plot_figure", "paper_figure",
            "CLIP", "UNCLIPPED", "RATIO_ONE", "FLAT", "passes_per_update", "ppo_one_batch", "batch_curves",
            "update_curves", "reward_model_vs_truth", "adaptive_kl", "centring_variance", "reward_kl_frontier",
-           "pipeline_figure", "RLHF_STEPS", "DPO_STEPS", "figure_labels", "dpo_training", "method_frontier"]
+           "pipeline_figure", "RLHF_STEPS", "DPO_STEPS", "figure_labels", "dpo_training", "method_frontier",
+           "best_of_n_curves", "overoptimisation", "peak_by_reward_model"]

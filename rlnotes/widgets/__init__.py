@@ -11,6 +11,7 @@ function                            chapter     what moves
 ``clip_plot``                       3           eps and A: L^CLIP(r) (PPO paper, Figure 1)
 ``kl_regularised_optimum``          4           beta: pi_beta, its reward, KL and entropy
 ``dpo_gradient_weight``             5           beta and the log-ratios: the DPO gradient weight
+``best_of_n``                       7           n: pi_bon, its KL, its expected proxy and true rewards
 ==================================  ==========  ===================================================
 
 For one timestep, L^CLIP(r) = min(r A, clip(r, 1 - eps, 1 + eps) A) (eq. 7) as a function of
@@ -25,14 +26,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils import check_in_range, check_positive
-from .interactive import (ClipPlot, DPOGradientWeight, Explorer, KLRegularisedOptimum, ScoreFunctionEstimates,
+from .interactive import (BestOfN, ClipPlot, DPOGradientWeight, Explorer, KLRegularisedOptimum, ScoreFunctionEstimates,
                           TrustRegionStep, clip_plot, dpo_gradient_weight, kl_regularised_optimum,
-                          score_function_estimates, trust_region_step)
+                          best_of_n, score_function_estimates, trust_region_step)
 
 # what the API page documents (the interactive figures are defined in .interactive)
 __all__ = ["R_MAX", "flat_region", "score_function_estimates", "ScoreFunctionEstimates", "trust_region_step",
            "TrustRegionStep", "clip_plot", "ClipPlot", "kl_regularised_optimum", "KLRegularisedOptimum",
-           "dpo_gradient_weight", "DPOGradientWeight", "Explorer"]
+           "dpo_gradient_weight", "DPOGradientWeight", "best_of_n", "BestOfN",
+           "Explorer"]
 
 R_MAX = 2.0  # the clip plots show r in [0, R_MAX]
 

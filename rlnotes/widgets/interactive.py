@@ -295,3 +295,28 @@ def dpo_gradient_weight(beta: float = 0.1, chosen_logratio: float = 0.5, rejecte
     """Chapter 5's figure: the implicit rewards, loss and gradient weight of one preference pair."""
     return Explorer(DPOGradientWeight(beta=beta, chosen_logratio=chosen_logratio,
                                       rejected_logratio=rejected_logratio))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 7: best-of-n by a proxy reward (bon-dist, bon-kl)
+# ---------------------------------------------------------------------------------------------
+
+class BestOfN(SvgFigure):
+    """Best-of-n over six responses (``ref_probs``) ranked by a ``proxy`` reward that agrees with the
+    ``true_reward`` except at the top: the exact pi_bon (bon-dist) against pi_ref, its KL to pi_ref
+    against the closed form log n - (n - 1)/n (bon-kl), and E[proxy], E[r*] under pi_bon against
+    sqrt(KL) for n = 1..256, the point at ``n`` marked.
+
+    The browser mirrors ``rlnotes.bestofn.bon_distribution``, ``exact_bon_kl`` and ``bon_kl``.
+    """
+
+    _esm = _esm("best_of_n")
+    n = IntParam(4, 1, 256, "samples n")
+    ref_probs = traitlets.List([0.30, 0.25, 0.20, 0.15, 0.08, 0.02], read_only=True).tag(sync=True)
+    proxy = traitlets.List([0.0, 0.5, 1.0, 1.5, 2.0, 3.0], read_only=True).tag(sync=True)
+    true_reward = traitlets.List([0.0, 0.5, 1.0, 1.5, 1.0, -1.0], read_only=True).tag(sync=True)
+
+
+def best_of_n(n: int = 4) -> Explorer:
+    """Chapter 7's figure: best-of-n by a proxy, its KL and its expected proxy and true rewards as n moves."""
+    return Explorer(BestOfN(n=n))
