@@ -57,8 +57,8 @@ def _score_grad(model, g, weights, lengths):
     return _flat_grad(model, (w * centred * g.token_logprobs(model).sum(1)).sum())
 
 
-def length_derivatives(prepared, seed: int = 0, *, batch_size: int = 32, num_generations: int = 8,
-                       eval_prompts: int = 128, loss_types=LOSS_TYPES) -> dict:
+def length_derivatives(prepared, seed: int = 0, *, batch_size: int = 64, num_generations: int = 8,
+                       eval_prompts: int = 256, loss_types=LOSS_TYPES) -> dict:
     """{loss_type: {"pass": d, "fail": d, "all": d}}: the derivative (eq. length-derivative), in tokens
     per unit step, of the expected length of the responses that pass, that fail, and of all, along
     each loss type's unit step from pi_ref on one batch, with ``first_word_reward``.
