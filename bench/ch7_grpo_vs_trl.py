@@ -8,10 +8,12 @@ at most 8 tokens, Adam at a constant learning rate, gradient clipping at 1.0.
    away from pi_old (so that ratios leave the clip range), scored by ``rlnotes.grpo.grpo_loss`` and
    by ``GRPOTrainer._compute_loss`` (TRL's ``use_bias_correction_kl=False``) for the configs of
    ``CASES``: (a) DAPO's clip-higher with its token-level loss, (b) GSPO's sequence-level ratio at
-   GSPO's small clip range, (c) truncated completions masked out (TRL masks the completion mask in
-   its generation step, so both sides get the same masked mask; that TRL's rule for "truncated",
-   the last token neither EOS nor padding, picks the same responses as ``Groups.finished`` is
-   checked on the batch).
+   GSPO's small clip range, (c) truncated completions masked out, on a second batch of the same
+   prompts cut at the first batch's median length (at 8 tokens the SFT model almost always ends by
+   itself; at the median some responses end and some are cut). TRL
+   masks the completion mask in its generation step, so both sides get the same masked mask; that
+   TRL's rule for "truncated" (the last token neither EOS nor padding) picks the same responses as
+   ``Groups.finished`` is checked on the batch.
 2. Seconds per update of a DAPO and a GSPO config (``RUNS``), ``steps`` updates, best of
    ``repeats`` (TRL's trainer construction is not counted). With beta = 0 TRL skips the reference
    model; rlnotes still scores the samples under it (it logs ``kl/exact_per_sequence``).
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from ch6_vs_trl import B, G, LR, quiet, reward_fn, same_inputs_batch, their_loss  # noqa: E402
 
-from rlnotes import grpo, lm, models, prepare  # noqa: E402
+from rlnotes import groups, grpo, lm, models, prepare  # noqa: E402
 
 # name -> (TRL's GRPOConfig options, rlnotes' GRPOConfig options): the config that reproduces each run
 CASES = {
@@ -94,14 +96,27 @@ def our_loss_and_grad(moved, g, adv, mask, max_length, ours):
     return out, torch.cat([p.grad.flatten() for p in moved.parameters()])
 
 
-def compare_losses(P, path):
-    g, reward, moved = same_inputs_batch(P, 2e-4)
-    adv = grpo.group_advantages(reward.view(-1, G)).view(-1)
+def short_batch(P, g0):
+    """The prompts of ``g0`` again, responses cut at ``g0``'s median length (some truncated), advantages,
+    the number truncated and the cut."""
+    short = int(g0.mask.sum(1).float().median())
+    g = groups.sample_groups(P.sft, P.sft, P.tokenizer, g0.prompts[::G], G, short, torch.Generator().manual_seed(1))
     truncated = trl_truncated(g, P.tokenizer)
     assert torch.equal(truncated, ~g.finished.cpu()), "TRL's truncation rule and rlnotes' differ on this batch"
-    out = {"truncated_responses": int(truncated.sum())}
+    assert 0 < truncated.sum() < len(truncated), f"{int(truncated.sum())} of {len(truncated)} truncated: no mix"
+    adv = grpo.group_advantages(P.task.true_rewards(g.prompts, g.text).view(-1, G)).view(-1)
+    return g, adv, int(truncated.sum()), short
+
+
+def compare_losses(P, path):
+    g8, reward, moved = same_inputs_batch(P, 2e-4)
+    adv8 = grpo.group_advantages(reward.view(-1, G)).view(-1)
+    short, adv_short, n_truncated, cut = short_batch(P, g8)
+    out = {"truncated_responses": n_truncated, "cut": cut}
     for name, (theirs_cfg, ours_cfg) in CASES.items():
-        mask = g.mask * g.finished[:, None] if ours_cfg.get("mask_truncated_completions") else g.mask
+        masking = ours_cfg.get("mask_truncated_completions", False)
+        g, adv = (short, adv_short) if masking else (g8, adv8)
+        mask = g.mask * g.finished[:, None] if masking else g.mask
         trainer = make_trainer(path, P, 1, **theirs_cfg)
         inputs = {"prompt_ids": g.prompt_ids, "prompt_mask": g.prompt_mask, "completion_ids": g.ids,
                   "completion_mask": mask, "advantages": adv, "old_per_token_logps": g.logp,
@@ -134,6 +149,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--losses-only", action="store_true", help="skip the timings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     quiet()
@@ -143,10 +159,12 @@ def main():
     with tempfile.TemporaryDirectory() as path:
         models.save_pretrained(P.sft, P.tokenizer, path)
         losses = compare_losses(P, path)
-        seconds = time_runs(P, path, args.steps, args.repeats)
+        seconds = {} if args.losses_only else time_runs(P, path, args.steps, args.repeats)
     print(f"TRL {trl.__version__}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"\nloss on identical inputs ({losses['truncated_responses']} of {B * G} responses truncated)")
-    print("  case                                       rlnotes       TRL          |diff|  grad |diff| (max |g|) clipped")
+    print(f"\nloss on identical inputs (case (c): {losses['truncated_responses']} of {B * G} responses truncated "
+          f"at {losses['cut']} tokens)")
+    print("  case                                       rlnotes       TRL          |diff|"
+          "  grad |diff| (max |g|) clipped")
     for name, v in losses.items():
         if isinstance(v, dict):
             print(f"  {name:40s} {v['rlnotes']:+.8f} {v['trl']:+.8f} {abs(v['rlnotes'] - v['trl']):.1e}"
@@ -157,8 +175,9 @@ def main():
         print(f"  {name:6s}  {v['rlnotes']:7.3f} {v['trl']:7.3f}   {v['trl'] / v['rlnotes']:.2f}x")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "ch7_grpo_vs_trl.json").write_text(json.dumps({"trl": trl.__version__, "steps": args.steps,
-                                                          "losses": losses, "seconds_per_update": seconds}, indent=2))
+    name = "ch7_grpo_vs_trl_losses.json" if args.losses_only else "ch7_grpo_vs_trl.json"
+    (out / name).write_text(json.dumps({"trl": trl.__version__, "steps": args.steps, "losses": losses,
+                                        "seconds_per_update": seconds}, indent=2))
 
 
 if __name__ == "__main__":

@@ -302,7 +302,8 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
     ``frac_reward_zero_std``, ``kl/k3_per_token`` (the loss's KL term, last minibatch),
     ``kl/exact_per_sequence``, ``entropy``, ``clip_ratio/region_mean``, ``completions/mean_length``,
-    ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+    ``completions/clipped_ratio``, ``r_star``, ``seconds``, and with ``dynamic_sampling``
+    ``frac_groups_kept``. The 2025 switches are ``GRPOConfig``'s. Returns a ``TrainResult``.
 
     Refused: what ``groups.check_inputs`` refuses, and sizes above ``groups.MAX_GROUP_SAMPLES``,
     ``trainer.MAX_STEPS``, ``trainer.MAX_EPOCHS`` (ValueError). Runs and stops as the training contract

@@ -392,7 +392,8 @@ def test_kl_estimators_as_loss_terms():
     for name, grad in (("k1", torch.ones(3, 4)), ("k2", (logp - logp_ref).detach()),
                        ("k3", 1 - torch.exp(logp_ref - logp).detach())):
         lp = logp.detach().clone().requires_grad_(True)
-        grpo.grpo_loss(lp, logp_old, logp_ref, zero, mask, beta=1.0, loss_type="dapo", kl_estimator=name).loss.backward()
+        out = grpo.grpo_loss(lp, logp_old, logp_ref, zero, mask, beta=1.0, loss_type="dapo", kl_estimator=name)
+        out.loss.backward()
         torch.testing.assert_close(lp.grad, grad * m / 7)
 
 
