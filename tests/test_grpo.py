@@ -452,3 +452,14 @@ def test_train_switches_run_and_dynamic_sampling_logs_the_fraction_kept(tiny_pre
     kept = h.update_array("frac_groups_kept")
     np.testing.assert_allclose(kept, 1 - h.update_array("frac_reward_zero_std"))
     assert "frac_groups_kept" not in base
+
+
+def test_soft_overlong_punishment_inside_a_reward_fn(tiny_prepared):
+    task = tiny_prepared.task
+
+    def reward(prompts, responses):   # the word-level tokenizer: one token per word
+        lengths = [len(y.split()) for y in responses]
+        return task.true_rewards(prompts, responses) + grpo.soft_overlong_punishment(lengths, 8, 4)
+
+    h = _run(tiny_prepared, reward, steps=2).history
+    assert (h.update_array("reward") <= h.update_array("r_star") + 1e-6).all()
