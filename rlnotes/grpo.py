@@ -302,8 +302,8 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
     ``frac_reward_zero_std``, ``kl/k3_per_token`` (the loss's KL term, last minibatch),
     ``kl/exact_per_sequence``, ``entropy``, ``clip_ratio/region_mean``, ``completions/mean_length``,
-    ``completions/clipped_ratio``, ``r_star``, ``seconds``, and with ``dynamic_sampling``
-    ``frac_groups_kept``. The 2025 switches are ``GRPOConfig``'s. Returns a ``TrainResult``.
+    ``completions/clipped_ratio``, ``r_star``, ``frac_groups_kept`` (1 without ``dynamic_sampling``),
+    ``seconds``. The 2025 switches are ``GRPOConfig``'s. Returns a ``TrainResult``.
 
     Refused: what ``groups.check_inputs`` refuses, and sizes above ``groups.MAX_GROUP_SAMPLES``,
     ``trainer.MAX_STEPS``, ``trainer.MAX_EPOCHS`` (ValueError). Runs and stops as the training contract
@@ -334,10 +334,9 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
                     mask = g.mask * g.finished[:, None] if cfg.mask_truncated_completions else g.mask
                     out = _update(cfg, policy, opt, g, adv, mask, rows.to(g.ids.device), mb, reuse, shuffle,
                                   task.max_response_tokens)
-                extra = {"frac_groups_kept": len(rows) / n} if cfg.dynamic_sampling else {}
                 history.log({"loss": out.loss, **group_metrics(g, reward, r_star, G),
                              "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
-                             **extra, "seconds": timer.seconds})
+                             "frac_groups_kept": len(rows) / n, "seconds": timer.seconds})
     return result
 
 

@@ -53,7 +53,7 @@ GROUPS = {"loss", "reward", "reward_std", "frac_reward_zero_std", "kl/exact_per_
           "completions/mean_length", "completions/clipped_ratio", "r_star", "seconds"}
 VOCABULARY.update({
     "rloo.train": ("RLOOConfig", GROUPS | {"kl/k1_per_sequence"}),
-    "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean"}),
+    "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean", "frac_groups_kept"}),
 })
 EVAL_CALLBACK = "eval/<callback keys>"  # how CONTRIBUTING.md writes dpo's callback keys
 KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_full_step)?$")
