@@ -7,7 +7,7 @@
   scored by r_phi (or r*), its mean rewards for every n <= N from one pool, and a Monte Carlo KL.
 - ``fit_bon``, ``fit_rl``: Gao, Schulman and Hilton (2023)'s forms d(alpha - beta d) and
   d(alpha - beta log d), d = sqrt(KL), fitted by least squares with bootstrap intervals over seeds;
-  ``bin_means`` puts RL runs on one d axis.
+  ``peak_difference`` compares two fits' peaks on paired seeds; ``bin_means`` puts RL runs on one d axis.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from . import lm, measure, prepare, reward, rlhf, sampling, sentiment, stats
 from .trainer import kept_as_found
-from .utils import check_finite, check_in_range, check_positive_int, check_seed
+from .utils import check_choice, check_finite, check_in_range, check_positive_int, check_seed
 
 
 def _floats(name: str, value) -> np.ndarray:
@@ -306,3 +306,24 @@ def fit_rl(d, r, *, level: float = 0.95, reps: int = 2000, seed: int = 0) -> dic
     """Least-squares fit of r = d (alpha - beta log d) (``rl_form``); ``d_peak`` = exp(alpha/beta - 1).
     Otherwise as ``fit_bon``."""
     return _fit("rl", d, r, level, reps, seed)
+
+
+def peak_difference(d, r_a, r_b, kind: str = "bon", *, level: float = 0.95, reps: int = 2000,
+                    seed: int = 0) -> dict:
+    """d_peak(a) - d_peak(b) of two fits of one form (``kind``: "bon" or "rl") to runs on the same seeds
+    (rows of ``r_a`` and ``r_b`` paired, e.g. two reward models scoring one pool per seed), with a paired
+    percentile bootstrap over seeds: each resample refits both on the same rows. A peak at infinity
+    (beta <= 0) counts as 1e300. Returns ``difference``, ``ci`` and both ``d_peak``."""
+    kind = check_choice("kind", kind, ("bon", "rl"))
+    d, r_a = _check_runs(d, r_a)
+    _, r_b = _check_runs(d, r_b)
+    if len(d) < 2:
+        raise ValueError(f"need at least 2 seeds (rows) for a bootstrap, got {len(d)}")
+    peak = lambda r, idx: min(_peak(kind, *_lstsq(kind, d[idx], r[idx])), 1e300)  # noqa: E731
+    rows = np.arange(len(d), dtype=np.float64)
+    diff = lambda idx: peak(r_a, idx.astype(int)) - peak(r_b, idx.astype(int))  # noqa: E731
+    everything = np.arange(len(d))
+    ci = stats.bootstrap_interval(rows, diff, level=check_in_range("level", level, 0.5, 0.999),
+                                  reps=check_positive_int("reps", reps, 100), seed=seed)
+    return {"difference": float(diff(everything.astype(np.float64))), "ci": ci,
+            "d_peak": (peak(r_a, everything), peak(r_b, everything))}

@@ -22,6 +22,19 @@ Dividing by the group's std (``scale_rewards``) is the second bias Dr. GRPO name
 rewards barely differ get their differences blown up to unit scale. A group whose rewards are
 all equal has std 0 and carries no signal: its advantages are exactly 0 (the eps keeps the
 division finite; without it 0/0 would be NaN).
+
+The GRPO family of 2025, as switches of ``grpo_loss`` and ``GRPOConfig`` (TRL 1.16's names):
+
+- DAPO (Yu et al. 2025, "DAPO"): clip-higher, clip(rho, 1 - eps, 1 + eps_high) with eps_high > eps
+  (eq. dapo-loss; TRL's ``epsilon_high``); dynamic sampling (groups whose rewards are all equal
+  leave the loss); over-long responses masked out of the loss (TRL's ``mask_truncated_completions``)
+  or softly punished in the reward (``soft_overlong_punishment``, DAPO eq. 13); and the token-level
+  aggregation ``loss_type="dapo"``.
+- GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one ratio per response,
+  s_i = exp(mean_t log rho_{i,t}), clipped as a whole (eq. gspo-ratio; TRL's
+  ``importance_sampling_level="sequence"``).
+- The KL term as a loss with the k1, k2 or k3 estimator (``kl_estimator``; chapter 6's
+  ``kl_term_gradients`` says which KL each one's gradient follows).
 """
 
 from __future__ import annotations
@@ -36,15 +49,17 @@ from torch import nn
 
 from .groups import (check_group_size, check_groups, check_inputs, group_metrics, relative_advantages,
                      reuses_scoring_pass, sample_groups, score_groups, step_seed)
-from .kl import exact_kl, k3
+from .kl import exact_kl, k3, kl_estimators
 from .ppo import clipped_surrogate
 from .trainer import (MAX_EPOCHS, MAX_STEPS, Config, History, Timer, TrainResult, atomic, check_bool, check_count,
                       make_config, progress, run_guard,
                       trainable_copy, training_scope)
 from .utils import (check_binary, check_choice, check_finite, check_in_range, check_positive, check_positive_int, check_seed,
-                    check_same_shape)
+                    check_same_shape, check_tensor)
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
@@ -79,17 +94,41 @@ def _aggregate(per_token, mask, loss_type, max_length):
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _ratio(log_ratio, mask, level):
+    """rho_{i,t} = exp(log rho_{i,t}) ("token"), or GSPO's s_i = exp(sum_t m_t log rho_{i,t} / |y_i|)
+    broadcast over the tokens ("sequence", eq. gspo-ratio), as TRL 1.16's ``_compute_loss``."""
+    if level == "token":
+        return torch.exp(log_ratio)
+    seq = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return torch.exp(seq).expand_as(log_ratio)
+
+
+def _surrogate(ratio, advantages, eps, eps_high):
+    """min(rho A, clip(rho, 1 - eps, 1 + eps_high) A): PPO's ``clipped_surrogate`` when eps_high = eps,
+    DAPO's clip-higher (eq. dapo-loss) otherwise."""
+    if eps_high == eps:
+        return clipped_surrogate(ratio, advantages, eps)
+    return torch.min(ratio * advantages, ratio.clamp(1.0 - eps, 1.0 + eps_high) * advantages)
+
+
 def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, beta: float = 0.04, eps: float = 0.2, loss_type: str = "grpo",
-              max_length: int | None = None) -> GRPOLoss:
+              max_length: int | None = None, *, eps_high: float | None = None,
+              importance_sampling_level: str = "token", kl_estimator: str = "k3") -> GRPOLoss:
     """GRPO's loss (eq. grpo-loss) over a batch of responses, averaged as ``loss_type`` says.
 
     ``logp`` (with gradient), ``logp_old`` and ``logp_ref`` are per-token log-probabilities [N, T],
     ``mask`` [N, T] marks the response tokens, ``advantages`` [N] one per response. ``max_length``
     is Dr. GRPO's constant (default T). The surrogate is ``rlnotes.ppo.clipped_surrogate``, the
-    KL term ``rlnotes.kl.k3``. Refused: arguments that are not tensors (TypeError); shapes that
-    differ, no response (N = 0), log-probabilities or advantages that are NaN or inf, a ``mask``
-    that is not 0/1, ``max_length`` < T (ValueError).
+    KL term ``rlnotes.kl.k3``. The 2025 switches (TRL 1.16's names in brackets): ``eps_high``
+    [``epsilon_high``], DAPO's clip-higher, clip(rho, 1 - eps, 1 + eps_high) (eq. dapo-loss; None:
+    eps); ``importance_sampling_level`` [same], "token" (GRPO) or "sequence" (GSPO, Zheng et al.
+    2025: one ratio s_i = exp(mean_t log rho_{i,t}) per response, eq. gspo-ratio); ``kl_estimator``
+    "k1", "k2" or "k3" (``rlnotes.kl.kl_estimators``; TRL has k3 only) for the beta term. A response
+    whose ``mask`` row is all 0 (TRL's ``mask_truncated_completions``) adds 0 to the loss. Refused:
+    arguments that are not tensors (TypeError); shapes that differ, no response (N = 0),
+    log-probabilities or advantages that are NaN or inf, a ``mask`` that is not 0/1, ``max_length``
+    < T, ``eps_high`` < ``eps``, an unknown level or estimator (ValueError).
     """
     for name, x in (("logp", logp), ("logp_old", logp_old), ("logp_ref", logp_ref), ("advantages", advantages),
                     ("mask", mask)):
@@ -104,18 +143,47 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
     check_binary("mask", mask)
     beta = check_in_range("beta", beta, 0.0, math.inf)
     eps = check_positive("eps", eps)
+    eps_high = eps if eps_high is None else check_in_range("eps_high", eps_high, eps, math.inf)
     loss_type = check_choice("loss_type", loss_type, LOSS_TYPES)
+    level = check_choice("importance_sampling_level", importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    kl_estimator = check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
     max_length = logp.shape[1] if max_length is None else check_positive_int("max_length", max_length, logp.shape[1])
     mask = mask.to(logp.dtype)
-    ratio = torch.exp(logp - logp_old)
-    surrogate = clipped_surrogate(ratio, advantages[:, None].expand_as(ratio), eps)
-    kl = k3(logp, logp_ref)
+    ratio = _ratio(logp - logp_old, mask, level)
+    surrogate = _surrogate(ratio, advantages[:, None].expand_as(ratio), eps, eps_high)
+    kl = k3(logp, logp_ref) if kl_estimator == "k3" else kl_estimators(logp, logp_ref)[kl_estimator]
     loss = _aggregate(-surrogate + beta * kl, mask, loss_type, max_length)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         policy_loss = _aggregate(-surrogate, mask, loss_type, max_length)
-        clipped = ((ratio - 1).abs() > eps).to(mask.dtype)
+        kl = kl if kl_estimator == "k3" else k3(logp, logp_ref)
+        clipped = ((ratio - 1 > eps_high) | (1 - ratio > eps)).to(mask.dtype)
         return GRPOLoss(loss, policy_loss, (kl * mask).sum() / n, (clipped * mask).sum() / n)
+
+
+def soft_overlong_punishment(lengths, max_length: int, cache: int) -> torch.Tensor:
+    """DAPO's soft over-long punishment (Yu et al. 2025, eq. 13), one reward term per response:
+    0 for |y| <= L_max - L_cache, ((L_max - L_cache) - |y|) / L_cache up to L_max, -1 beyond;
+    TRL's ``trl.rewards.get_soft_overlong_punishment(max_completion_len, soft_punish_cache)``.
+    Add it to a ``reward_fn``'s score. ``lengths``: the responses' token counts (a list, array or
+    1-D tensor of whole numbers >= 0); ``max_length`` (L_max) >= 1; ``cache`` (L_cache) in
+    [0, max_length]. Returns a float tensor [N]."""
+    max_length = check_positive_int("max_length", max_length)
+    cache = check_positive_int("cache", cache, 0)
+    if cache > max_length:
+        raise ValueError(f"cache must be in [0, max_length={max_length}], got {cache}")
+    try:
+        n = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError):
+        n = None
+    if n is None or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
+        raise TypeError(f"lengths must be a 1-D list, array or tensor of token counts (whole numbers >= 0), got "
+                        f"{type(lengths).__name__} {reprlib.repr(lengths)}")
+    if n.ndim != 1 or bool((n < 0).any()):
+        raise ValueError(f"lengths must be 1-D token counts >= 0, got shape {tuple(n.shape)}: {reprlib.repr(lengths)}")
+    n, start = n.double(), max_length - cache
+    ramp = (start - n) / cache if cache > 0 else torch.zeros_like(n)
+    return torch.where(n <= start, 0.0, torch.where(n <= max_length, ramp, -1.0)).float()
 
 
 def _as_logits(name, value) -> torch.Tensor:
@@ -171,7 +239,16 @@ class GRPOConfig(Config):
     each; ``epochs`` passes (TRL's ``num_iterations``) in minibatches of ``minibatch_size``
     responses (None: the whole batch) of Adam at ``lr``; clip range ``eps``, KL coefficient
     ``beta`` (a loss term, k3 per token), ``loss_type`` ("grpo", "dr_grpo", "dapo"),
-    ``scale_rewards`` (divide by the group's std), ``max_grad_norm``, ``seed``, ``progress``."""
+    ``scale_rewards`` (divide by the group's std), ``max_grad_norm``, ``seed``, ``progress``.
+
+    The 2025 switches (``grpo_loss``; TRL 1.16's names, defaults = plain GRPO): ``eps_high``
+    (DAPO's clip-higher, TRL's ``epsilon_high``; None: ``eps``; DAPO uses 0.28),
+    ``importance_sampling_level`` ("token", or "sequence" for GSPO), ``mask_truncated_completions``
+    (responses cut at the task's ``max_response_tokens`` without an end token leave the loss),
+    ``kl_estimator`` ("k1", "k2", "k3") and ``dynamic_sampling``: DAPO's dynamic sampling drops the
+    groups whose rewards are all equal (zero std, so zero advantage) and re-samples until the batch
+    is full; here the sample budget stays fixed, so the update runs on the groups kept (logged as
+    ``frac_groups_kept``) and is skipped when none is."""
 
     seed: int = 0
     steps: int = 30
@@ -185,6 +262,11 @@ class GRPOConfig(Config):
     loss_type: str = "grpo"
     scale_rewards: bool = True
     max_grad_norm: float | None = 1.0
+    eps_high: float | None = None
+    importance_sampling_level: str = "token"
+    mask_truncated_completions: bool = False
+    dynamic_sampling: bool = False
+    kl_estimator: str = "k3"
     progress: bool = False
 
     def __post_init__(self):
@@ -198,6 +280,11 @@ class GRPOConfig(Config):
         self.check("lr", check_positive)
         self.check("beta", check_in_range, 0.0, math.inf)
         self.check("eps", check_positive)
+        self.check("eps_high", check_in_range, self.eps, math.inf)
+        self.check("importance_sampling_level", check_choice, IMPORTANCE_SAMPLING_LEVELS)
+        for name in ("mask_truncated_completions", "dynamic_sampling"):
+            self.check(name, check_bool)
+        self.check("kl_estimator", check_choice, KL_ESTIMATORS)
         self.check("loss_type", check_choice, LOSS_TYPES)
         self.check("scale_rewards", check_bool)
         self.check("max_grad_norm", check_positive)
@@ -215,7 +302,8 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
     task's ``max_response_tokens``. Logs ``loss``, ``reward``, ``reward_std``,
     ``frac_reward_zero_std``, ``kl/k3_per_token`` (the loss's KL term, last minibatch),
     ``kl/exact_per_sequence``, ``entropy``, ``clip_ratio/region_mean``, ``completions/mean_length``,
-    ``completions/clipped_ratio``, ``r_star``, ``seconds``. Returns a ``TrainResult``.
+    ``completions/clipped_ratio``, ``r_star``, ``frac_groups_kept`` (1 without ``dynamic_sampling``),
+    ``seconds``. The 2025 switches are ``GRPOConfig``'s. Returns a ``TrainResult``.
 
     Refused: what ``groups.check_inputs`` refuses, and sizes above ``groups.MAX_GROUP_SAMPLES``,
     ``trainer.MAX_STEPS``, ``trainer.MAX_EPOCHS`` (ValueError). Runs and stops as the training contract
@@ -242,18 +330,49 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
                     g = sample_groups(policy, ref, tok, prompts, G, task.max_response_tokens, gen, keep_graph=reuse)
                     reward, r_star = score_groups(task, reward_fn, g)
                     adv = group_advantages(reward.view(-1, G), cfg.scale_rewards).view(-1)
-                    for _ in range(cfg.epochs):
-                        order = torch.randperm(n, generator=shuffle) if mb < n else torch.arange(n)
-                        for idx in order.to(g.ids.device).split(mb):
-                            logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
-                            out = grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], g.mask[idx], cfg.beta,
-                                            cfg.eps, cfg.loss_type, task.max_response_tokens)
-                            opt.zero_grad()
-                            out.loss.backward()
-                            if cfg.max_grad_norm is not None:
-                                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                            opt.step()
+                    rows = kept_rows(reward, G) if cfg.dynamic_sampling else torch.arange(n)
+                    mask = g.mask * g.finished[:, None] if cfg.mask_truncated_completions else g.mask
+                    out = _update(cfg, policy, opt, g, adv, mask, rows.to(g.ids.device), mb, reuse, shuffle,
+                                  task.max_response_tokens)
                 history.log({"loss": out.loss, **group_metrics(g, reward, r_star, G),
                              "kl/k3_per_token": out.kl, "clip_ratio/region_mean": out.clip_ratio,
-                             "seconds": timer.seconds})
+                             "frac_groups_kept": len(rows) / n, "seconds": timer.seconds})
     return result
+
+
+def kept_rows(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """DAPO's dynamic sampling (Yu et al. 2025, eq. 11's constraint 0 < |{correct}| < G): the indices
+    of the responses whose group of ``k`` rewards is not all equal, [n_kept]. ``rewards`` [B k]
+    flat; ``k`` >= 2 dividing its length."""
+    rewards = check_tensor("rewards", rewards)
+    check_finite("rewards", rewards)
+    k = check_positive_int("k", k, 2)
+    if rewards.ndim != 1 or len(rewards) % k:
+        raise ValueError(f"rewards must be 1-D with a length divisible by k={k}, got shape {tuple(rewards.shape)}")
+    grouped = rewards.view(-1, k)
+    varies = ~(grouped == grouped[:, :1]).all(1)
+    return torch.arange(len(rewards)).view(-1, k)[varies].flatten()
+
+
+def _update(cfg, policy, opt, g, adv, mask, rows, mb, reuse, shuffle, max_length):
+    """``cfg.epochs`` passes of minibatch Adam steps on ``grpo_loss`` over the responses ``rows``;
+    the last minibatch's ``GRPOLoss`` (zeros when ``rows`` is empty: no step)."""
+    n, out = len(g.ids), None
+    if len(rows) == 0:
+        zero = torch.zeros(())
+        return GRPOLoss(zero, zero, zero, zero)
+    for _ in range(cfg.epochs):
+        order = rows[torch.randperm(len(rows), generator=shuffle)] if mb < n else rows
+        for idx in order.split(mb):
+            logp = g.first_pass if reuse else g.token_logprobs(policy, idx if mb < n else None)
+            if len(rows) < n and mb >= n:
+                logp = logp[idx]
+            out = grpo_loss(logp, g.logp[idx], g.ref_logp[idx], adv[idx], mask[idx], cfg.beta, cfg.eps,
+                            cfg.loss_type, max_length, eps_high=cfg.eps_high,
+                            importance_sampling_level=cfg.importance_sampling_level, kl_estimator=cfg.kl_estimator)
+            opt.zero_grad()
+            out.loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+    return out

@@ -2,8 +2,8 @@
 Prospect Theoretic Optimization"), on single responses labelled thumbs-up or thumbs-down.
 
 DPO needs pairs (x, y_w, y_l). KTO learns from unpaired labels: each (x, y) is desirable or
-undesirable. With the implicit reward r(x, y) = log(pi(y|x) / pi_ref(y|x)) and a reference point
-z0 = KL(pi(y'|x) || pi_ref(y'|x)), its loss (KTO paper, eq. 8; the book's eq. kto-loss) is
+undesirable. With the implicit reward ``r(x, y) = log(pi(y|x) / pi_ref(y|x))`` and a reference point
+``z0 = KL(pi(y'|x) || pi_ref(y'|x))``, its loss (KTO paper, eq. 8; the book's eq. kto-loss) is
 
     L_KTO = E[ lambda_y - v(x, y) ],   v(x, y) = lambda_D sigma(beta (r(x, y) - z0))  if y is desirable,
                                                  lambda_U sigma(beta (z0 - r(x, y)))  if y is undesirable,

@@ -223,3 +223,20 @@ def test_best_of_n_names_policy_n_and_reward_models(tiny_prepared):
         bestofn.best_of_n(P.sft, P, ["review :"], 10**7)
     with pytest.raises(TypeError, match=r"reward_models\['x'\] must be a reward model .* got int"):
         bestofn.sample_pool(P.sft, P, ["review :"], 2, reward_models={"x": 1})
+
+
+def test_peak_difference_pairs_the_seeds():
+    rng = np.random.default_rng(0)
+    d = np.tile(np.linspace(0.2, 3.0, 12), (6, 1))
+    shared = rng.normal(0, 0.05, size=(6, 1))           # what a seed's pool does to both curves
+    r_a = bestofn.bon_form(d, 2.0, 1.0) + shared + rng.normal(0, 0.01, d.shape)     # peak at 1
+    r_b = bestofn.bon_form(d, 2.0, 0.5) + shared + rng.normal(0, 0.01, d.shape)     # peak at 2
+    out = bestofn.peak_difference(d, r_a, r_b, reps=300)
+    assert out["difference"] == pytest.approx(-1.0, abs=0.05)
+    assert out["ci"][1] < 0 and out["d_peak"][0] == pytest.approx(1.0, abs=0.05)
+    same = bestofn.peak_difference(d, r_a, r_a, reps=300)
+    assert same["difference"] == 0 and same["ci"] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        bestofn.peak_difference(d, r_a, r_b, kind="dpo")
+    with pytest.raises(ValueError, match="need at least 2 seeds"):
+        bestofn.peak_difference(d[:1], r_a[:1], r_b[:1])

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlnotes import dpo, grpo, ipo, models, pg, ppo, reward, rlhf, rloo, sft, trpo
+from rlnotes import dpo, grpo, ipo, kto, models, pg, ppo, reward, rlhf, rloo, sft, trpo
 from rlnotes.trainer import TrainResult
 
 # ------------------------------------------------------------------------- the vocabulary
@@ -46,12 +46,14 @@ VOCABULARY = {
     "dpo.train": ("DPOConfig", {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                                 "logps/chosen", "logps/rejected", "seconds", "eval/step", "eval/loss",
                                 "eval/accuracy", "eval/margin"}),
+    "kto.train": ("KTOConfig", {"loss", "kl/k1_per_sequence", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                "logps/chosen", "logps/rejected", "seconds"}),
 }
 GROUPS = {"loss", "reward", "reward_std", "frac_reward_zero_std", "kl/exact_per_sequence", "entropy",
           "completions/mean_length", "completions/clipped_ratio", "r_star", "seconds"}
 VOCABULARY.update({
     "rloo.train": ("RLOOConfig", GROUPS | {"kl/k1_per_sequence"}),
-    "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean"}),
+    "grpo.train": ("GRPOConfig", GROUPS | {"kl/k3_per_token", "clip_ratio/region_mean", "frac_groups_kept"}),
 })
 EVAL_CALLBACK = "eval/<callback keys>"  # how CONTRIBUTING.md writes dpo's callback keys
 KL_KEY = re.compile(r"^kl/(exact|k1|k2|k3)_per_(state|sample|token|sequence)(_full_step)?$")
@@ -77,6 +79,7 @@ def inputs(name: str, prepared) -> tuple:
         "rloo.train": (P, dict),
         "grpo.train": (P, dict),
         "dpo.train": (P.train_prefs.encode(tok), lambda: dict(ref=P.sft, eval_data=P.test_prefs.encode(tok))),
+        "kto.train": (kto.unpaired(P.train_prefs).encode(tok), lambda: dict(ref=P.sft)),
     }[name]
 
 
@@ -105,6 +108,8 @@ LM = [
      dict(steps=2, num_generations=2), 2, grpo.GRPOConfig),
     ("dpo.train", dpo.train, dict(epochs=1.0, batch_size=16.0, seed=0, loss_type="ipo"),   # IPO: another loss
      dict(epochs=1, batch_size=16), 2, dpo.DPOConfig),
+    ("kto.train", kto.train, dict(epochs=1.0, batch_size=32.0, seed=0), dict(epochs=1, batch_size=32), 2,
+     kto.KTOConfig),
 ]
 TRAINERS = CONTROL + LM
 
@@ -300,7 +305,7 @@ def test_the_table_names_every_trainer_of_the_package():
     import rlnotes.sft
 
     modules = {"pg": pg, "trpo": trpo, "ppo": ppo, "sft": rlnotes.sft, "reward": rlnotes.reward, "rlhf": rlhf,
-               "dpo": dpo, "rloo": rloo, "grpo": grpo, "ipo": ipo}
+               "dpo": dpo, "rloo": rloo, "grpo": grpo, "ipo": ipo, "kto": kto}
     found = {f"{m}.{n}" for m, mod in modules.items() for n, f in vars(mod).items()
              if inspect.isfunction(f) and f.__module__ == mod.__name__
              and (n.startswith("train") or n == "epochs_on_one_batch")}

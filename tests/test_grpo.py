@@ -313,3 +313,153 @@ def test_train_refuses_an_fp16_sft_naming_prepared_sft(tiny_prepared):
 def test_train_refuses_steps_and_epochs_above_their_caps(tiny_prepared, name, value, cap):
     with pytest.raises(ValueError, match=rf"{name} must be <= {cap}, got {value}"):
         grpo.train(tiny_prepared, **{"steps": 1, "batch_size": 2, "num_generations": 2, name: value})
+
+
+# ------------------------------------------------------------- the GRPO family of 2025 (DAPO, GSPO, k1/k2/k3)
+
+def test_gspo_ratio_is_exp_of_the_mean_log_ratio_and_clipped_per_response():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    m = mask.float()
+    s = torch.exp(((logp - logp_old) * m).sum(1) / m.sum(1))          # eq. gspo-ratio, one per response
+    eps = 0.05
+    per_seq = -torch.min(s * adv, s.clamp(1 - eps, 1 + eps) * adv)
+    out = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, beta=0.0, eps=eps, importance_sampling_level="sequence")
+    torch.testing.assert_close(out.loss, per_seq.mean())             # "grpo": the mean over tokens of a constant
+    clipped = ((s - 1).abs() > eps).float()
+    assert out.clip_ratio.item() == pytest.approx(((clipped[:, None] * m).sum() / m.sum()).item())
+    # the gradient flows through the sequence ratio: d s_i / d logp_{i,t} = s_i m_{i,t} / |y_i| inside the range
+    lp = logp_old.clone().requires_grad_(True)
+    grpo.grpo_loss(lp, logp_old, logp_ref, adv, mask, beta=0.0, importance_sampling_level="sequence").loss.backward()
+    torch.testing.assert_close(lp.grad, -(adv[:, None] * m / m.sum(1, keepdim=True)) / 3)
+
+
+def test_eps_high_changes_only_the_positive_advantage_side():
+    logp_old = torch.zeros(2, 1)
+    logp = torch.log(torch.tensor([[1.25], [1.25]])).requires_grad_(True)   # rho = 1.25 for both
+    adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 1)
+
+    def per_response(**kw):
+        return [grpo.grpo_loss(logp[i:i + 1], logp_old[i:i + 1], logp_old[i:i + 1], adv[i:i + 1], mask[i:i + 1],
+                               beta=0.0, **kw).loss.item() for i in range(2)]
+
+    sym, high = per_response(eps=0.2), per_response(eps=0.2, eps_high=0.28)
+    assert sym[0] == pytest.approx(-1.2) and high[0] == pytest.approx(-1.25)   # A > 0: clipped at 1.28, not 1.2
+    assert sym[1] == high[1] == pytest.approx(1.25)                            # A < 0: min picks rho either way
+    low = torch.log(torch.tensor([[0.7]]))
+    for a in (1.0, -1.0):   # below 1 - eps both clip alike
+        one = [grpo.grpo_loss(low, torch.zeros(1, 1), low, torch.tensor([a]), torch.ones(1, 1), beta=0.0, eps=0.2,
+                              eps_high=e).loss.item() for e in (None, 0.28)]
+        assert one[0] == one[1]
+    out = grpo.grpo_loss(logp, logp_old, logp_old, adv, mask, beta=0.0, eps=0.2, eps_high=0.28)
+    assert out.clip_ratio.item() == 0.0                                       # 1.25 < 1.28: inside the range
+
+
+def test_eps_high_none_or_equal_is_plain_grpo_bit_for_bit():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    plain = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask)
+    for kw in ({"eps_high": None}, {"eps_high": 0.2}, {"importance_sampling_level": "token", "kl_estimator": "k3"}):
+        same = grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(plain, same))
+
+
+def test_masked_responses_contribute_zero():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    masked = mask.clone()
+    masked[1] = 0                                   # response 1 truncated: mask_truncated_completions
+    m = masked.float()
+    rho = torch.exp(logp - logp_old)
+    per_token = -torch.min(rho * adv[:, None], rho.clamp(0.8, 1.2) * adv[:, None]) + 0.04 * k3(logp, logp_ref)
+    out = grpo.grpo_loss(logp, logp_old, logp_ref, adv, masked, loss_type="dapo")
+    torch.testing.assert_close(out.loss, (per_token * m).sum() / m.sum())
+    out.loss.backward()
+    assert torch.equal(logp.grad[1], torch.zeros(4))
+    # "grpo": the masked response still counts in the mean over responses (as TRL), with 0
+    out = grpo.grpo_loss(logp, logp_old, logp_ref, adv, masked)
+    torch.testing.assert_close(out.loss, ((per_token * m).sum(1)[[0, 2]] / m.sum(1)[[0, 2]]).sum() / 3)
+
+
+def test_kl_estimators_as_loss_terms():
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    m = mask.float()
+    log_rho = logp_ref - logp
+    values = {"k1": -log_rho, "k2": 0.5 * log_rho ** 2, "k3": torch.exp(log_rho) - 1 - log_rho}
+    zero = torch.zeros(3)
+    for name, kl in values.items():
+        out = grpo.grpo_loss(logp, logp_old, logp_ref, zero, mask, beta=1.0, loss_type="dapo", kl_estimator=name)
+        torch.testing.assert_close(out.loss, (kl * m).sum() / 7)
+        torch.testing.assert_close(out.kl, (values["k3"] * m).sum() / 7)    # the logged KL stays k3 per token
+    # gradients w.r.t. logp: k1 -> 1, k2 -> logp - logp_ref, k3 -> 1 - exp(logp_ref - logp)
+    for name, grad in (("k1", torch.ones(3, 4)), ("k2", (logp - logp_ref).detach()),
+                       ("k3", 1 - torch.exp(logp_ref - logp).detach())):
+        lp = logp.detach().clone().requires_grad_(True)
+        out = grpo.grpo_loss(lp, logp_old, logp_ref, zero, mask, beta=1.0, loss_type="dapo", kl_estimator=name)
+        out.loss.backward()
+        torch.testing.assert_close(lp.grad, grad * m / 7)
+
+
+def test_kept_rows_drops_the_groups_with_equal_rewards():
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 0.2])
+    assert grpo.kept_rows(r, 2).tolist() == [2, 3, 6, 7]
+    assert grpo.kept_rows(torch.ones(4), 2).tolist() == []
+    with pytest.raises(ValueError, match="k=3"):
+        grpo.kept_rows(r, 3)
+    with pytest.raises(TypeError, match="rewards"):
+        grpo.kept_rows([1.0, 0.0], 2)
+
+
+def test_soft_overlong_punishment_is_dapo_eq_13():
+    out = grpo.soft_overlong_punishment([0, 6, 7, 8, 9, 10, 11], max_length=10, cache=4)
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0]))
+    assert grpo.soft_overlong_punishment(torch.tensor([90]), 100, 20).tolist() == [-0.5]   # TRL's docstring example
+    assert grpo.soft_overlong_punishment([5, 8, 9], 8, 0).tolist() == [0.0, 0.0, -1.0]
+    for kwargs, name in (({"lengths": [1.5]}, "lengths"), ({"lengths": [-1]}, "lengths"),
+                         ({"max_length": 0}, "max_length"), ({"cache": 11}, "cache"), ({"cache": -1}, "cache")):
+        with pytest.raises((TypeError, ValueError), match=name):
+            grpo.soft_overlong_punishment(**{"lengths": [3], "max_length": 10, "cache": 4, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, name", [({"eps_high": 0.1}, "eps_high"), ({"eps_high": "x"}, "eps_high"),
+                                          ({"importance_sampling_level": "seq"}, "importance_sampling_level"),
+                                          ({"kl_estimator": "k4"}, "kl_estimator")])
+def test_grpo_loss_refuses_bad_switches(kwargs, name):
+    logp, logp_old, logp_ref, adv, mask = _batch()
+    with pytest.raises((ValueError, TypeError), match=name):
+        grpo.grpo_loss(logp, logp_old, logp_ref, adv, mask, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"eps_high": 0.1}, "eps_high"),
+                                          ({"importance_sampling_level": "x"}, "importance_sampling_level"),
+                                          ({"mask_truncated_completions": 1}, "mask_truncated_completions"),
+                                          ({"dynamic_sampling": "yes"}, "dynamic_sampling"),
+                                          ({"kl_estimator": "k0"}, "kl_estimator")])
+def test_config_refuses_bad_switches(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        grpo.GRPOConfig(**kwargs)
+
+
+def test_defaults_are_plain_grpo():
+    c = grpo.GRPOConfig()
+    assert (c.eps_high, c.importance_sampling_level, c.mask_truncated_completions, c.dynamic_sampling,
+            c.kl_estimator) == (None, "token", False, False, "k3")
+
+
+def test_train_switches_run_and_dynamic_sampling_logs_the_fraction_kept(tiny_prepared):
+    base = _run(tiny_prepared, steps=2).history.updates
+    same = _run(tiny_prepared, steps=2, eps_high=None, kl_estimator="k3").history.updates
+    assert {k: v for k, v in base.items() if k != "seconds"} == {k: v for k, v in same.items() if k != "seconds"}
+    h = _run(tiny_prepared, steps=2, dynamic_sampling=True, eps_high=0.28, mask_truncated_completions=True,
+             importance_sampling_level="sequence", kl_estimator="k2").history
+    kept = h.update_array("frac_groups_kept")
+    np.testing.assert_allclose(kept, 1 - h.update_array("frac_reward_zero_std"))
+    assert base["frac_groups_kept"] == [1.0, 1.0]     # without the switch every group is kept
+
+
+def test_soft_overlong_punishment_inside_a_reward_fn(tiny_prepared):
+    task = tiny_prepared.task
+
+    def reward(prompts, responses):   # the word-level tokenizer: one token per word
+        lengths = [len(y.split()) for y in responses]
+        return task.true_rewards(prompts, responses) + grpo.soft_overlong_punishment(lengths, 8, 4)
+
+    h = _run(tiny_prepared, reward, steps=2).history
+    assert (h.update_array("reward") <= h.update_array("r_star") + 1e-6).all()

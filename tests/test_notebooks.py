@@ -230,7 +230,8 @@ def test_no_paragraph_quotes_more_than_ten_numbers(path):
 
 
 BUILD_IT = {"01_policy_gradient": ["gae"], "02_trpo": ["line_search"], "03_ppo": ["clipped_surrogate"],
-            "04_rlhf": ["reward_loss", "token_rewards"], "05_dpo": ["dpo_loss"], "06_beyond": ["group_advantages"]}
+            "04_rlhf": ["reward_loss", "token_rewards"], "05_dpo": ["dpo_loss"], "06_beyond": ["group_advantages"],
+            "07_overoptimisation": ["bon_distribution"]}
 
 
 @pytest.mark.parametrize("name", sorted(BUILD_IT))

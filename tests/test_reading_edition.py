@@ -400,3 +400,14 @@ def tiny_book(tmp_path, text, second=None):
             cell.id = f"cell-{i}"
         nbformat.write(nb, root / f"{page}.ipynb")
     return root
+
+
+def test_glue_from_another_document_reads_that_notebooks_values():
+    s = site()
+    s.glue["book/02_b"] = {"gap": "0.1234"}
+    conv = edition.Converter(s, "book/01_a")
+    assert conv.convert("a gap of {glue:text}`02_b.ipynb::gap:+.2f` tokens") == "a gap of +0.12 tokens"
+    for bad, words in (("{glue:text}`03_c.ipynb::gap`", "unknown document '03_c.ipynb'"),
+                       ("{glue:text}`02_b.ipynb::nope`", "not glued in 02_b.ipynb's stored outputs")):
+        with pytest.raises(edition.EditionError, match=words):
+            edition.convert_text(s, "book/01_a", bad)

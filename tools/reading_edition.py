@@ -443,18 +443,24 @@ class Converter:
         return self.error(f"no plain-Markdown form for the role {{{name}}}`{content}`")
 
     def glue_text(self, content: str) -> str:
+        glue, where = self.glue, "the notebook's"
+        if "::" in content:       # another document's value: "06_beyond.ipynb::key:fmt", beside this page
+            doc, content = content.split("::", 1)
+            page = str(Path(self.page).parent / Path(doc).with_suffix(""))
+            if page not in self.site.glue:
+                return self.error(f"glue from an unknown document {doc!r}")
+            glue, where = self.site.glue[page], f"{doc}'s"
         key_fmt = content.rsplit(":", 1)
         key, fmt = (key_fmt[0], key_fmt[1]) if len(key_fmt) == 2 else (key_fmt[0], "s")
-        if "::" in content:
-            return self.error(f"glue from another document ({content!r}) is not supported")
-        if key not in self.glue:
-            return self.error(f"the glue name {key!r} is not glued in the notebook's stored outputs")
+        if key not in glue:
+            return self.error(f"the glue name {key!r} is not glued in {where} stored outputs")
         self.counts.glue += 1
-        self.glue_used.add(key)
+        if glue is self.glue:
+            self.glue_used.add(key)
         try:
-            return format_plain_text(self.glue[key], fmt)
+            return format_plain_text(glue[key], fmt)
         except (ValueError, TypeError) as exc:
-            return self.error(f"glue {key!r} ({self.glue[key]!r}) does not format with {fmt!r}: {exc}")
+            return self.error(f"glue {key!r} ({glue[key]!r}) does not format with {fmt!r}: {exc}")
 
     @staticmethod
     def split_title(content: str) -> tuple[str | None, str]:
