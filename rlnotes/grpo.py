@@ -95,7 +95,7 @@ def _aggregate(per_token, mask, loss_type, max_length):
 
 
 def _ratio(log_ratio, mask, level):
-    """rho_{i,t} = exp(log rho_{i,t}) ("token"), or GSPO's s_i = exp(sum_t m_t log rho_{i,t} / |y_i|)
+    """rho_{i,t} = exp(log rho_{i,t}) ("token"), or GSPO's s_i = exp(sum_t m_t log rho_{i,t} / len(y_i))
     broadcast over the tokens ("sequence", eq. gspo-ratio), as TRL 1.16's ``_compute_loss``."""
     if level == "token":
         return torch.exp(log_ratio)
@@ -163,7 +163,7 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
 
 def soft_overlong_punishment(lengths, max_length: int, cache: int) -> torch.Tensor:
     """DAPO's soft over-long punishment (Yu et al. 2025, eq. 13), one reward term per response:
-    0 for |y| <= L_max - L_cache, ((L_max - L_cache) - |y|) / L_cache up to L_max, -1 beyond;
+    0 for len(y) <= L_max - L_cache, ((L_max - L_cache) - len(y)) / L_cache up to L_max, -1 beyond;
     TRL's ``trl.rewards.get_soft_overlong_punishment(max_completion_len, soft_punish_cache)``.
     Add it to a ``reward_fn``'s score. ``lengths``: the responses' token counts (a list, array or
     1-D tensor of whole numbers >= 0); ``max_length`` (L_max) >= 1; ``cache`` (L_cache) in
@@ -341,7 +341,7 @@ def train(prepared, config: GRPOConfig | None = None, *, reward_fn=None, **overr
 
 
 def kept_rows(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """DAPO's dynamic sampling (Yu et al. 2025, eq. 11's constraint 0 < |{correct}| < G): the indices
+    """DAPO's dynamic sampling (Yu et al. 2025, eq. 11's constraint 0 < #correct < G): the indices
     of the responses whose group of ``k`` rewards is not all equal, [n_kept]. ``rewards`` [B k]
     flat; ``k`` >= 2 dividing its length."""
     rewards = check_tensor("rewards", rewards)

@@ -2,7 +2,7 @@
 training", Dr. GRPO).
 
 GRPO's ``loss_type="grpo"`` averages each response's token losses over its own ``|y_i|`` tokens
-(eq. grpo-loss), so a token of response i is pushed with weight A_i / |y_i|: among wrong answers
+(eq. grpo-loss), so a token of response i is pushed with weight A_i / len(y_i): among wrong answers
 (A_i < 0) the longer ones are pushed down least, among right answers (A_i > 0) the shorter ones
 are pushed up most. ``"dr_grpo"`` and ``"dapo"`` weigh every token alike (on one batch their
 gradients differ by a positive factor only, so they point the same way). To see it, the verdict
@@ -14,8 +14,8 @@ must leave the length free and come early:
 ``length_derivatives`` measures it where it lives, in one update: on one batch, the derivative of
 the expected length of the right and of the wrong answers along each loss type's step,
 
-    d/d eta E[|y| | pass] at theta + eta u,  u = -grad L / ||grad L||,
-    grad E[|y| | pass] = E[(|y| - E[|y| | pass]) grad log pi(y) | pass]              (eq. length-derivative)
+    d/d eta E[len(y) given pass] at theta + eta u,  u = -grad L / norm(grad L),
+    grad E[len(y) given pass] = E[(len(y) - E[len(y) given pass]) grad log pi(y) given pass]              (eq. length-derivative)
 
 the second line the score-function identity (chapter 1), averaged over a fresh evaluation sample.
 """
@@ -51,7 +51,7 @@ def _flat_grad(model, value):
 
 
 def _score_grad(model, g, weights, lengths):
-    """grad of E_w[|y|] by the score function: sum_j w_j (|y_j| - mean_w |y|) grad log pi(y_j) / sum_j w_j."""
+    """grad of E_w[len(y)] by the score function: sum_j w_j (len(y_j) - mean_w len(y)) grad log pi(y_j) / sum_j w_j."""
     w = weights / weights.sum()
     centred = lengths - (w * lengths).sum()
     return _flat_grad(model, (w * centred * g.token_logprobs(model).sum(1)).sum())

@@ -4,6 +4,7 @@ package's structure: no import cycle, no module over 400 lines, no private name 
 module or in a notebook."""
 
 import ast
+import pkgutil
 import json
 import re
 import warnings
@@ -153,3 +154,29 @@ def test_every_subpackage_is_packaged():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.relative_to(ROOT).parts[:-1]) for p in (ROOT / "rlnotes").rglob("__init__.py")}
     assert found == listed, f"pyproject.toml's packages {sorted(listed)}, the package's {sorted(found)}"
+
+
+def test_docstrings_have_no_rst_substitution_marks():
+    """``|y|`` in a docstring is a reStructuredText substitution reference: the API pages' build
+    (-W) fails on it. Maths goes in $...$ (book/_ext/reader_fixes.py makes it :math:) or ``...``."""
+    import importlib
+    import inspect
+    import io
+    import re
+
+    import docutils.core
+
+    bad = []
+    for info in pkgutil.walk_packages(rlnotes.__path__, "rlnotes."):
+        module = importlib.import_module(info.name)
+        objects = [(info.name, module)] + [(f"{info.name}.{n}", o) for n, o in vars(module).items()
+                                            if (inspect.isfunction(o) or inspect.isclass(o))
+                                            and getattr(o, "__module__", None) == info.name]
+        for name, obj in objects:
+            doc = re.sub(r"\$[^$]*\$", "x", inspect.getdoc(obj) or "")
+            err = io.StringIO()
+            docutils.core.publish_doctree(doc, settings_overrides={"warning_stream": err, "report_level": 2,
+                                                                   "halt_level": 5})
+            if "substitution" in err.getvalue():
+                bad.append(f"{name}: {err.getvalue().splitlines()[0]}")
+    assert not bad, "\n".join(bad)
