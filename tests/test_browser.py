@@ -93,15 +93,20 @@ def open_page(browser, url, width=1280):
     return page, problems
 
 
+def _wait_for_maths(page, name):
+    """A page whose source has maths: MathJax has typeset it without a TeX error; then the network is idle."""
+    source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
+    if "$" in source:
+        page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
+        assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
+    page.wait_for_load_state("networkidle")
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_page_renders(base, browser, name):
     page, problems = open_page(browser, urljoin(base, f"{name}.html"))
     try:
-        source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
-        if "$" in source:
-            page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
-            assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
-        page.wait_for_load_state("networkidle")
+        _wait_for_maths(page, name)
         broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
         assert not broken, f"images that did not load: {broken}"
         if name in NOTEBOOKS:
@@ -583,11 +588,7 @@ def test_korean_page_renders(server, browser, name):
     url = urljoin(server, f"ko/{name}.html")
     page, problems = open_page(browser, url)
     try:
-        source = (ROOT / f"{name}.ipynb").read_text() if name in NOTEBOOKS else (ROOT / f"{name}.md").read_text()
-        if "$" in source:
-            page.wait_for_function("document.querySelectorAll('mjx-container').length > 0", timeout=20_000)
-            assert page.locator("mjx-merror").count() == 0, "MathJax reported a TeX error"
-        page.wait_for_load_state("networkidle")
+        _wait_for_maths(page, name)
         assert page.evaluate("document.documentElement.lang") == "ko"
         broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
         assert not broken, f"images that did not load: {broken}"
