@@ -137,6 +137,7 @@ def _target(role: str, content: str) -> str:
         content = explicit.group(1)
     if role.startswith("glue"):
         content = content.rpartition("::")[2]   # a translation names the notebook: 01_x.ipynb::key
+        content = content.removesuffix(":s")      # "s", the format MyST-NB applies when none is given
     return content
 
 
@@ -177,6 +178,9 @@ def markup_problems(msgid: str, msgstr: str) -> list[str]:
     for role, content in ROLE.findall(msgstr):
         if role.startswith("glue") and "::" not in content:
             problems.append(f"glue without its notebook: write {{{role}}}`<notebook>.ipynb::{content}`")
+        elif role == "glue:text" and ":" not in content.rpartition("::")[2]:
+            # MyST-NB splits the format at the last colon, so 01_x.ipynb::key reads as key "01_x.ipynb:"
+            problems.append(f"glue:text without a format after its notebook: write {{{role}}}`{content}:s`")
     if "\n\n" in msgstr.strip() and "\n\n" not in msgid.strip():
         problems.append("a blank line: the translation must stay one paragraph")
     if BLOCK_START.match(msgstr.lstrip()) and not BLOCK_START.match(msgid.lstrip()):
@@ -196,6 +200,8 @@ def markup_problems(msgid: str, msgstr: str) -> list[str]:
     ("See {ref}`the clip <ch3-clip>`.", "클리핑을 보세요.", False),                # role dropped
     ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`x.ipynb::ch1_J0:.2f`까지 오릅니다.", False),
     ("$J$ climbs to {glue:text}`ch1_J:.2f`.", "$J$는 {glue:text}`ch1_J:.2f`까지 오릅니다.", False),   # no notebook
+    ("Over {glue:text}`ch1_n` seeds.", "{glue:text}`01_x.ipynb::ch1_n:s`개 시드에서.", True),
+    ("Over {glue:text}`ch1_n` seeds.", "{glue:text}`01_x.ipynb::ch1_n`개 시드에서.", False),  # the build's key: "01_x.ipynb:"
     ("Call `ppo.train`.", "ppo.train을 호출합니다.", False),                     # code span lost
     ("A [link](https://x.org/a).", "[링크](https://x.org/b).", False),
     ("3. PPO", "3. PPO", True),   # the same as the source: a list in both (not this check's business)

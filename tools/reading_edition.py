@@ -443,7 +443,7 @@ class Converter:
         return self.error(f"no plain-Markdown form for the role {{{name}}}`{content}`")
 
     def glue_text(self, content: str) -> str:
-        glue, where = self.glue, "the notebook's"
+        glue, where, doc = self.glue, "the notebook's", None
         if "::" in content:       # another document's value: "06_beyond.ipynb::key:fmt", beside this page
             doc, content = content.split("::", 1)
             page = str(Path(self.page).parent / Path(doc).with_suffix(""))
@@ -455,8 +455,7 @@ class Converter:
         if key not in glue:
             return self.error(f"the glue name {key!r} is not glued in {where} stored outputs")
         self.counts.glue += 1
-        if glue is self.glue:
-            self.glue_used.add(key)
+        self.glue_used.add(key if doc is None else f"{doc}::{key}")
         try:
             return format_plain_text(glue[key], fmt)
         except (ValueError, TypeError) as exc:
