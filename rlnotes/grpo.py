@@ -164,7 +164,8 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor
 def soft_overlong_punishment(lengths, max_length: int, cache: int) -> torch.Tensor:
     """DAPO's soft over-long punishment (Yu et al. 2025, eq. 13), one reward term per response:
     0 for len(y) <= L_max - L_cache, ((L_max - L_cache) - len(y)) / L_cache up to L_max, -1 beyond;
-    TRL's ``trl.rewards.get_soft_overlong_punishment(max_completion_len, soft_punish_cache)``.
+    TRL's ``get_soft_overlong_punishment`` (in ``trl.rewards``), whose arguments are ``max_completion_len``
+    and ``soft_punish_cache``.
     Add it to a ``reward_fn``'s score. ``lengths``: the responses' token counts (a list, array or
     1-D tensor of whole numbers >= 0); ``max_length`` (L_max) >= 1; ``cache`` (L_cache) in
     [0, max_length]. Returns a float tensor [N]."""

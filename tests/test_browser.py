@@ -632,10 +632,10 @@ def test_switcher_carries_the_section_both_ways(base, browser):
 
 def test_korean_search_finds_a_noun_without_its_particle(server, browser):
     """The Korean search index (book/_ext/korean.py) holds each Hangul word without its particle too:
-    경사 finds the intro, whose title says 정책 경사에서."""
+    그래디언트 finds the intro, whose title says 정책 그래디언트에서."""
     if not (HTML / "ko" / "index.html").exists():
         pytest.skip("no Korean edition in _build/html/ko: run `make book-stored` (or `make book-ko`)")
-    page, problems = open_page(browser, urljoin(server, "ko/search.html?q=경사"))
+    page, problems = open_page(browser, urljoin(server, "ko/search.html?q=그래디언트"))
     try:
         page.wait_for_function("document.querySelectorAll('#search-results li').length > 0", timeout=30_000)
         hrefs = page.eval_on_selector_all("#search-results li a", "els => els.map(a => a.getAttribute('href'))")
