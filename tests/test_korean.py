@@ -319,7 +319,8 @@ def test_built_pages_show_every_translation():
     for page, path in catalogues().items():
         shown = page_text(built(page)) if built(page).exists() else ""
         for m in entries(path):
-            if m.string and not m.fuzzy and (piece := fragment(m.string)) and piece not in shown:
+            copied = m.string == m.id      # maths, numbers or names: the same in both editions
+            if m.string and not copied and not m.fuzzy and (piece := fragment(m.string)) and piece not in shown:
                 dropped.append(f"{page}: {piece!r}")
     assert not dropped, "translations not in the built Korean pages:\n" + "\n".join(dropped)
 
