@@ -258,7 +258,8 @@ def test_overlay_merges_nested_settings():
     base = {"title": "RL", "sphinx": {"config": {"a": 1}, "x": [1]}, "html": {"baseurl": "u"}}
     extra = yaml.safe_load((ROOT / "locales" / "ko" / "_config.yml").read_text())
     merged = korean.overlay(base, extra)
-    assert merged["sphinx"]["config"] == {"a": 1, "language": "ko"} and merged["sphinx"]["x"] == [1]
+    assert merged["sphinx"]["config"] == {"a": 1, **extra["sphinx"]["config"]} and merged["sphinx"]["x"] == [1]
+    assert merged["sphinx"]["config"]["language"] == "ko"
     assert merged["html"]["baseurl"].endswith("/ko/") and merged["title"] != "RL"
     assert base["sphinx"]["config"] == {"a": 1}   # not modified
     with pytest.raises(TypeError, match="base and extra must be dicts, got list and dict"):
