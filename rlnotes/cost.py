@@ -41,8 +41,9 @@ from . import dpo, ppo, trpo
 from .actor_critic import ActorCritic, make_optimizer
 from .nets import CategoricalPolicy, ValueNet, fit_value
 from .pairs import check_pairs
-from .parallel import Pool, cores
+from .parallel import pool_for
 from .returns import advantage_batch, normalize
+from .seeds import check_seeds
 from .rollout import Runner
 from .trainer import check_model
 from .trainer import History, make_config, rng_scope
@@ -56,7 +57,7 @@ def _run(job):
 
 
 def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
-                       workers: int | None = None) -> dict[str, list[History]]:
+                       workers=None) -> dict[str, list[History]]:
     """``{name: [train(seed=s, **kwargs).history for s in seeds]}`` for each ``name: (train, kwargs)``.
 
     Like ``rlnotes.seeds.train_seeds``, for several settings at once: every (setting, seed) run
@@ -64,11 +65,10 @@ def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
     workers import torch once for all the settings. Runs are submitted in the order given
     (put the longest first); each runs on one torch thread and is seeded on its own, so the
     histories equal those of calling the trainers one by one on one thread. ``train`` must be
-    importable by name (a trainer of rlnotes); ``workers=1`` runs everything in this process.
+    importable by name (a trainer of rlnotes); ``workers=1`` runs everything in this process, and a
+    started ``parallel.Pool`` runs them on its processes (a chapter starts them once).
     """
-    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
+    seeds = check_seeds(seeds)
     if not isinstance(settings, Mapping) or not settings:
         raise TypeError(f"settings must be a non-empty mapping {{name: (train, kwargs)}}, got {type(settings).__name__}")
     for name, (train, kwargs) in settings.items():
@@ -76,8 +76,7 @@ def train_side_by_side(settings: Mapping[str, tuple[Callable, dict]], seeds, *,
             raise TypeError(f"settings[{name!r}] must be (train, kwargs) with a callable train and no 'seed' "
                             "in kwargs (the seeds come from `seeds`)")
     jobs = [(name, train, kwargs, s) for name, (train, kwargs) in settings.items() for s in seeds]
-    workers = min(len(jobs), cores() if workers is None else check_positive_int("workers", workers))
-    with Pool(workers) as pool:     # one torch thread per run, in this process or a worker
+    with pool_for(workers, len(jobs)) as pool:     # one torch thread per run, in this process or a worker
         histories = pool.map(_run, jobs)
     out = {name: [] for name in settings}
     for (name, *_), history in zip(jobs, histories):

@@ -1,4 +1,4 @@
-"""Many seeds of one trainer, on every core: ``train_seeds``, and of several settings at once: ``train_settings``.
+"""Many seeds of one trainer, on every core: ``train_seeds`` (several settings at once: ``cost.train_side_by_side``).
 
 A comparison between settings needs ten or more seeds to survive another CPU's rounding (one
 seed's fate can turn on the last bit of a sum). The control trainers are small and run on one
@@ -16,14 +16,17 @@ from .parallel import pool_for
 from .utils import check_positive_int
 
 
+def check_seeds(seeds) -> list[int]:
+    """``seeds`` as a list of distinct integers >= 0, at least one; ``ValueError`` naming them otherwise."""
+    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
+    return seeds
+
+
 def _one(train, keep_models, kwargs, seed):
     result = train(seed=seed, **kwargs)   # on one thread (parallel.Pool): as fast for these networks, the same bits
     return seed, result if keep_models else dataclasses.replace(result, model=None, value_fn=None)
-
-
-def _setting(train, keep_models, common, job):
-    name, kwargs, seed = job
-    return name, _one(train, keep_models, {**common, **kwargs}, seed)
 
 
 def train_seeds(train, seeds, *, workers=None, keep_models: bool = False, **kwargs) -> dict:
@@ -36,30 +39,9 @@ def train_seeds(train, seeds, *, workers=None, keep_models: bool = False, **kwar
     (``model`` and ``value_fn`` are None): the history is what a comparison over seeds reads,
     and it is cheap to send between processes.
     """
-    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
+    seeds = check_seeds(seeds)
     if "seed" in kwargs:
         raise TypeError("pass the seeds as `seeds`, not `seed`")
     with pool_for(workers, len(seeds)) as pool:
         return dict(pool.map(functools.partial(_one, train, keep_models, kwargs), seeds))
 
-
-def train_settings(train, settings: dict, seeds, *, workers=None, keep_models: bool = False, **common) -> dict:
-    """``{name: train_seeds(train, seeds, **common, **settings[name])}`` for every setting, all runs in one
-    ``map`` of one pool (``workers``: a number of processes or a started ``parallel.Pool``), so that no
-    core waits for the last seed of one setting before the next setting starts. Same results as
-    calling ``train_seeds`` setting by setting."""
-    seeds = [check_positive_int("seeds", s, 0) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {seeds}")
-    if not isinstance(settings, dict) or not settings or not all(isinstance(v, dict) for v in settings.values()):
-        raise TypeError(f"settings must be a non-empty dict {{name: dict of keyword arguments}}, got {settings!r:.80}")
-    if "seed" in common or any("seed" in v for v in settings.values()):
-        raise TypeError("pass the seeds as `seeds`, not `seed`")
-    jobs = [(name, kwargs, seed) for name, kwargs in settings.items() for seed in seeds]
-    out = {name: {} for name in settings}
-    with pool_for(workers, len(jobs)) as pool:
-        for name, (seed, result) in pool.map(functools.partial(_setting, train, keep_models, common), jobs):
-            out[name][seed] = result
-    return out

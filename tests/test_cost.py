@@ -176,3 +176,15 @@ def test_networks_run_fold_the_value_head_into_the_policy_and_work_per_progress(
     assert cost.work_per_progress(14, 100, 0.5) == 2800 and cost.work_per_progress(2, 72, 0.0) == float("inf")
     with pytest.raises(ValueError, match="updates must be >= 1"):
         cost.work_per_progress(2, 0, 1.0)
+
+
+def test_train_side_by_side_runs_on_a_started_pool_and_leaves_it_open():
+    from rlnotes import parallel, pg
+
+    kwargs = dict(env_id="CartPole-v1", total_steps=256, num_envs=2, num_steps=64)
+    with parallel.Pool(1) as pool:
+        got = cost.train_side_by_side({"a": (pg.train, kwargs)}, [1], workers=pool)
+        again = cost.train_side_by_side({"a": (pg.train, kwargs)}, [1], workers=pool)
+    alone = pg.train(seed=1, **kwargs).history
+    for out in (got, again):
+        assert out["a"][0].update_array("entropy").tolist() == alone.update_array("entropy").tolist()

@@ -37,16 +37,3 @@ def test_bad_arguments_are_named(bad, kwargs, error, message):
     with pytest.raises(error, match=message):
         seeds.train_seeds(pg.train, bad, total_steps=256, **kwargs)
 
-
-def test_train_settings_runs_every_setting_and_seed_as_train_seeds_does():
-    from rlnotes import pg, seeds
-
-    common = dict(env_id="CartPole-v1", total_steps=256, num_envs=2, num_steps=64)
-    got = seeds.train_settings(pg.train, {"a": dict(lr=1e-2), "b": dict(lr=3e-2)}, [0, 1], workers=1, **common)
-    assert list(got) == ["a", "b"] and list(got["a"]) == [0, 1]
-    alone = seeds.train_seeds(pg.train, [1], workers=1, lr=3e-2, **common)
-    assert got["b"][1].history.update_array("entropy").tolist() == alone[1].history.update_array("entropy").tolist()
-    with pytest.raises(TypeError, match="settings must be a non-empty dict"):
-        seeds.train_settings(pg.train, {"a": 1}, [0], workers=1)
-    with pytest.raises(TypeError, match="pass the seeds as `seeds`"):
-        seeds.train_settings(pg.train, {"a": dict(seed=1)}, [0], workers=1)
